@@ -1,0 +1,61 @@
+"""The student zoo: RepDistiller's CIFAR networks, by name.
+
+``create(name)`` returns a functional ``keras.Model`` mapping a normalised
+float image batch [N, H, W, 3] to the pooled feature [N, C]; with
+``num_classes`` it appends the linear classifier, and the model's trainable
+parameters then equal the PyTorch reference's ``parameters()`` (DESIGN.md §5).
+Keras's ``count_params()`` additionally counts BatchNorm's moving mean and
+variance, which PyTorch keeps as buffers rather than parameters.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import keras
+
+from ega_tf.registry import Registry
+from ega_tf.students import mobilenet, resnet, shufflenet, vgg, wrn
+from ega_tf.students.layers import torch_dense
+
+STUDENTS: Registry = Registry("student")
+
+for _depth in (8, 14, 20, 32, 44, 56, 110):
+    STUDENTS.register(f"resnet{_depth}", functools.partial(
+        resnet.cifar_resnet, depth=_depth, widths=(16, 16, 32, 64)))
+for _depth in (8, 32):
+    STUDENTS.register(f"resnet{_depth}x4", functools.partial(
+        resnet.cifar_resnet, depth=_depth, widths=(32, 64, 128, 256)))
+for _depth, _k in ((16, 1), (16, 2), (40, 1), (40, 2)):
+    STUDENTS.register(f"wrn_{_depth}_{_k}", functools.partial(
+        wrn.wide_resnet, depth=_depth, widen=_k))
+for _depth in vgg.VGG_CFG:
+    STUDENTS.register(f"vgg{_depth}", functools.partial(vgg.vgg, depth=_depth))
+STUDENTS.register("MobileNetV2", functools.partial(mobilenet.mobilenet_v2,
+                                                   width=0.5))
+STUDENTS.register("ShuffleV1", shufflenet.shufflenet_v1)
+STUDENTS.register("ShuffleV2", shufflenet.shufflenet_v2)
+STUDENTS.register("ResNet50", resnet.resnet50_cifar)
+
+
+def names():
+    return STUDENTS.names()
+
+
+def create(name, num_classes=None, input_shape=(32, 32, 3)):
+    """Builds student ``name`` (see ``names()``).
+
+    Args:
+        name: a registered student name, e.g. ``"resnet8x4"``.
+        num_classes: if given, append ``Dense(num_classes)`` on the pooled
+            feature and return logits.
+        input_shape: (H, W, 3) of the normalised float input.
+    """
+    build = STUDENTS.get(name)
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    pooled = build(inputs)
+    if num_classes is None:
+        return keras.Model(inputs, pooled, name=name)
+    logits = torch_dense(num_classes, pooled.shape[-1], name="classifier")(
+        pooled)
+    return keras.Model(inputs, logits, name=name)

@@ -1,0 +1,109 @@
+"""Building blocks shared by the student architectures.
+
+The students reproduce the RepDistiller (Tian et al., ICLR 2020) CIFAR models
+that EGA's published code trains, layer for layer, so their parameter counts
+match the PyTorch reference exactly (DESIGN.md §5) and PyTorch weights could be
+ported one to one. Two PyTorch behaviours are kept on purpose:
+
+* strided convolutions pad symmetrically (``ZeroPadding2D(k // 2)`` then a
+  ``'valid'`` convolution); TF's ``'same'`` puts the extra pixel at the end
+  and would shift every feature map by one pixel;
+* BatchNorm uses PyTorch's epsilon (1e-5) and momentum (0.1, i.e. Keras 0.9),
+  convolutions are initialised as RepDistiller does (Kaiming normal, fan-out)
+  and linear layers as ``torch.nn.Linear`` does.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import layers
+
+CONV_INIT = keras.initializers.VarianceScaling(2.0, "fan_out",
+                                               "untruncated_normal")
+
+
+def conv(x, filters, kernel, stride=1, groups=1, use_bias=False, name=None):
+    """A Conv2D with PyTorch's ``padding=kernel // 2`` semantics."""
+    if stride > 1 and kernel > 1:
+        x = layers.ZeroPadding2D(kernel // 2,
+                                 name=name and f"{name}_pad")(x)
+        padding = "valid"
+    else:
+        padding = "same"
+    return layers.Conv2D(filters, kernel, strides=stride, padding=padding,
+                         groups=groups, use_bias=use_bias,
+                         kernel_initializer=CONV_INIT, name=name)(x)
+
+
+def depthwise(x, kernel, stride=1, name=None):
+    """A depthwise 3x3 convolution with PyTorch padding, no bias."""
+    if stride > 1:
+        x = layers.ZeroPadding2D(kernel // 2, name=name and f"{name}_pad")(x)
+    return layers.DepthwiseConv2D(
+        kernel, strides=stride, padding="valid" if stride > 1 else "same",
+        use_bias=False, depthwise_initializer=CONV_INIT, name=name)(x)
+
+
+def bn(x, name=None):
+    return layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)(x)
+
+
+def relu(x, name=None):
+    return layers.ReLU(name=name)(x)
+
+
+def conv_bn(x, filters, kernel, stride=1, groups=1, act=True, name=None):
+    x = conv(x, filters, kernel, stride, groups, name=name and f"{name}_conv")
+    x = bn(x, name=name and f"{name}_bn")
+    return relu(x) if act else x
+
+
+def torch_dense(units, fan_in, name=None, dtype=None):
+    """A Dense layer initialised like ``torch.nn.Linear(fan_in, units)``."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return layers.Dense(
+        units, name=name, dtype=dtype,
+        kernel_initializer=keras.initializers.VarianceScaling(
+            1.0 / 3.0, "fan_in", "uniform"),
+        bias_initializer=keras.initializers.RandomUniform(-bound, bound))
+
+
+@keras.saving.register_keras_serializable(package="ega_tf")
+class ChannelShuffle(layers.Layer):
+    """ShuffleNet's channel shuffle in NHWC: channels (g, C/g) -> (C/g, g).
+
+    Same permutation as PyTorch's ``view(N, g, C/g, H, W).transpose(1, 2)``.
+    """
+
+    def __init__(self, groups, **kwargs):
+        super().__init__(**kwargs)
+        self.groups = groups
+
+    def call(self, x):
+        shape = keras.ops.shape(x)
+        c = x.shape[-1]
+        x = keras.ops.reshape(
+            x, (-1, shape[1], shape[2], self.groups, c // self.groups))
+        x = keras.ops.transpose(x, (0, 1, 2, 4, 3))
+        return keras.ops.reshape(x, (-1, shape[1], shape[2], c))
+
+    def get_config(self):
+        return {**super().get_config(), "groups": self.groups}
+
+
+@keras.saving.register_keras_serializable(package="ega_tf")
+class ChannelSlice(layers.Layer):
+    """Channels ``[start, stop)`` of an NHWC tensor (ShuffleNetV2's split)."""
+
+    def __init__(self, start, stop, **kwargs):
+        super().__init__(**kwargs)
+        self.start, self.stop = start, stop
+
+    def call(self, x):
+        return x[..., self.start:self.stop]
+
+    def get_config(self):
+        return {**super().get_config(), "start": self.start,
+                "stop": self.stop}

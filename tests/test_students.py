@@ -1,0 +1,84 @@
+"""Student zoo: parameter counts equal the PyTorch reference (DESIGN.md §5)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ega_tf import students
+
+# name: (trainable parameters with a 100-class classifier, pooled width),
+# as printed by the RepDistiller PyTorch models.
+TABLE = {
+    "resnet8": (83_892, 64), "resnet14": (181_108, 64),
+    "resnet20": (278_324, 64), "resnet32": (472_756, 64),
+    "resnet44": (667_188, 64), "resnet56": (861_620, 64),
+    "resnet110": (1_736_564, 64), "resnet8x4": (1_233_540, 256),
+    "resnet32x4": (7_433_860, 256), "wrn_16_1": (180_916, 64),
+    "wrn_16_2": (703_284, 128), "wrn_40_1": (569_780, 64),
+    "wrn_40_2": (2_255_156, 128), "vgg8": (3_965_028, 512),
+    "vgg11": (9_277_284, 512), "vgg13": (9_462_180, 512),
+    "vgg16": (14_774_436, 512), "vgg19": (20_086_692, 512),
+    "MobileNetV2": (812_836, 1280), "ShuffleV1": (949_258, 960),
+    "ShuffleV2": (1_355_528, 1024), "ResNet50": (23_705_252, 2048),
+}
+
+
+def _count(weights):
+    return sum(int(np.prod(w.shape)) for w in weights)
+
+
+def test_registry_covers_table():
+    assert sorted(students.names()) == sorted(TABLE)
+
+
+@pytest.mark.parametrize("name", sorted(TABLE))
+def test_parameter_count_and_feature_width(name):
+    params, width = TABLE[name]
+    model = students.create(name, num_classes=100)
+    assert _count(model.trainable_weights) == params
+    # count_params() also holds BN's moving mean/variance (PyTorch buffers).
+    bn_buffers = sum(_count(l.non_trainable_weights) for l in model.layers)
+    assert model.count_params() == params + bn_buffers
+    assert _count(model.non_trainable_weights) == bn_buffers
+    backbone = students.create(name)
+    assert backbone.output.shape[-1] == width
+    assert _count(backbone.trainable_weights) == params - (width * 100 + 100)
+
+
+@pytest.mark.parametrize("name", ["resnet8", "wrn_16_1", "vgg8",
+                                  "MobileNetV2", "ShuffleV1", "ShuffleV2"])
+def test_forward_other_resolution(name):
+    model = students.create(name, num_classes=7, input_shape=(64, 64, 3))
+    out = model(tf.random.normal([2, 64, 64, 3]), training=False)
+    assert out.shape == (2, 7)
+    assert np.all(np.isfinite(out.numpy()))
+
+
+def test_strided_conv_pads_like_pytorch():
+    # PyTorch's 3x3/2 conv with padding 1: output row i reads input rows
+    # 2i-1..2i+1, so a lone pixel at (2, 2) reaches output (1, 1) only. TF's
+    # 'same' pads at the end only (rows 2i..2i+2) and would also light up
+    # (0, 0), (0, 1) and (1, 0).
+    import keras
+    from ega_tf.students.layers import conv
+    inp = keras.Input((6, 6, 1))
+    model = keras.Model(inp, conv(inp, 1, 3, 2, name="c"))
+    model.get_layer("c").set_weights([np.ones((3, 3, 1, 1), np.float32)])
+    img = np.zeros((1, 6, 6, 1), np.float32)
+    img[0, 2, 2, 0] = 1.0
+    want = np.zeros((3, 3))
+    want[1, 1] = 1.0
+    np.testing.assert_array_equal(model(img).numpy()[0, :, :, 0], want)
+
+
+def test_channel_shuffle_matches_pytorch_permutation():
+    from ega_tf.students.layers import ChannelShuffle
+    x = np.arange(6, dtype=np.float32).reshape(1, 1, 1, 6)
+    out = ChannelShuffle(3)(x).numpy().ravel()
+    # torch: view(1, 3, 2).transpose(1, 2) -> [0, 2, 4, 1, 3, 5]
+    np.testing.assert_array_equal(out, [0, 2, 4, 1, 3, 5])
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(KeyError, match="resnet8x4"):
+        students.create("resnet9")
