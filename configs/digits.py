@@ -1,0 +1,20 @@
+"""The embedded default: EGA on scikit-learn's digits, small and fast on CPU.
+
+The published recipe (ega_tf/config.py) with a CIFAR-style resnet8 student,
+30 epochs (the step decays keep their place as fractions of the run) and half
+the training labels hidden, so EGA also learns from unlabeled images.
+"""
+
+from ega_tf.config import default_config
+
+
+def get_config(arg=None):
+    c = default_config()
+    c.dataset = "digits"
+    c.student = "resnet8"
+    c.epochs = 30
+    c.labeled_fraction = 0.5
+    if arg == "smoke":
+        c.epochs = 1
+        c.batch_size = 32
+    return c

@@ -1,0 +1,233 @@
+"""EGADistiller: a frozen teacher, a student, and the EGA objective.
+
+    f_t = T(img_t)                 frozen teacher, inference mode, float32
+    x_t = P_t(f_t)                 teacher head Dense(D)           (online)
+    z_t = C_t(x_t)                 teacher classifier Dense(K)     (online)
+    f_s = S(img_s)                 student backbone, pooled
+    x_s = P_s(f_s)                 student head Dense(D)
+    z_s = C_s(x_s)                 student logits read the aligned embedding
+    L   = gamma * CE(z_s, y) + beta * (w_node * L_node + w_edge * L_edge)
+          + alpha * KD_T(z_t, z_s)
+
+The teacher head (P_t, C_t) is trained by the teacher-logit cross-entropy
+alone, with its own optimizer; the student's loss sees x_t and z_t as
+constants. Labels equal to -1 mark unlabeled examples: they take part in EGA
+but not in any cross-entropy or accuracy. ``call()`` is the deployable student
+alone (uint8 image -> logits), so ``predict``/``evaluate``/export see only it.
+With ``teacher=None`` the same network is trained by cross-entropy alone: the
+baseline with the identical pipeline.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import layers, ops
+
+from ega_tf import losses
+from ega_tf.students.layers import torch_dense
+
+# DESIGN.md §2: both views are normalised with CLIP's statistics.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def build_student(backbone, num_classes, embed_dim=256, mean=CLIP_MEAN,
+                  std=CLIP_STD, name="student"):
+    """The deployable student: uint8 [N, H, W, 3] -> (x_s, logits).
+
+    Normalisation is inside, so the exported model accepts plain images.
+    The head layers compute in float32 whatever the global dtype policy.
+    """
+    inputs = keras.Input(shape=backbone.input_shape[1:], dtype="uint8",
+                         name="image")
+    x = layers.Rescaling(1.0 / 255.0, name="to_unit")(inputs)
+    x = layers.Normalization(mean=list(mean), variance=[s * s for s in std],
+                             name="normalize")(x)
+    pooled = backbone(x)
+    width = backbone.output_shape[-1]
+    emb = torch_dense(embed_dim, width, name="embed", dtype="float32")(pooled)
+    logits = torch_dense(num_classes, embed_dim, name="classifier",
+                         dtype="float32")(emb)
+    return keras.Model(inputs, {"embedding": emb, "logits": logits},
+                       name=name)
+
+
+class EGADistiller(keras.Model):
+    """Distils ``teacher`` into ``student`` with Embedding Graph Alignment.
+
+    Args:
+        student: model from ``build_student`` (uint8 image -> dict with
+            ``"embedding"`` [B, D] and ``"logits"`` [B, K]).
+        teacher: frozen model, uint8 image -> feature [B, F]; or None for
+            the cross-entropy baseline.
+        num_classes: K.
+        embed_dim: D, the shared node-embedding width (default 256).
+        gamma, beta, alpha: weights of CE, EGA and KD (defaults 1, 1, 0).
+        node_weight, edge_weight: EGA term weights (defaults 0.8, 0.24).
+        kd_temperature: Hinton KD temperature (default 4).
+
+    Example:
+        student = build_student(students.create("resnet8"), 100)
+        model = EGADistiller(student, teacher, num_classes=100)
+        model.compile(optimizer=TorchSGD(0.05),
+                      teacher_head_optimizer=TorchSGD(0.01))
+        model.fit(train_ds, validation_data=test_ds, epochs=240)
+
+    Ma, Chen & Akata, BMVC 2022, arXiv 2211.13264.
+    """
+
+    def __init__(self, student, teacher, num_classes, embed_dim=256,
+                 gamma=1.0, beta=1.0, alpha=0.0, node_weight=0.8,
+                 edge_weight=0.24, kd_temperature=4.0, **kwargs):
+        super().__init__(**kwargs)
+        self.student = student
+        self.teacher = teacher
+        self.num_classes = int(num_classes)
+        self.gamma, self.beta, self.alpha = float(gamma), float(beta), float(
+            alpha)
+        self.node_weight, self.edge_weight = float(node_weight), float(
+            edge_weight)
+        self.kd_temperature = float(kd_temperature)
+        if teacher is not None:
+            teacher.trainable = False
+            width = teacher.output_shape[-1]
+            self.teacher_embed = torch_dense(embed_dim, width,
+                                             name="teacher_embed",
+                                             dtype="float32")
+            self.teacher_classifier = torch_dense(
+                num_classes, embed_dim, name="teacher_classifier",
+                dtype="float32")
+            self.teacher_embed.build((None, width))
+            self.teacher_classifier.build((None, embed_dim))
+        self._trackers = {n: keras.metrics.Mean(name=n)
+                          for n in self.loss_names()}
+        self._accuracy = {
+            "top1": keras.metrics.SparseCategoricalAccuracy(name="top1")}
+        if num_classes >= 5:
+            self._accuracy["top5"] = keras.metrics.SparseTopKCategoricalAccuracy(
+                5, name="top5")
+        if teacher is not None:
+            self._accuracy["teacher_top1"] = (
+                keras.metrics.SparseCategoricalAccuracy(name="teacher_top1"))
+
+    @property
+    def distilling(self):
+        return self.teacher is not None
+
+    def loss_names(self):
+        names = ["loss", "ce"]
+        if self.teacher is not None:
+            names += ["node", "edge", "teacher_ce"]
+            if self.alpha:
+                names.append("kd")
+        return names
+
+    # ---------------------------------------------------------------- setup
+    def compile(self, optimizer, teacher_head_optimizer=None, **kwargs):
+        """``optimizer`` trains the student; ``teacher_head_optimizer`` (needed
+        when distilling) trains the online teacher head."""
+        if self.teacher is not None and teacher_head_optimizer is None:
+            raise ValueError("EGADistiller with a teacher needs "
+                             "teacher_head_optimizer for the online head.")
+        super().compile(optimizer=optimizer, **kwargs)
+        self.teacher_head_optimizer = teacher_head_optimizer
+        if teacher_head_optimizer is not None:
+            teacher_head_optimizer.build(self.teacher_head_variables)
+
+    @property
+    def teacher_head_variables(self):
+        if self.teacher is None:
+            return []
+        return (self.teacher_embed.trainable_variables
+                + self.teacher_classifier.trainable_variables)
+
+    @property
+    def metrics(self):
+        return list(self._trackers.values()) + list(self._accuracy.values())
+
+    def call(self, images, training=False):
+        if isinstance(images, dict):
+            images = images["student"]
+        return self.student(images, training=training)["logits"]
+
+    # ----------------------------------------------------------- the steps
+    @staticmethod
+    def _split_labels(y):
+        """(safe labels with -1 -> 0, float mask of labeled examples)."""
+        y = ops.reshape(ops.cast(y, "int32"), (-1,))
+        mask = ops.cast(y >= 0, "float32")
+        return ops.maximum(y, 0), mask
+
+    @staticmethod
+    def _masked_ce(labels, mask, logits):
+        ce = keras.losses.sparse_categorical_crossentropy(
+            labels, ops.cast(logits, "float32"), from_logits=True)
+        return ops.sum(ce * mask) / ops.maximum(ops.sum(mask), 1.0)
+
+    def _teacher_forward(self, images):
+        """Frozen teacher feature and the online head's (x_t, z_t)."""
+        f_t = ops.cast(self.teacher(images, training=False), "float32")
+        f_t = ops.stop_gradient(f_t)
+        x_t = self.teacher_embed(f_t)
+        return x_t, self.teacher_classifier(x_t)
+
+    def gather_global(self, x):
+        """Hook for multi-device training: the graph must span the global
+        batch. Identity on one replica."""
+        return x
+
+    def _compute_terms(self, x, labels, mask, training):
+        """All loss terms of one batch; returns (terms, s_logits, t_logits)."""
+        out = self.student(x["student"], training=training)
+        s_logits = out["logits"]
+        terms = {"ce": self._masked_ce(labels, mask, s_logits)}
+        total = self.gamma * terms["ce"]
+        t_logits = None
+        if self.teacher is not None:
+            x_t, t_logits = self._teacher_forward(x["teacher"])
+            terms["teacher_ce"] = self._masked_ce(labels, mask, t_logits)
+            ega = losses.ega_terms(
+                self.gather_global(ops.stop_gradient(x_t)),
+                self.gather_global(out["embedding"]))
+            terms.update(ega)
+            total += self.beta * (self.node_weight * ega["node"]
+                                  + self.edge_weight * ega["edge"])
+            if self.alpha:
+                terms["kd"] = losses.kd_loss(ops.stop_gradient(t_logits),
+                                             s_logits, self.kd_temperature)
+                total += self.alpha * terms["kd"]
+        terms["loss"] = total
+        return terms, s_logits, t_logits
+
+    def _update_metrics(self, terms, labels, mask, s_logits, t_logits):
+        for name, tracker in self._trackers.items():
+            tracker.update_state(terms[name])
+        for name, metric in self._accuracy.items():
+            logits = t_logits if name == "teacher_top1" else s_logits
+            metric.update_state(labels, logits, sample_weight=mask)
+        return {m.name: m.result() for m in self.metrics}
+
+    def train_step(self, data):
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        labels, mask = self._split_labels(y)
+        student_vars = self.student.trainable_variables
+        with tf.GradientTape(persistent=self.distilling) as tape:
+            terms, s_logits, t_logits = self._compute_terms(x, labels, mask, True)
+            scaled = self.optimizer.scale_loss(terms["loss"])
+        self.optimizer.apply_gradients(
+            zip(tape.gradient(scaled, student_vars), student_vars))
+        if self.teacher is not None:
+            head_vars = self.teacher_head_variables
+            grads = tape.gradient(terms["teacher_ce"], head_vars)
+            self.teacher_head_optimizer.apply_gradients(zip(grads, head_vars))
+            del tape
+        return self._update_metrics(terms, labels, mask, s_logits, t_logits)
+
+    def test_step(self, data):
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        if not isinstance(x, dict):
+            x = {"student": x, "teacher": x}
+        labels, mask = self._split_labels(y)
+        terms, s_logits, t_logits = self._compute_terms(x, labels, mask, False)
+        return self._update_metrics(terms, labels, mask, s_logits, t_logits)

@@ -1,0 +1,32 @@
+"""ega_tf: Embedding Graph Alignment distillation on Keras 3 / TensorFlow."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="ega_tf",
+    version="0.1.0",
+    description=("Distil a frozen self-supervised teacher into a small "
+                 "supervised student with Embedding Graph Alignment "
+                 "(Ma, Chen & Akata, BMVC 2022)."),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["ega_tf", "ega_tf.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "tensorflow>=2.21,<2.22",
+        "keras>=3.12",  # keras.distillation
+        "keras-hub>=0.32",
+        "tensorflow-datasets>=4.9.8",
+        "tensorboard",
+        "absl-py",
+        "ml-collections>=1.0",
+        "scikit-learn",
+        "numpy",
+    ],
+    extras_require={
+        # torch==2.13.0 is pinned: an unpinned torch pulls the CUDA build.
+        "convert": ["torch==2.13.0"],
+        "test": ["pytest>=8", "torch==2.13.0"],
+        "plot": ["matplotlib"],
+    },
+)

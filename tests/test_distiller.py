@@ -1,0 +1,174 @@
+"""EGADistiller: known answers from a fixed teacher, gradient routing,
+unlabeled examples, precision and XLA."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ega_tf import students
+from ega_tf.distiller import EGADistiller, build_student
+from ega_tf.optimizers import TorchSGD
+from tests.test_losses import np_ega
+
+K, D, B, S = 5, 16, 8, 16
+
+
+def fixed_teacher():
+    """A frozen 'teacher' with BatchNorm (to check inference mode)."""
+    inp = keras.Input((S, S, 3), dtype="uint8")
+    x = keras.layers.Rescaling(1 / 255)(inp)
+    x = keras.layers.Conv2D(12, 3, strides=2, name="t_conv")(x)
+    x = keras.layers.BatchNormalization(name="t_bn")(x)
+    return keras.Model(inp, keras.layers.GlobalAveragePooling2D()(x))
+
+
+def make(teacher=True, alpha=0.0, jit=False):
+    keras.utils.set_random_seed(0)
+    student = build_student(students.create("resnet8", input_shape=(S, S, 3)),
+                            K, D)
+    model = EGADistiller(student, fixed_teacher() if teacher else None, K, D,
+                         alpha=alpha)
+    model.compile(TorchSGD(0.05), teacher_head_optimizer=TorchSGD(0.01)
+                  if teacher else None, jit_compile=jit)
+    return model
+
+
+def batch(seed=0, labels=None):
+    rng = np.random.default_rng(seed)
+    x = {"student": rng.integers(0, 256, (B, S, S, 3), dtype=np.uint8),
+         "teacher": rng.integers(0, 256, (B, S, S, 3), dtype=np.uint8)}
+    y = rng.integers(0, K, B) if labels is None else np.asarray(labels)
+    return x, y
+
+
+def np_ce(logits, y):
+    logits = np.asarray(logits, np.float64)
+    lse = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + (
+        logits.max(1))
+    keep = y >= 0
+    if not keep.any():
+        return 0.0
+    return float((lse - logits[np.arange(len(y)), np.maximum(y, 0)])[keep]
+                 .mean())
+
+
+def expected_terms(model, x, y):
+    """The loss computed independently from the model's current weights."""
+    out = model.student(x["student"], training=True)
+    f_t = model.teacher(x["teacher"], training=False)
+    x_t = model.teacher_embed(f_t).numpy()
+    z_t = model.teacher_classifier(x_t).numpy()
+    ega, node, edge = np_ega(x_t, out["embedding"].numpy())
+    ce = np_ce(out["logits"].numpy(), y)
+    return {"loss": ce + ega, "ce": ce, "node": node, "edge": edge,
+            "teacher_ce": np_ce(z_t, y)}
+
+
+@pytest.mark.parametrize("labels", [None, [0, -1, 2, -1, 4, 1, -1, 3]])
+def test_train_step_known_answer(labels):
+    model = make()
+    x, y = batch(labels=labels)
+    want = expected_terms(model, x, y)
+    got = model.train_on_batch(x, y, return_dict=True)
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+
+
+def test_all_unlabeled_batch_trains_on_ega_only():
+    model = make()
+    x, y = batch(labels=[-1] * B)
+    want = expected_terms(model, x, y)
+    got = model.train_on_batch(x, y, return_dict=True)
+    assert got["ce"] == 0.0 and got["teacher_ce"] == 0.0
+    np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
+    assert got["loss"] > 0
+    assert got["top1"] == 0.0  # no labeled example: nothing counted
+
+
+def test_teacher_frozen_and_head_trained_by_its_ce_alone():
+    model = make()
+    x, y = batch()
+    teacher_before = [w.numpy().copy() for w in model.teacher.weights]
+    head = model.teacher_head_variables
+    head_before = [v.numpy().copy() for v in head]
+    with tf.GradientTape() as tape:
+        f_t = model.teacher(x["teacher"], training=False)
+        z_t = model.teacher_classifier(model.teacher_embed(f_t))
+        ce = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
+            y, z_t, from_logits=True))
+    grads = tape.gradient(ce, head)
+    model.train_on_batch(x, y)
+    for before, after in zip(teacher_before, model.teacher.weights):
+        np.testing.assert_array_equal(before, after.numpy())
+    # First TorchSGD step: w - lr * (g + wd * w), lr 0.01, wd 5e-4.
+    for w0, g, v in zip(head_before, grads, head):
+        np.testing.assert_allclose(v.numpy(), w0 - 0.01 * (g.numpy()
+                                                           + 5e-4 * w0),
+                                   rtol=1e-5, atol=1e-7)
+
+
+def test_student_gets_ega_gradient():
+    """beta scales the student's update: EGA reaches the student."""
+    x, y = batch()
+    updates = []
+    for beta in (0.0, 1.0):
+        model = make()
+        model.beta = beta
+        w = model.student.get_layer("embed").kernel
+        before = w.numpy().copy()
+        model.train_on_batch(x, y)
+        updates.append(w.numpy() - before)
+    assert np.abs(updates[0] - updates[1]).max() > 1e-6
+
+
+def test_kd_term():
+    model = make(alpha=0.5)
+    x, y = batch()
+    got = model.train_on_batch(x, y, return_dict=True)
+    assert got["kd"] > 0
+    np.testing.assert_allclose(
+        got["loss"], got["ce"] + 0.8 * got["node"] + 0.24 * got["edge"]
+        + 0.5 * got["kd"], rtol=1e-5)
+
+
+def test_call_is_the_student_alone():
+    model = make()
+    x, _ = batch()
+    np.testing.assert_array_equal(
+        model(x["student"]).numpy(),
+        model.student(x["student"], training=False)["logits"].numpy())
+    assert model.predict(x["student"], verbose=0).shape == (B, K)
+
+
+def test_baseline_is_cross_entropy_alone():
+    model = make(teacher=False)
+    x, y = batch()
+    out = model.student(x["student"], training=True)
+    got = model.train_on_batch(x, y, return_dict=True)
+    assert set(got) == {"loss", "ce", "top1", "top5"}
+    np.testing.assert_allclose(got["loss"], np_ce(out["logits"].numpy(), y),
+                               rtol=1e-5)
+
+
+def test_xla_matches_eager():
+    x, y = batch()
+    eager = make(jit=False).train_on_batch(x, y, return_dict=True)
+    xla = make(jit=True).train_on_batch(x, y, return_dict=True)
+    for name in ("loss", "node", "edge", "ce"):
+        np.testing.assert_allclose(xla[name], eager[name], rtol=1e-4)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_keeps_graph_in_float32(policy):
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = make()
+        x, y = batch()
+        out = model.student(x["student"], training=True)
+        assert out["embedding"].dtype == tf.float32
+        got = model.train_on_batch(x, y, return_dict=True)
+        assert all(np.isfinite(v) for v in got.values())
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
