@@ -26,8 +26,9 @@ from ega_tf import cli
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
-    "config", None, "Python config file with get_config() (default: "
-    "ega_tf/config.py). Fields can be overridden: --config.optim.lr=0.1.")
+    "config", os.path.join(os.path.dirname(__file__), "config.py"),
+    "Python config file with get_config(); `file.py:arg` passes arg. "
+    "Fields can be overridden: --config.optim.lr=0.1.")
 flags.DEFINE_string("dataset", None, "Dataset: digits, cifar100.")
 flags.DEFINE_string("student", None, "Student network (ega_tf.students).")
 flags.DEFINE_string("teacher", None, "Teacher .keras file (for --distill=ega).")
@@ -238,9 +239,8 @@ def run(config, workdir, verbose=2):
 @cli.friendly_errors
 def main(argv):
     del argv
-    from ega_tf.config import default_config
-    base = FLAGS.config if FLAGS.config is not None else default_config()
-    config = resolve_config(base, {k: getattr(FLAGS, k) for k in _SHORTCUTS})
+    config = resolve_config(FLAGS.config,
+                            {k: getattr(FLAGS, k) for k in _SHORTCUTS})
     workdir = FLAGS.workdir or os.path.join(
         "runs", f"{config.dataset}_{config.student}_{config.distill}"
         f"_s{config.seed}")
