@@ -1,8 +1,8 @@
 """The embedded default: EGA on scikit-learn's digits, small and fast on CPU.
 
 The published recipe (ega_tf/config.py) with a CIFAR-style resnet8 student,
-30 epochs (the step decays keep their place as fractions of the run) and half
-the training labels hidden, so EGA also learns from unlabeled images.
+30 epochs (the step decays keep their place as fractions of the run) and 90%
+of the training labels hidden (-1), so EGA also learns from unlabeled images.
 """
 
 from ega_tf.config import default_config
@@ -13,7 +13,7 @@ def get_config(arg=None):
     c.dataset = "digits"
     c.student = "resnet8"
     c.epochs = 30
-    c.labeled_fraction = 0.5
+    c.labeled_fraction = 0.1
     if arg == "smoke":
         c.epochs = 1
         c.batch_size = 32

@@ -6,8 +6,12 @@ import os
 
 
 def quiet_tensorflow():
-    """Hides TensorFlow's C++ start-up chatter (set before importing TF)."""
+    """Hides TensorFlow's C++ start-up chatter (set before importing TF) and
+    its Python INFO lines (checkpoint sharding, SavedModel asset notices),
+    keeping warnings and this project's own log lines."""
+    import logging
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)
 
 
 def set_seed(seed):

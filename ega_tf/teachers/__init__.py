@@ -57,13 +57,41 @@ class TeacherPreprocess(layers.Layer):
                 "metadata": self.metadata}
 
 
-def assemble(backbone, preprocess, name="teacher"):
-    """The teacher model: uint8 image -> preprocess -> ``backbone``."""
+@keras.saving.register_keras_serializable(package="ega_tf")
+class FeatureStandardize(layers.Layer):
+    """Fixed per-feature ``(f - mean) / std``, statistics stored, not trained.
+
+    Pooled ReLU features are all positive and share a large common component;
+    left in, it makes every pair of teacher embeddings look alike (EGA's edge
+    matrix E_t close to all ones). Statistics measured once on the unlabeled
+    training images remove it.
+    """
+
+    def __init__(self, mean, std, **kwargs):
+        super().__init__(**kwargs)
+        self.mean = [float(v) for v in mean]
+        self.std = [float(v) for v in std]
+
+    def call(self, features):
+        f = ops.cast(features, "float32")
+        return (f - ops.array(self.mean, "float32")) / ops.array(
+            self.std, "float32")
+
+    def get_config(self):
+        return {**super().get_config(), "mean": self.mean, "std": self.std}
+
+
+def assemble(backbone, preprocess, name="teacher", standardize=None):
+    """The teacher model: uint8 image -> preprocess -> ``backbone``
+    (-> ``standardize``, a ``FeatureStandardize``, if given)."""
     if backbone.name != "backbone":
         raise ValueError("The teacher's network must be a model named "
                          f"'backbone'; got {backbone.name!r}.")
     inputs = keras.Input(shape=(None, None, 3), dtype="uint8", name="image")
-    return keras.Model(inputs, backbone(preprocess(inputs)), name=name)
+    out = backbone(preprocess(inputs))
+    if standardize is not None:
+        out = standardize(out)
+    return keras.Model(inputs, out, name=name)
 
 
 def metadata(teacher):
