@@ -7,7 +7,7 @@ raises, so two modules can never silently shadow each other.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Generic, List, TypeVar
+from typing import Dict, Generic, List, TypeVar
 
 T = TypeVar("T")
 
@@ -34,9 +34,8 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            raise KeyError(
-                    f"Unknown {self.kind} {name!r}. Valid names: "
-                    f"{', '.join(self.names())}.") from None
+            raise KeyError(f"Unknown {self.kind} {name!r}. Valid names: "
+                           f"{', '.join(self.names())}.") from None
 
     def names(self) -> List[str]:
         return sorted(self._entries)
@@ -52,7 +51,4 @@ def check_choice(kind: str, value, choices) -> None:
     """Raises ValueError naming ``kind`` and listing ``choices`` if needed."""
     if value not in choices:
         raise ValueError(f"Unknown {kind} {value!r}. Valid values: "
-                                          f"{', '.join(map(str, choices))}.")
-
-
-Factory = Callable[..., object]
+                         f"{', '.join(map(str, choices))}.")
