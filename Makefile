@@ -1,28 +1,34 @@
 # One command each for a new user: `make demo` and `make test`.
-# Both create .venv and install the project into it when it is missing.
+# Both create .venv and install the project into it when it is missing
+# (`make demo` without the test extras, which bring PyTorch).
 
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-all install clean
 
-$(STAMP): setup.py
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(PY):
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: setup.py | $(PY)
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: setup.py | $(PY)
 	$(PY) -m pip install --quiet -e ".[test]"
-	touch $(STAMP)
+	touch $@ $(VENV)/.installed
 
-install: $(STAMP)
+install: $(VENV)/.installed-test
 
-demo: $(STAMP)
+demo: $(VENV)/.installed
 	$(PY) tools/demo.py
 
-test: $(STAMP)
+test: $(VENV)/.installed-test
 	$(PY) -m pytest -q -m "not slow" tests
 
-test-all: $(STAMP)
+test-all: $(VENV)/.installed-test
 	$(PY) -m pytest -q tests
 
 clean:
