@@ -84,10 +84,11 @@ class EGADistiller(keras.Model):
         self.student = student
         self.teacher = teacher
         self.num_classes = int(num_classes)
-        self.gamma, self.beta, self.alpha = float(gamma), float(beta), float(
-            alpha)
-        self.node_weight, self.edge_weight = float(node_weight), float(
-            edge_weight)
+        self.gamma = float(gamma)
+        self.beta = float(beta)
+        self.alpha = float(alpha)
+        self.node_weight = float(node_weight)
+        self.edge_weight = float(edge_weight)
         self.kd_temperature = float(kd_temperature)
         if teacher is not None:
             teacher.trainable = False
@@ -105,8 +106,8 @@ class EGADistiller(keras.Model):
         self._accuracy = {
             "top1": keras.metrics.SparseCategoricalAccuracy(name="top1")}
         if num_classes >= 5:
-            self._accuracy["top5"] = keras.metrics.SparseTopKCategoricalAccuracy(
-                5, name="top5")
+            self._accuracy["top5"] = (
+                keras.metrics.SparseTopKCategoricalAccuracy(5, name="top5"))
         if teacher is not None:
             self._accuracy["teacher_top1"] = (
                 keras.metrics.SparseCategoricalAccuracy(name="teacher_top1"))
@@ -117,7 +118,7 @@ class EGADistiller(keras.Model):
 
     def loss_names(self):
         names = ["loss", "ce"]
-        if self.teacher is not None:
+        if self.distilling:
             names += ["node", "edge", "teacher_ce"]
             if self.alpha:
                 names.append("kd")
@@ -127,7 +128,7 @@ class EGADistiller(keras.Model):
     def compile(self, optimizer, teacher_head_optimizer=None, **kwargs):
         """``optimizer`` trains the student; ``teacher_head_optimizer`` (needed
         when distilling) trains the online teacher head."""
-        if self.teacher is not None and teacher_head_optimizer is None:
+        if self.distilling and teacher_head_optimizer is None:
             raise ValueError("EGADistiller with a teacher needs "
                              "teacher_head_optimizer for the online head.")
         super().compile(optimizer=optimizer, **kwargs)
@@ -184,7 +185,7 @@ class EGADistiller(keras.Model):
         terms = {"ce": self._masked_ce(labels, mask, s_logits)}
         total = self.gamma * terms["ce"]
         t_logits = None
-        if self.teacher is not None:
+        if self.distilling:
             x_t, t_logits = self._teacher_forward(x["teacher"])
             terms["teacher_ce"] = self._masked_ce(labels, mask, t_logits)
             ega = losses.ega_terms(
@@ -213,11 +214,12 @@ class EGADistiller(keras.Model):
         labels, mask = self._split_labels(y)
         student_vars = self.student.trainable_variables
         with tf.GradientTape(persistent=self.distilling) as tape:
-            terms, s_logits, t_logits = self._compute_terms(x, labels, mask, True)
+            terms, s_logits, t_logits = self._compute_terms(x, labels, mask,
+                                                            True)
             scaled = self.optimizer.scale_loss(terms["loss"])
         self.optimizer.apply_gradients(
             zip(tape.gradient(scaled, student_vars), student_vars))
-        if self.teacher is not None:
+        if self.distilling:
             head_vars = self.teacher_head_variables
             grads = tape.gradient(terms["teacher_ce"], head_vars)
             self.teacher_head_optimizer.apply_gradients(zip(grads, head_vars))
@@ -229,5 +231,6 @@ class EGADistiller(keras.Model):
         if not isinstance(x, dict):
             x = {"student": x, "teacher": x}
         labels, mask = self._split_labels(y)
-        terms, s_logits, t_logits = self._compute_terms(x, labels, mask, False)
+        terms, s_logits, t_logits = self._compute_terms(x, labels, mask,
+                                                        False)
         return self._update_metrics(terms, labels, mask, s_logits, t_logits)
