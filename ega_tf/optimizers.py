@@ -71,8 +71,9 @@ def step_schedule(base_lr, steps_per_epoch, epochs,
 
     The published run multiplies the rate by ``factor`` after epochs 150, 180
     and 210 of 240; a run of ``epochs`` epochs drops after
-    ``round(f * epochs)`` epochs for each fraction f, so a short run keeps the
-    same shape. Step ``s`` (0-based) of epoch ``e`` = s // steps_per_epoch
+    ``round(f * epochs)`` epochs for each fraction f (Python's round, half to
+    even: 20 epochs drop after 12, 15 and 18), so a short run keeps the same
+    shape. Step ``s`` (0-based) of epoch ``e`` = s // steps_per_epoch
     uses the rate of epoch e, as PyTorch's per-epoch adjustment does.
     """
     milestones = sorted({max(1, round(f * epochs)) for f in decay_fractions

@@ -1,0 +1,62 @@
+#!/usr/bin/env python
+"""Plots training curves of one or more ega_tf.train workdirs to a PNG.
+
+    python tools/plot_history.py runs/demo/none_s0 runs/demo/ega_s0 \
+        --out=curves.png
+
+One panel per logged quantity (test top-1, cross-entropy, node, edge,
+teacher-head top-1); a run that did not log a quantity is left out of that
+panel. Needs matplotlib (`pip install -e ".[plot]"`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+
+PANELS = [("val_top1", "test top-1"), ("ce", "train cross-entropy"),
+          ("node", "train L_node"), ("edge", "train L_edge"),
+          ("val_teacher_top1", "teacher head test top-1")]
+
+
+def read(workdir):
+    path = os.path.join(workdir, "history.csv")
+    if not os.path.exists(path):
+        raise SystemExit(f"{path} not found: is {workdir} an ega_tf.train "
+                         "workdir?")
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("workdirs", nargs="+")
+    ap.add_argument("--out", default="curves.png")
+    args = ap.parse_args()
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = {os.path.basename(os.path.normpath(w)): read(w)
+            for w in args.workdirs}
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(4 * len(PANELS), 3.2))
+    colours = {name: f"C{i}" for i, name in enumerate(runs)}  # same in all
+    for ax, (key, title) in zip(axes, PANELS):
+        for name, rows in runs.items():
+            if rows and key in rows[0]:
+                ax.plot([int(r["epoch"]) + 1 for r in rows],
+                        [float(r[key]) for r in rows], label=name,
+                        color=colours[name])
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="upper right",
+               fontsize=8)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=90)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
