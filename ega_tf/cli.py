@@ -30,7 +30,7 @@ def set_precision(policy):
     keras.mixed_precision.set_global_policy(policy)
 
 
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError)
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, ImportError)
 
 
 def friendly_errors(main):

@@ -22,38 +22,77 @@ from ega_tf.io_utils import atomic_output
 class TeacherPreprocess(layers.Layer):
     """uint8 (or float in [0, 255]) images -> the backbone's input.
 
-    Resizes to ``image_size`` (when given) with ``interpolation``, scales to
-    [0, 1] and normalises with ``mean`` / ``std``. ``metadata`` is a free
-    JSON-able dict describing where the teacher came from.
+    Either resizes to ``image_size`` (H, W), or, torchvision style, resizes
+    the shorter side to ``resize_shorter`` (the longer side to
+    ``int(resize_shorter * long / short)``) and centre-crops ``crop_size``;
+    then scales to [0, 1] and normalises with ``mean`` / ``std``.
+    ``interpolation`` is any ``tf.image.resize`` method; ``antialias`` filters
+    when shrinking. ``metadata`` is a JSON-able dict describing where the
+    teacher came from.
     """
 
     def __init__(self, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
                  image_size=None, interpolation="bilinear", metadata=None,
+                 resize_shorter=None, crop_size=None, antialias=False,
                  **kwargs):
         super().__init__(**kwargs)
+        if image_size and resize_shorter:
+            raise ValueError("Give image_size or resize_shorter, not both.")
         self.mean, self.std = tuple(mean), tuple(std)
         self.image_size = tuple(image_size) if image_size else None
+        self.resize_shorter = resize_shorter
+        self.crop_size = crop_size
         self.interpolation = interpolation
+        self.antialias = bool(antialias)
         self.metadata = dict(metadata or {})
+
+    def _resize(self, x, size):
+        import tensorflow as tf
+        return tf.image.resize(x, size, method=self.interpolation,
+                               antialias=self.antialias)
+
+    def _resize_and_crop(self, x):
+        import tensorflow as tf
+        h, w = tf.shape(x)[1], tf.shape(x)[2]
+        short, side = tf.minimum(h, w), self.resize_shorter
+        long_new = tf.cast(side * tf.maximum(h, w) / short, tf.int32)
+        new_h = tf.where(h <= w, side, long_new)
+        new_w = tf.where(h <= w, long_new, side)
+        x = self._resize(x, tf.stack([new_h, new_w]))
+        if self.crop_size:
+            c = self.crop_size
+            # torchvision: top = int(round((H - c) / 2.0)).
+            top = tf.cast(tf.round((new_h - c) / 2), tf.int32)
+            left = tf.cast(tf.round((new_w - c) / 2), tf.int32)
+            x = x[:, top:top + c, left:left + c, :]
+        return x
 
     def call(self, images):
         x = ops.cast(images, "float32")
         if self.image_size is not None:
-            x = ops.image.resize(x, self.image_size,
-                                 interpolation=self.interpolation)
+            x = self._resize(x, self.image_size)
+        elif self.resize_shorter:
+            x = self._resize_and_crop(x)
         x = x / 255.0
         return (x - ops.array(self.mean, "float32")) / ops.array(
             self.std, "float32")
 
     def compute_output_shape(self, input_shape):
-        if self.image_size is None:
-            return input_shape
-        return (input_shape[0], *self.image_size, input_shape[-1])
+        if self.image_size is not None:
+            return (input_shape[0], *self.image_size, input_shape[-1])
+        if self.crop_size:
+            return (input_shape[0], self.crop_size, self.crop_size,
+                    input_shape[-1])
+        if self.resize_shorter:
+            return (input_shape[0], None, None, input_shape[-1])
+        return input_shape
 
     def get_config(self):
         return {**super().get_config(), "mean": self.mean, "std": self.std,
                 "image_size": self.image_size,
                 "interpolation": self.interpolation,
+                "resize_shorter": self.resize_shorter,
+                "crop_size": self.crop_size, "antialias": self.antialias,
                 "metadata": self.metadata}
 
 

@@ -1,0 +1,186 @@
+"""Checkpoint conversion: every torchvision-ResNet family in its published
+file layout, converted and compared with PyTorch on the same images."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from ega_tf import teachers  # noqa: E402
+from ega_tf.teachers import convert  # noqa: E402
+from ega_tf.teachers.porting import ConversionError  # noqa: E402
+from tests.torch_resnet import ResNet, randomized  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def rel_err(a, b):
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def torch_preprocess(images_uint8, mean, std):
+    """torchvision's Resize(256) + CenterCrop(224) + Normalize, for square
+    inputs smaller than 256 (upsampling: antialias has no effect)."""
+    x = torch.tensor(images_uint8).permute(0, 3, 1, 2).float() / 255.0
+    x = torch.nn.functional.interpolate(x, size=(256, 256), mode="bilinear",
+                                        align_corners=False)
+    x = x[:, :, 16:240, 16:240]
+    m = torch.tensor(mean).view(1, 3, 1, 1)
+    s = torch.tensor(std).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+def layouts(model):
+    """The published file layouts, with their heads and extras."""
+    sd = {k: v for k, v in model.state_dict().items()}
+    no_fc = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+    head = {"weight": torch.randn(8, 16), "bias": torch.randn(8)}
+    return {
+        "torchvision": sd,
+        "barlow_twins": no_fc,
+        "vicreg": no_fc,
+        "moco": {"epoch": 200, "arch": "resnet50", "state_dict": {
+            **{f"module.encoder_q.{k}": v for k, v in sd.items()},
+            **{f"module.encoder_k.{k}": v.clone() for k, v in sd.items()},
+            "queue": torch.randn(128, 64),
+            "queue_ptr": torch.zeros(1, dtype=torch.long)}},
+        "mocov3": {"state_dict": {
+            **{f"module.base_encoder.{k}": v for k, v in sd.items()},
+            **{f"module.momentum_encoder.{k}": v.clone()
+               for k, v in sd.items()},
+            "module.predictor.0.weight": torch.randn(8, 8)}},
+        "swav": {**{f"module.{k}": v for k, v in no_fc.items()},
+                 "module.projection_head.0.weight": head["weight"],
+                 "module.prototypes.weight": torch.randn(30, 8)},
+        "dino": {"teacher": {
+            **{f"backbone.{k}": v for k, v in no_fc.items()},
+            "head.mlp.0.weight": head["weight"]},
+            "student": {}, "epoch": 3},
+    }
+
+
+@pytest.fixture(scope="module")
+def small_resnet():
+    return randomized(ResNet(blocks=(1, 1, 1, 1), num_classes=10), seed=1)
+
+
+@pytest.mark.parametrize("family", list(convert.FAMILIES))
+def test_each_family_layout_converts_with_parity(family, small_resnet,
+                                                 tmp_path):
+    path = tmp_path / f"{family}.pth"
+    torch.save(layouts(small_resnet)[family], path)
+    teacher = convert.convert(str(path), family if family in (
+        "barlow_twins", "vicreg") else None, log=lambda s: None)
+    meta = teachers.metadata(teacher)
+    assert meta["family"] == family and meta["embedding_dim"] == 2048
+    x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(
+        np.float32)
+    with torch.no_grad():
+        want = small_resnet.features(
+            torch.tensor(x).permute(0, 3, 1, 2)).numpy()
+    got = teacher.get_layer("backbone")(x).numpy()
+    assert rel_err(got, want) <= 1e-4
+
+
+def test_resnet50_parity_with_preprocessing(tmp_path):
+    """Full ResNet-50 in the MoCo v2 layout; preprocessing and network
+    differences measured separately, then end to end."""
+    model = randomized(ResNet(), seed=2)
+    path = tmp_path / "moco_v2.pth.tar"
+    torch.save(layouts(model)["moco"], path)
+    teacher = convert.convert(str(path), log=lambda s: None)
+    images = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3),
+                                               dtype=np.uint8)
+    ref_pixels = torch_preprocess(images, convert.IMAGENET_MEAN,
+                                  convert.IMAGENET_STD)
+    ours_pixels = teacher.get_layer("preprocess")(images).numpy()
+    pre_diff = np.abs(ours_pixels - ref_pixels.permute(0, 2, 3, 1).numpy())
+    print(f"preprocessing max abs diff {pre_diff.max():.2e}")
+    assert pre_diff.max() < 1e-5
+    with torch.no_grad():
+        want = model.features(ref_pixels).numpy()
+    model_err = rel_err(teacher.get_layer("backbone")(
+        ref_pixels.permute(0, 2, 3, 1).numpy()).numpy(), want)
+    total_err = rel_err(teacher(images).numpy(), want)
+    print(f"model rel err {model_err:.2e}, end to end {total_err:.2e}")
+    assert model_err <= 1e-4 and total_err <= 1e-4
+    # The .keras file reloads to the same function.
+    out = str(tmp_path / "moco.keras")
+    teachers.save(teacher, out)
+    np.testing.assert_allclose(teachers.load(out)(images).numpy(),
+                               teacher(images).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_wrong_architecture_lists_every_mismatch(small_resnet, tmp_path):
+    sd = layouts(small_resnet)["torchvision"]
+    sd["layer2.0.conv2.weight"] = torch.zeros(128, 128, 5, 5)
+    sd["extra.thing"] = torch.zeros(3)
+    del sd["layer3.0.bn1.running_var"]
+    path = tmp_path / "bad.pth"
+    torch.save(sd, path)
+    with pytest.raises(ConversionError) as e:
+        convert.convert(str(path), log=lambda s: None)
+    msg = str(e.value)
+    assert "layer2.0.conv2.weight" in msg and "(5, 5, 128, 128)" in msg
+    assert "layer3.0.bn1.running_var" in msg and "extra.thing" in msg
+
+
+def test_stray_keys_outside_the_prefix_are_refused(small_resnet, tmp_path):
+    ck = layouts(small_resnet)["moco"]
+    ck["state_dict"]["module.something_else.weight"] = torch.zeros(2)
+    path = tmp_path / "m.pth.tar"
+    torch.save(ck, path)
+    with pytest.raises(ConversionError, match="something_else"):
+        convert.convert(str(path), log=lambda s: None)
+
+
+def run_cli(*args):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-m", "ega_tf.convert_teacher",
+                           *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_cli_converts_and_bad_files_leave_nothing(small_resnet, tmp_path):
+    good = tmp_path / "swav.pth"
+    torch.save(layouts(small_resnet)["swav"], good)
+    out = tmp_path / "swav.keras"
+    r = run_cli(f"--checkpoint={good}", f"--out={out}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert out.exists() and "swav" in r.stdout
+    pre = teachers.load(str(out)).get_layer("preprocess")
+    assert pre.std == convert.SWAV_STD  # SwAV's own normalisation
+
+    not_ckpt = tmp_path / "notes.txt"
+    not_ckpt.write_text("hello")
+    truncated = tmp_path / "trunc.pth"
+    truncated.write_bytes(good.read_bytes()[:1000])
+    clip = tmp_path / "clip.pt"
+    torch.save({"visual.conv1.weight": torch.zeros(1)}, clip)
+    cases = [(not_ckpt, "Could not read"), (truncated, "Could not read"),
+             (clip, "CLIP"), (tmp_path / "absent.pth", "does not exist")]
+    for path, message in cases:
+        target = tmp_path / f"{path.stem}.keras"
+        r = run_cli(f"--checkpoint={path}", f"--out={target}")
+        assert r.returncode == 2, (path, r.stderr[-2000:])
+        assert message in r.stderr and "Traceback" not in r.stderr
+        assert not target.exists()
+    r = run_cli(f"--checkpoint={good}", "--format=simclr",
+                f"--out={tmp_path / 'x.keras'}")
+    assert r.returncode == 2 and "Valid values: torchvision" in r.stderr
+
+
+def test_python_objects_need_allow_pickle(small_resnet, tmp_path):
+    import argparse
+    ck = layouts(small_resnet)["dino"]
+    ck["args"] = argparse.Namespace(arch="resnet50", epochs=3)  # as DINO
+    path = tmp_path / "dino_full.pth"
+    torch.save(ck, path)
+    with pytest.raises(ConversionError, match="--allow_pickle"):
+        convert.convert(str(path), log=lambda s: None)
+    teacher = convert.convert(str(path), allow_pickle=True, log=lambda s: None)
+    assert teachers.metadata(teacher)["family"] == "dino"
