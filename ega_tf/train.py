@@ -31,7 +31,8 @@ config_flags.DEFINE_config_file(
     "Fields can be overridden: --config.optim.lr=0.1.")
 flags.DEFINE_string("dataset", None, "Dataset: digits, cifar100.")
 flags.DEFINE_string("student", None, "Student network (ega_tf.students).")
-flags.DEFINE_string("teacher", None, "Teacher .keras file (for --distill=ega).")
+flags.DEFINE_string("teacher", None, "Teacher .keras file, or a published "
+                    "checkpoint (converted once, cached) for --distill=ega.")
 flags.DEFINE_enum("distill", None, ["ega", "none"],
                   "ega: CE + EGA from the teacher; none: CE alone.")
 flags.DEFINE_integer("epochs", None, "Training epochs.")
@@ -101,7 +102,7 @@ def build_model(config, dataset):
         dataset.num_classes, config.embed_dim)
     teacher = None
     if config.distill == "ega":
-        teacher = teachers.load(config.teacher)
+        teacher = teachers.load_or_convert(config.teacher)
         logging.info("%s", teachers.describe(teacher))
     model = EGADistiller(
         student, teacher, dataset.num_classes, config.embed_dim,

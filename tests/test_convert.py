@@ -184,3 +184,38 @@ def test_python_objects_need_allow_pickle(small_resnet, tmp_path):
         convert.convert(str(path), log=lambda s: None)
     teacher = convert.convert(str(path), allow_pickle=True, log=lambda s: None)
     assert teachers.metadata(teacher)["family"] == "dino"
+
+
+def test_raw_checkpoint_is_converted_once_and_cached(small_resnet, tmp_path,
+                                                     monkeypatch):
+    monkeypatch.setenv("EGA_TF_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "barlow.pth"
+    torch.save(layouts(small_resnet)["moco"], path)
+    first = teachers.load_or_convert(str(path))
+    cached = list((tmp_path / "cache").iterdir())
+    assert len(cached) == 1 and cached[0].name == convert.sha256(path) + ".keras"
+    stamp = cached[0].stat().st_mtime_ns
+    again = teachers.load_or_convert(str(path))
+    assert cached[0].stat().st_mtime_ns == stamp  # not converted again
+    x = np.random.default_rng(3).integers(0, 256, (1, 32, 32, 3), np.uint8)
+    np.testing.assert_allclose(again(x).numpy(), first(x).numpy(), rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_moco_resnet50_checkpoint_trains_a_student(tmp_path):
+    """Done-when of the teachers issue: a MoCo-layout ResNet-50 file passed
+    straight to the training CLI (converted and cached on the way)."""
+    import json
+    path = tmp_path / "moco_v2.pth.tar"
+    torch.save(layouts(randomized(ResNet(), seed=4))["moco"], path)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+           "EGA_TF_CACHE": str(tmp_path / "cache")}
+    work = tmp_path / "run"
+    r = subprocess.run(
+        [sys.executable, "-m", "ega_tf.train", "--dataset=digits",
+         "--student=resnet8", f"--teacher={path}", "--epochs=1",
+         "--labeled_fraction=0.1", f"--workdir={work}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((work / "results.json").read_text())
+    assert res["epochs"] == 1 and res["teacher_head_top1_last"] is not None

@@ -169,6 +169,27 @@ def load(path):
     return teacher
 
 
+def cache_dir():
+    return os.path.expanduser(os.environ.get(
+        "EGA_TF_CACHE", os.path.join("~", ".cache", "ega_tf", "teachers")))
+
+
+def load_or_convert(path, fmt=None, allow_pickle=False):
+    """A ``.keras`` teacher as is; any other file is treated as a published
+    checkpoint, converted once and cached (keyed by its SHA-256) under
+    ``$EGA_TF_CACHE`` (default ``~/.cache/ega_tf/teachers``)."""
+    if str(path).endswith(".keras"):
+        return load(path)
+    from ega_tf.teachers import convert
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Teacher checkpoint {path!r} does not "
+                                "exist.")
+    cached = os.path.join(cache_dir(), f"{convert.sha256(path)}.keras")
+    if not os.path.exists(cached):
+        save(convert.convert(path, fmt, allow_pickle), cached)
+    return load(cached)
+
+
 def describe(teacher):
     meta = metadata(teacher)
     return (f"teacher {teacher.name}: {teacher.count_params():,} params, "
