@@ -26,7 +26,7 @@ setup(
     extras_require={
         # torch==2.13.0 is pinned: an unpinned torch pulls the CUDA build.
         "convert": ["torch==2.13.0"],
-        "test": ["pytest>=8", "torch==2.13.0"],
+        "test": ["pytest>=8", "torch==2.13.0", "pillow"],
         "plot": ["matplotlib"],
     },
 )

@@ -2,6 +2,7 @@ r"""Converts a published self-supervised checkpoint into a ``.keras`` teacher.
 
     python -m ega_tf.convert_teacher --checkpoint=moco_v2_800ep_pretrain.pth.tar \
         --out=moco_v2.keras
+    python -m ega_tf.convert_teacher --checkpoint=RN50.pt --out=clip_rn50.keras
 
 The family is detected from the checkpoint's keys; ``--format`` overrides it.
 The output is written atomically: a failed conversion leaves no file behind.
@@ -17,7 +18,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Checkpoint file to convert.")
 flags.DEFINE_string("format", None, "Family, when detection is not enough "
                     "(torchvision, barlow_twins, vicreg, moco, mocov3, swav, "
-                    "dino).")
+                    "dino, clip).")
 flags.DEFINE_string("out", None, "Output .keras file.")
 flags.DEFINE_bool("allow_pickle", False, "Allow checkpoints that hold Python "
                   "objects besides tensors (only for files you trust).")

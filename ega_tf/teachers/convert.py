@@ -8,9 +8,10 @@ and wrap the network with the family's preprocessing and metadata.
 
 Families supported here: torchvision-layout ResNets, i.e. ``torchvision``,
 ``moco`` (v1/v2), ``mocov3`` (ResNet-50), ``swav``, ``barlow_twins``,
-``vicreg`` and ``dino`` (ResNet-50). CLIP, ViTs, SimCLR TF1 and BYOL
-checkpoints are recognised and refused with a message until their
-converters exist.
+``vicreg`` and ``dino`` (ResNet-50); and ``clip``, OpenAI CLIP's
+ModifiedResNet (RN50, RN101, ...) from its TorchScript ``.pt`` file or a
+state dict. ViTs (CLIP, DINO, MoCo v3), SimCLR TF1 and BYOL checkpoints are
+recognised and refused with a message until their converters exist.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import numpy as np
 
 from ega_tf.teachers.porting import ConversionError
 
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SWAV_STD = (0.228, 0.224, 0.225)
@@ -38,7 +41,9 @@ class Family:
     inside: Tuple[str, ...]   # stripped keys that may be dropped (heads)
     std: Tuple[float, ...] = IMAGENET_STD
     interpolation: str = "bilinear"
-    source: str = ""          # where users get the checkpoint (for docs)
+    arch: str = "resnet"      # ega_tf.teachers module that builds and ports
+    mean: Tuple[float, ...] = IMAGENET_MEAN
+    resize_shorter: Optional[int] = 256  # None: the network's resolution
 
 
 FAMILIES: Dict[str, Family] = {f.name: f for f in [
@@ -52,6 +57,12 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in [
     Family("swav", "module.", (), ("projection_head.*", "prototypes.*"),
            std=SWAV_STD),
     Family("dino", "", (), ("head.*",), interpolation="bicubic"),
+    Family("clip", "visual.",
+           ("transformer.*", "token_embedding.*", "positional_embedding",
+            "ln_final.*", "text_projection", "logit_scale",
+            "input_resolution", "context_length", "vocab_size"), (),
+           std=CLIP_STD, mean=CLIP_MEAN, interpolation="bicubic",
+           arch="clip_resnet", resize_shorter=None),
 ]}
 
 
@@ -66,11 +77,23 @@ def _require_torch():
     return torch
 
 
+def _is_torchscript(path):
+    import zipfile
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("constants.pkl") for n in z.namelist())
+
+
 def read_checkpoint(path, allow_pickle=False):
-    """The file's top-level object, tensors as numpy arrays."""
+    """The file's top-level object, tensors as numpy arrays. TorchScript
+    archives (OpenAI CLIP's ``.pt`` files) give their ``state_dict()``."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Checkpoint {path!r} does not exist.")
     torch = _require_torch()
+    if _is_torchscript(path):
+        return _to_numpy(dict(torch.jit.load(path, map_location="cpu")
+                              .state_dict()))
     try:
         obj = torch.load(path, map_location="cpu",
                          weights_only=not allow_pickle)
@@ -122,7 +145,7 @@ def _strip_dino(key):
 
 
 _REFUSED = {
-    "visual.": "OpenAI CLIP / open_clip",
+    "visual.class_embedding": "CLIP ViT",
     "module.base_encoder.patch_embed": "MoCo v3 ViT",
     "patch_embed.proj.weight": "DINO / timm ViT",
     "base_model/": "SimCLR (TF1)",
@@ -139,6 +162,8 @@ def detect_family(keys, hint=None) -> Family:
                 f"available yet. Supported: {', '.join(FAMILIES)}.")
     if hint:
         return FAMILIES[hint]
+    if "visual.attnpool.positional_embedding" in keys:
+        return FAMILIES["clip"]
     if any(k.startswith("module.encoder_q.") for k in keys):
         return FAMILIES["moco"]
     if any(k.startswith("module.base_encoder.") for k in keys):
@@ -182,27 +207,31 @@ def sha256(path):
 def convert(path, fmt: Optional[str] = None, allow_pickle=False,
             log: Callable[[str], None] = print):
     """Converts checkpoint ``path``; returns the teacher ``keras.Model``."""
+    import importlib
+
     from ega_tf import teachers
     from ega_tf.registry import check_choice
-    from ega_tf.teachers import resnet
 
     if fmt is not None:
         check_choice("checkpoint format", fmt, list(FAMILIES))
     state, hint = find_state_dict(read_checkpoint(path, allow_pickle))
     family = detect_family(state.keys(), fmt or hint)
     kept = backbone_state(state, family)
-    arch = resnet.infer_arch(kept)
-    backbone = resnet.build(arch)
-    used = resnet.port(backbone, kept, ignore=family.inside)
-    log(f"{family.name}: ported {len(used)} tensors into a ResNet with "
-        f"blocks {arch['blocks']}, widths {arch['filters']}")
+    module = importlib.import_module(f"ega_tf.teachers.{family.arch}")
+    arch = module.infer_arch(kept)
+    backbone = module.build(arch)
+    used = module.port(backbone, kept, ignore=family.inside)
+    log(f"{family.name}: ported {len(used)} tensors into {family.arch} "
+        f"{arch}")
+    resolution = arch.get("resolution", 224)
     preprocess = teachers.TeacherPreprocess(
-        IMAGENET_MEAN, family.std, resize_shorter=256, crop_size=224,
-        interpolation=family.interpolation, antialias=True,
-        name="preprocess", metadata={
+        family.mean, family.std,
+        resize_shorter=family.resize_shorter or resolution,
+        crop_size=resolution, interpolation=family.interpolation,
+        antialias=True, name="preprocess", metadata={
             "family": family.name, "source_file": os.path.basename(path),
-            "source_sha256": sha256(path), "architecture": "resnet",
-            **{k: v for k, v in arch.items()},
-            "embedding_dim": int(backbone.output_shape[-1]),
-            "input_resolution": 224})
-    return teachers.assemble(backbone, preprocess, name=f"{family.name}_resnet")
+            "source_sha256": sha256(path), "architecture": family.arch,
+            **arch, "embedding_dim": int(backbone.output_shape[-1]),
+            "input_resolution": resolution})
+    return teachers.assemble(backbone, preprocess,
+                             name=f"{family.name}_{family.arch}")
