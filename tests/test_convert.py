@@ -162,10 +162,15 @@ def test_cli_converts_and_bad_files_leave_nothing(small_resnet, tmp_path):
     not_ckpt.write_text("hello")
     truncated = tmp_path / "trunc.pth"
     truncated.write_bytes(good.read_bytes()[:1000])
-    clip = tmp_path / "clip.pt"
-    torch.save({"visual.conv1.weight": torch.zeros(1)}, clip)
+    vit = tmp_path / "clip_vit.pt"
+    torch.save({"visual.class_embedding": torch.zeros(8),
+                "visual.conv1.weight": torch.zeros(8, 3, 32, 32)}, vit)
+    unknown = tmp_path / "unknown.pth"
+    torch.save({"encoder.weight": torch.zeros(2)}, unknown)
     cases = [(not_ckpt, "Could not read"), (truncated, "Could not read"),
-             (clip, "CLIP"), (tmp_path / "absent.pth", "does not exist")]
+             (vit, "CLIP ViT checkpoint; its converter is not available"),
+             (unknown, "Pass --format with one of"),
+             (tmp_path / "absent.pth", "does not exist")]
     for path, message in cases:
         target = tmp_path / f"{path.stem}.keras"
         r = run_cli(f"--checkpoint={path}", f"--out={target}")
