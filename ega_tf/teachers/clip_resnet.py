@@ -25,8 +25,11 @@ import re
 import keras
 from keras import layers, ops
 
-from ega_tf.teachers.porting import (WeightPorter, torch_conv_kernel,
-                                     torch_dense_kernel)
+# PyTorch padding for strided convs and BN eps 1e-5, as the students use.
+from ega_tf.students.layers import bn as _bn
+from ega_tf.students.layers import conv as _conv
+from ega_tf.teachers.porting import (WeightPorter, port_batchnorm,
+                                     torch_conv_kernel, torch_dense_kernel)
 
 _BLOCK = re.compile(r"^layer(\d)\.(\d+)\.")
 
@@ -63,18 +66,6 @@ class AttentionPool2D(layers.Layer):
     def get_config(self):
         return {**super().get_config(), "num_heads": self.num_heads,
                 "output_dim": self.output_dim}
-
-
-def _bn(x, name):
-    return layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=name)(x)
-
-
-def _conv(x, filters, kernel, stride=1, name=None):
-    if stride > 1:  # PyTorch's symmetric padding for the strided stem conv
-        x = layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(x)
-    return layers.Conv2D(filters, kernel, strides=stride,
-                         padding="valid" if stride > 1 else "same",
-                         use_bias=False, name=name)(x)
 
 
 def _bottleneck(x, planes, stride, name):
@@ -132,13 +123,6 @@ def build(arch):
     return keras.Model(inputs, out, name="backbone")
 
 
-def _port_bn(porter, layer, key):
-    for var, name in zip((layer.gamma, layer.beta, layer.moving_mean,
-                          layer.moving_variance),
-                         ("weight", "bias", "running_mean", "running_var")):
-        porter.port(var, f"{key}.{name}")
-
-
 def port(model, state, ignore=()):
     """Copies CLIP ``visual.*`` tensors (prefix stripped) into ``build()``'s
     model, strictly; returns the keys used."""
@@ -149,7 +133,7 @@ def port(model, state, ignore=()):
                         layer.name.replace("_", ".") + ".weight",
                         torch_conv_kernel)
         elif isinstance(layer, layers.BatchNormalization):
-            _port_bn(porter, layer, layer.name.replace("_", "."))
+            port_batchnorm(porter, layer, layer.name.replace("_", "."))
     pool = model.get_layer("attnpool")
     c = pool.positional_embedding.shape[1]
     heads = pool.num_heads

@@ -27,6 +27,14 @@ def torch_dense_kernel(w):
     return np.transpose(w)
 
 
+def port_batchnorm(porter, layer, key):
+    """A PyTorch ``BatchNorm2d`` at ``key`` into a Keras BatchNormalization."""
+    for var, name in zip((layer.gamma, layer.beta, layer.moving_mean,
+                          layer.moving_variance),
+                         ("weight", "bias", "running_mean", "running_var")):
+        porter.port(var, f"{key}.{name}")
+
+
 class WeightPorter:
     """Copies tensors from ``source`` (name -> array) into Keras variables."""
 

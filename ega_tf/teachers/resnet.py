@@ -15,7 +15,8 @@ import re
 
 import keras
 
-from ega_tf.teachers.porting import WeightPorter, torch_conv_kernel
+from ega_tf.teachers.porting import (WeightPorter, port_batchnorm,
+                                     torch_conv_kernel)
 
 _BLOCK = re.compile(r"^layer(\d)\.(\d+)\.")
 
@@ -54,13 +55,6 @@ def build(arch):
     return keras.Model(inputs, pooled, name="backbone")
 
 
-def _port_bn(porter, layer, prefix):
-    for var, name in zip((layer.gamma, layer.beta, layer.moving_mean,
-                          layer.moving_variance),
-                         ("weight", "bias", "running_mean", "running_var")):
-        porter.port(var, f"{prefix}.{name}")
-
-
 def port(backbone, state, ignore=()):
     """Copies a torchvision state dict into ``build(...)``'s model, strictly.
 
@@ -71,7 +65,7 @@ def port(backbone, state, ignore=()):
     body = backbone.get_layer("resnet")
     get = body.get_layer
     porter.port(get("conv1_conv").kernel, "conv1.weight", torch_conv_kernel)
-    _port_bn(porter, get("conv1_bn"), "bn1")
+    port_batchnorm(porter, get("conv1_bn"), "bn1")
     arch = infer_arch(state)
     convs = 3 if arch["bottleneck"] else 2
     for s, n in enumerate(arch["blocks"]):
@@ -80,9 +74,9 @@ def port(backbone, state, ignore=()):
             for k in range(1, convs + 1):
                 porter.port(get(f"{ours}_{k}_conv").kernel,
                             f"{theirs}.conv{k}.weight", torch_conv_kernel)
-                _port_bn(porter, get(f"{ours}_{k}_bn"), f"{theirs}.bn{k}")
+                port_batchnorm(porter, get(f"{ours}_{k}_bn"), f"{theirs}.bn{k}")
             if f"{theirs}.downsample.0.weight" in state:
                 porter.port(get(f"{ours}_0_conv").kernel,
                             f"{theirs}.downsample.0.weight", torch_conv_kernel)
-                _port_bn(porter, get(f"{ours}_0_bn"), f"{theirs}.downsample.1")
+                port_batchnorm(porter, get(f"{ours}_0_bn"), f"{theirs}.downsample.1")
     return porter.finish()
