@@ -17,6 +17,8 @@ setup(
         "keras>=3.12",  # keras.distillation
         "keras-hub>=0.32",
         "tensorflow-datasets>=4.9.8",
+        # TFDS imports it lazily to prepare a dataset (checksums lookup).
+        "importlib_resources",
         "tensorboard",
         "absl-py",
         "ml-collections>=1.0",

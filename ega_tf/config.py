@@ -42,8 +42,20 @@ def default_config(arg=None):
     c.epochs = 240
     c.batch_size = 64
     c.eval_batch_size = 256
-    c.padding = 4               # RandomCrop padding of both views
+    # RandomCrop padding of both views; None: 4 px at 32 px, scaled with the
+    # resolution (8 at 64 px, 12 at 96 px).
+    c.padding = config_dict.placeholder(int)
     c.teacher_view = "independent"  # independent | same | clean
+    c.unlabeled_split = False   # stl10: add the 100k unlabelled images (-1)
+
+    c.data = ml_collections.ConfigDict()
+    # Side of the square training images; None: the dataset's own (folder:
+    # the shorter side of the first training image).
+    c.data.image_size = config_dict.placeholder(int)
+    c.data.cache = "auto"       # auto | memory | none (decoded images)
+    c.data.cache_limit_gb = 8.0  # auto caches splits up to this size
+    c.data.shuffle_buffer = config_dict.placeholder(int)  # None: whole split
+    c.data.deterministic = True  # seeded, reproducible order
     c.seed = 0
     c.precision = "float32"     # float32 | mixed_float16 | mixed_bfloat16
     c.jit_compile = "auto"      # auto | true | false

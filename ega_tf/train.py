@@ -29,7 +29,9 @@ config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(__file__), "config.py"),
     "Python config file with get_config(); `file.py:arg` passes arg. "
     "Fields can be overridden: --config.optim.lr=0.1.")
-flags.DEFINE_string("dataset", None, "Dataset: digits, cifar100.")
+flags.DEFINE_string("dataset", None, "Dataset: digits, cifar100, stl10, "
+                    "tiny_imagenet, or folder:PATH (PATH/<split>/<class>/"
+                    "<image>).")
 flags.DEFINE_string("student", None, "Student network (ega_tf.students).")
 flags.DEFINE_string("teacher", None, "Teacher .keras file, or a published "
                     "checkpoint (converted once, cached) for --distill=ega.")
@@ -43,6 +45,8 @@ flags.DEFINE_float("labeled_fraction", None,
 flags.DEFINE_integer("seed", None, "Random seed (data order, init, views).")
 flags.DEFINE_string("data_dir", None, "TFDS data directory.")
 flags.DEFINE_bool("download", None, "Let TFDS download a missing dataset.")
+flags.DEFINE_bool("unlabeled_split", None, "stl10: also train on its "
+                  "100,000 unlabelled images (label -1, EGA only).")
 flags.DEFINE_string("workdir", None, "Output directory (default: "
                     "runs/<dataset>_<student>_<distill>_s<seed>).")
 flags.DEFINE_integer("verbose", None, "Keras progress: 1 bar, 2 one line "
@@ -50,7 +54,7 @@ flags.DEFINE_integer("verbose", None, "Keras progress: 1 bar, 2 one line "
 
 _SHORTCUTS = ("dataset", "student", "teacher", "distill", "epochs",
               "batch_size", "labeled_fraction", "seed", "data_dir",
-              "download")
+              "download", "unlabeled_split")
 _LOW_LR_STUDENTS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
 
 
@@ -67,6 +71,9 @@ def resolve_config(config, overrides):
     check_choice("precision", config.precision, cli.PRECISIONS)
     check_choice("jit_compile", str(config.jit_compile).lower(),
                  ("auto", "true", "false"))
+    check_choice("teacher_view", config.teacher_view,
+                 ("independent", "same", "clean"))
+    check_choice("data.cache", config.data.cache, ("auto", "memory", "none"))
     if config.distill == "ega" and not config.teacher:
         raise ValueError(
             "--distill=ega needs a teacher: pass --teacher=FILE.keras. Make "
@@ -186,14 +193,18 @@ def run(config, workdir, verbose=2):
         f.write(config.to_json(indent=2, sort_keys=True))
     cli.set_seed(config.seed)
     cli.set_precision(config.precision)
-    dataset = data.load(config.dataset, config.data_dir, config.download)
-    dataset.train.labels = data.mask_labels(
-        dataset.train.labels, config.labeled_fraction, config.seed)
+    dataset = data.load(config.dataset, config.data_dir, config.download,
+                        config.data.image_size, config.unlabeled_split)
+    dataset.train = dataset.train.with_labels(data.mask_labels(
+        dataset.train.labels, config.labeled_fraction, config.seed))
     logging.info("%s", dataset.describe())
-    train_ds = pipeline.train_dataset(dataset.train, config.batch_size,
-                                      config.seed, config.padding,
-                                      config.teacher_view)
-    test_ds = pipeline.eval_dataset(dataset.test, config.eval_batch_size)
+    train_ds = pipeline.train_dataset(
+        dataset.train, config.batch_size, config.seed, config.padding,
+        config.teacher_view, config.data.deterministic, config.data.cache,
+        config.data.cache_limit_gb, config.data.shuffle_buffer)
+    test_ds = pipeline.eval_dataset(dataset.test, config.eval_batch_size,
+                                    config.data.cache,
+                                    config.data.cache_limit_gb)
 
     model = build_model(config, dataset)
     ckpt = _Checkpointer(model, os.path.join(workdir, "checkpoints"),

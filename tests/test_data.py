@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from ega_tf import data
-from ega_tf.data import pipeline
+from ega_tf.data import augment, pipeline
 
 
 @pytest.fixture(scope="module")
@@ -74,11 +74,11 @@ def test_pad_crop_flip_geometry_eager_and_in_tf_data(padding):
     img = coordinate_image()
     seen = set()
     for s in range(40):
-        out = pipeline.pad_crop_flip(tf.constant(img), padding,
+        out = augment.pad_crop_flip(tf.constant(img), padding,
                                      tf.constant([s, 7], tf.int64)).numpy()
         seen.add(check_crop_geometry(out, padding))
     ds = tf.data.Dataset.from_tensors(img).repeat(40).enumerate().map(
-        lambda i, x: pipeline.pad_crop_flip(x, padding,
+        lambda i, x: augment.pad_crop_flip(x, padding,
                                             tf.stack([i, tf.constant(7, tf.int64)])))
     seen_ds = {check_crop_geometry(o, padding) for o in ds.as_numpy_iterator()}
     assert seen == seen_ds  # the same seeds give the same views in tf.data
@@ -127,7 +127,7 @@ def test_eval_dataset_is_plain_and_ordered(digits):
 
 
 def test_unknown_dataset_lists_names():
-    with pytest.raises(KeyError, match="cifar100, digits"):
+    with pytest.raises(KeyError, match="cifar100, digits, folder:PATH, stl10, tiny_imagenet"):
         data.load("cifar1000")
 
 

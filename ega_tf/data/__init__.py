@@ -1,14 +1,22 @@
-"""Datasets by name, and the views the distiller trains on.
+"""Datasets by name, their augmentation, and the views the distiller trains on.
 
-``load(name)`` returns a ``Dataset`` of uint8 RGB images held in memory
-(train and test splits, labels, class count, resolution). Images stay uint8
-all the way into the models: each model resizes and normalises for itself
-(DESIGN.md §3), so this package never needs to know which teacher is used.
+- ``base.py``: ``Split`` (uint8 images + int64 labels, in memory or streamed),
+  ``Dataset``, ``mask_labels``.
+- ``sources.py``: the ``DATASETS`` registry and ``load(name)``: digits,
+  cifar100, stl10, tiny_imagenet, folder:PATH.
+- ``tiny_imagenet.py``: the TFDS builder for the published Tiny ImageNet zip.
+- ``augment.py``: RandomCrop(padding) + flip, the teacher-view options.
+- ``pipeline.py``: the tf.data streams for training and evaluation.
+
+Images stay uint8 all the way into the models: each model resizes and
+normalises for itself (DESIGN.md §3), so this package never needs to know
+which teacher is used.
 """
 
 from __future__ import annotations
 
-from ega_tf.data.base import Dataset, Split, mask_labels
-from ega_tf.data.sources import DATASETS, load
+from ega_tf.data.base import UNLABELED, Dataset, Split, mask_labels
+from ega_tf.data.sources import DATASETS, DatasetNotFoundError, load
 
-__all__ = ["DATASETS", "Dataset", "Split", "load", "mask_labels"]
+__all__ = ["DATASETS", "UNLABELED", "Dataset", "DatasetNotFoundError",
+           "Split", "load", "mask_labels"]

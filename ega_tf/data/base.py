@@ -1,32 +1,117 @@
-"""In-memory dataset containers and label masking."""
+"""Dataset containers and label masking.
+
+A ``Split`` is one split of a dataset: uint8 RGB images of one size and int64
+labels, in a fixed order. The images are held either in memory (a numpy
+array: ``digits`` and tests) or behind a reader that streams them through
+``tf.data`` in that same order (TFDS builders, image folders), so a split of
+any size can be trained on. The labels are always a numpy array: masking,
+class counts and step counts never decode an image.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
 UNLABELED = -1  # label of an example that only EGA may use
 
 
-@dataclasses.dataclass
 class Split:
-    images: np.ndarray  # uint8 [N, H, W, 3]
-    labels: np.ndarray  # int64 [N], UNLABELED where the label is hidden
+    """uint8 ``[H, W, 3]`` images and int64 labels in a fixed order.
 
-    def __post_init__(self):
-        if self.images.dtype != np.uint8 or self.images.ndim != 4 or (
-                self.images.shape[-1] != 3):
-            raise ValueError("images must be uint8 [N, H, W, 3]; got "
-                             f"{self.images.dtype} {self.images.shape}.")
-        if len(self.images) != len(self.labels):
-            raise ValueError(f"{len(self.images)} images but "
-                             f"{len(self.labels)} labels.")
-        self.labels = np.asarray(self.labels, np.int64)
+    Pass ``images`` (uint8 ``[N, H, W, 3]``) to hold them in memory, or
+    ``reader`` (a function returning a ``tf.data.Dataset`` of uint8 images in
+    the order of ``labels``) plus ``image_size`` to stream them.
+    """
+
+    def __init__(self, images=None, labels=None, *,
+                 reader: Optional[Callable] = None,
+                 image_size: Optional[Tuple[int, int]] = None):
+        if (images is None) == (reader is None):
+            raise ValueError("Give a Split either images or a reader.")
+        self.labels = np.asarray(labels, np.int64)
+        self._images = None
+        self._reader = reader
+        if images is not None:
+            images = np.asarray(images)
+            if images.dtype != np.uint8 or images.ndim != 4 or (
+                    images.shape[-1] != 3):
+                raise ValueError("images must be uint8 [N, H, W, 3]; got "
+                                 f"{images.dtype} {images.shape}.")
+            if len(images) != len(self.labels):
+                raise ValueError(f"{len(images)} images but "
+                                 f"{len(self.labels)} labels.")
+            self._images = images
+            image_size = images.shape[1:3]
+        self.image_size = tuple(int(s) for s in image_size)
 
     def __len__(self):
         return len(self.labels)
+
+    @property
+    def in_memory(self) -> bool:
+        return self._images is not None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the decoded images."""
+        h, w = self.image_size
+        return len(self) * h * w * 3
+
+    @property
+    def num_labeled(self) -> int:
+        return int((self.labels != UNLABELED).sum())
+
+    @property
+    def images(self) -> np.ndarray:
+        """All images as one uint8 array (decodes a streamed split once and
+        keeps it: mind the memory for large splits)."""
+        if self._images is None:
+            parts = [b.numpy() for b in self.image_dataset().batch(4096)]
+            images = (np.concatenate(parts) if parts else np.zeros(
+                (0, *self.image_size, 3), np.uint8))
+            if len(images) != len(self):
+                raise ValueError(f"The reader gave {len(images)} images for "
+                                 f"{len(self)} labels.")
+            self._images = images
+        return self._images
+
+    def image_dataset(self):
+        """A ``tf.data.Dataset`` of the uint8 images, in order."""
+        import tensorflow as tf
+        if self._images is not None:
+            return tf.data.Dataset.from_tensor_slices(self._images)
+        return self._reader()
+
+    def dataset(self):
+        """A ``tf.data.Dataset`` of ``(image, label)``, in order."""
+        import tensorflow as tf
+        return tf.data.Dataset.zip(
+            (self.image_dataset(), tf.data.Dataset.from_tensor_slices(
+                self.labels)))
+
+    def with_labels(self, labels) -> "Split":
+        """The same images with other labels (e.g. masked)."""
+        labels = np.asarray(labels, np.int64)
+        if len(labels) != len(self):
+            raise ValueError(f"{len(labels)} labels for {len(self)} images.")
+        if self._images is not None:
+            return Split(self._images, labels)
+        return Split(labels=labels, reader=self._reader,
+                     image_size=self.image_size)
+
+    def concatenate(self, other: "Split") -> "Split":
+        """This split followed by ``other`` (same image size)."""
+        if other.image_size != self.image_size:
+            raise ValueError(f"Cannot join {self.image_size} images with "
+                             f"{other.image_size} images.")
+        return Split(
+            labels=np.concatenate([self.labels, other.labels]),
+            reader=lambda: self.image_dataset().concatenate(
+                other.image_dataset()),
+            image_size=self.image_size)
 
 
 @dataclasses.dataclass
@@ -39,22 +124,22 @@ class Dataset:
 
     @property
     def image_size(self):
-        return tuple(self.train.images.shape[1:3])
+        return self.train.image_size
 
     def describe(self) -> str:
         h, w = self.image_size
-        labeled = int((self.train.labels != UNLABELED).sum())
+        unlabeled = len(self.train) - self.train.num_labeled
         return (f"{self.name}: {self.num_classes} classes, {h}x{w} RGB, "
-                f"train {len(self.train)} ({labeled} labeled), "
-                f"test {len(self.test)}")
+                f"train {len(self.train)} ({self.train.num_labeled} labeled,"
+                f" {unlabeled} unlabeled), test {len(self.test)}")
 
 
 def mask_labels(labels, fraction, seed=0):
     """Keeps a stratified ``fraction`` of the labels, sets the rest to -1.
 
     Every class keeps ``round(fraction * n_class)`` labels, at least one, so
-    no class is left without a labeled example. The same seed gives the same
-    subset.
+    no class is left without a labeled example. Labels that are already -1
+    stay -1. The same seed gives the same subset.
     """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(

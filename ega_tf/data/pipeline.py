@@ -1,76 +1,79 @@
 """tf.data pipelines yielding the student's and the teacher's uint8 views.
 
-Training examples are ``({"student": s, "teacher": t}, label)``: two
-independently sampled RandomCrop(padding) + horizontal-flip views of the same
-image (DESIGN.md §2), or, with ``teacher_view``, the same view (``"same"``) or
-the plain image (``"clean"``) for the teacher. Evaluation examples carry the
-plain image in both places. Randomness is stateless and seeded, so a seed
-fixes the whole stream; a fresh stream of seeds is drawn every epoch.
+Training examples are ``({"student": s, "teacher": t}, label)`` built by
+``augment.make_views``; evaluation examples carry the plain image in both
+places. The stream is:
 
-Written with ``tf.image``'s stateless ops rather than Keras's ``RandomCrop``
-layer because the published policy pads before cropping and samples every
-image independently, which that layer does not do.
+    split (in memory, or decoded in parallel by TFDS) -> cache (decoded
+    images, when they fit) -> shuffle -> views (parallel) -> batch -> prefetch
+
+Randomness is stateless and seeded: a seed fixes the whole stream, and each
+epoch draws fresh seeds. ``deterministic=False`` lets the parallel view map
+hand out elements as they finish (faster on a busy machine; the same views,
+in a less predictable order).
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
 
+from ega_tf.data import augment
 from ega_tf.registry import check_choice
 
-TEACHER_VIEWS = ("independent", "same", "clean")
+TEACHER_VIEWS = augment.TEACHER_VIEWS
+CACHE_POLICIES = ("auto", "memory", "none")
+DEFAULT_SHUFFLE_BUFFER = 16384  # for streamed splits that are not cached
 AUTOTUNE = tf.data.AUTOTUNE
+GiB = 1 << 30
 
 
-def pad_crop_flip(image, padding, seed):
-    """Zero-pads by ``padding``, crops back to size at random, flips at random.
-
-    ``image`` is one [H, W, C] image; ``seed`` a shape-[2] int tensor.
-    """
-    shape = tf.shape(image)
-    seeds = tf.random.experimental.stateless_split(seed, 2)
-    if padding:
-        image = tf.pad(image, [[padding, padding], [padding, padding], [0, 0]])
-    image = tf.image.stateless_random_crop(image, shape, seeds[0])
-    return tf.image.stateless_random_flip_left_right(image, seeds[1])
+def _cached(split, ds, cache, cache_limit_gb):
+    """Caches the decoded images of a streamed split in memory, if asked to
+    or (``auto``) if they take at most ``cache_limit_gb``."""
+    check_choice("cache", cache, CACHE_POLICIES)
+    if split.in_memory or cache == "none":
+        return ds, split.in_memory
+    if cache == "memory" or split.nbytes <= cache_limit_gb * GiB:
+        return ds.cache(), True
+    return ds, False
 
 
-def _options(deterministic):
-    opts = tf.data.Options()
-    opts.deterministic = deterministic
-    return opts
-
-
-def train_dataset(split, batch_size, seed=0, padding=4,
-                  teacher_view="independent", deterministic=True):
+def train_dataset(split, batch_size, seed=0, padding=None,
+                  teacher_view="independent", deterministic=True,
+                  cache="auto", cache_limit_gb=8.0, shuffle_buffer=None):
     """Shuffled, augmented, batched training stream (drops the last partial
-    batch so every step has the same shape)."""
+    batch so every step has the same shape).
+
+    ``padding=None`` scales the published 4 px with the resolution
+    (``augment.default_padding``). ``shuffle_buffer=None`` shuffles over the
+    whole split when it is in memory, else over ``DEFAULT_SHUFFLE_BUFFER``.
+    """
     check_choice("teacher_view", teacher_view, TEACHER_VIEWS)
     if len(split) < batch_size:
         raise ValueError(f"batch_size {batch_size} exceeds the {len(split)} "
                          "training images; lower --batch_size.")
+    if padding is None:
+        padding = augment.default_padding(split.image_size)
 
     def views(element, rnd):
         image, label = element
-        seeds = tf.random.experimental.stateless_split(
-            tf.stack([rnd, tf.constant(seed, tf.int64)]), 2)
-        student = pad_crop_flip(image, padding, seeds[0])
-        teacher = {"independent": lambda: pad_crop_flip(image, padding,
-                                                        seeds[1]),
-                   "same": lambda: student,
-                   "clean": lambda: image}[teacher_view]()
-        return {"student": student, "teacher": teacher}, label
+        seed_pair = tf.stack([rnd, tf.constant(seed, tf.int64)])
+        return augment.make_views(image, seed_pair, padding,
+                                  teacher_view), label
 
-    ds = tf.data.Dataset.from_tensor_slices((split.images, split.labels))
-    ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
+    ds, whole = _cached(split, split.dataset(), cache, cache_limit_gb)
+    buffer = shuffle_buffer or (len(split) if whole else
+                                min(len(split), DEFAULT_SHUFFLE_BUFFER))
+    ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     rng = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-    ds = tf.data.Dataset.zip((ds, rng)).map(views, num_parallel_calls=AUTOTUNE)
-    ds = ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
-    return ds.with_options(_options(deterministic))
+    ds = tf.data.Dataset.zip((ds, rng)).map(
+        views, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    return ds.prefetch(AUTOTUNE)
 
 
-def eval_dataset(split, batch_size):
+def eval_dataset(split, batch_size, cache="auto", cache_limit_gb=8.0):
     """The plain images for both models, in order."""
-    ds = tf.data.Dataset.from_tensor_slices((split.images, split.labels))
+    ds, _ = _cached(split, split.dataset(), cache, cache_limit_gb)
     ds = ds.map(lambda x, y: ({"student": x, "teacher": x}, y))
     return ds.batch(batch_size).prefetch(AUTOTUNE)

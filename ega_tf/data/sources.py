@@ -1,11 +1,27 @@
-"""Where images come from: the embedded ``digits`` set and TFDS builders.
+"""Where images come from, by name (``--dataset=``).
 
-``digits`` is scikit-learn's bundled copy of the UCI handwritten digits
-(1,797 images of 8x8 pixels with 17 grey levels, 10 classes): it ships with
-scikit-learn, so the whole pipeline runs with no download. Each image is
-scaled to 0..255, resized bilinearly to 32x32 (the CIFAR resolution the
-students are built for) and repeated over three channels. The split is fixed:
-a stratified 75% / 25% split with seed 0 (1,347 train, 450 test images).
+- ``digits``: scikit-learn's bundled copy of the UCI handwritten digits
+  (1,797 images of 8x8 pixels with 17 grey levels, 10 classes). It ships with
+  scikit-learn, so everything runs with no download. Each image is scaled to
+  0..255, resized bilinearly to 32x32 (the CIFAR resolution the students are
+  built for) and repeated over three channels. The split is fixed: stratified
+  75% / 25% with seed 0 (1,347 train, 450 test images). Held in memory.
+- ``cifar100`` (TFDS, 32x32, 100 classes), ``stl10`` (TFDS, 96x96, 10
+  classes; ``unlabeled_split=True`` adds its 100,000 ``unlabelled`` images to
+  training with label -1) and ``tiny_imagenet`` (64x64, 200 classes; the
+  builder in ``tiny_imagenet.py``; the test split is its labeled
+  ``validation`` split). Streamed from TFDS's prepared files.
+- ``folder:PATH``: images in TFDS's ``ImageFolder`` layout,
+  ``PATH/<split>/<class>/<image>.{png,jpg,jpeg}``, with a ``train`` split and
+  a ``test`` (or ``val`` / ``validation``) split. Images of any size are
+  resized (shorter side, then centre crop) to ``image_size``, by default the
+  shorter side of the first training image.
+
+A TFDS dataset that is not prepared is prepared from the files in
+``<data_dir>/downloads/manual/``; without them (and without ``download``) the
+loader stops with one message naming the file and the directory. TFDS writes
+into a temporary directory and renames it when complete, so a failed
+preparation leaves nothing that breaks the next run.
 """
 
 from __future__ import annotations
@@ -15,12 +31,14 @@ from typing import Optional
 
 import numpy as np
 
-from ega_tf.data.base import Dataset, Split
+from ega_tf.data.base import UNLABELED, Dataset, Split
 from ega_tf.registry import Registry
 
 DATASETS: Registry = Registry("dataset")
 
 DIGITS_SIZE = 32
+FOLDER_PREFIX = "folder:"
+_TEST_SPLITS = ("test", "val", "validation")
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -28,8 +46,11 @@ class DatasetNotFoundError(FileNotFoundError):
 
 
 @DATASETS.register("digits")
-def load_digits(data_dir: Optional[str] = None, **_) -> Dataset:
-    del data_dir  # bundled with scikit-learn
+def load_digits(image_size=None, unlabeled_split=False, **_) -> Dataset:
+    _no_unlabeled_split("digits", unlabeled_split)
+    if image_size not in (None, DIGITS_SIZE):
+        raise ValueError(f"digits is fixed at {DIGITS_SIZE}x{DIGITS_SIZE}; "
+                         "leave image_size unset.")
     import tensorflow as tf
     from sklearn.datasets import load_digits as sk_digits
     from sklearn.model_selection import train_test_split
@@ -48,46 +69,173 @@ def load_digits(data_dir: Optional[str] = None, **_) -> Dataset:
                    [str(i) for i in range(10)])
 
 
-def _tfds_load(name, archive, data_dir, download, splits=("train", "test")):
-    """Loads a TFDS image-classification dataset into memory.
+def _no_unlabeled_split(name, unlabeled_split):
+    if unlabeled_split:
+        raise ValueError(f"{name} has no unlabeled split; unlabeled_split "
+                         "is for stl10. Use labeled_fraction to hide labels.")
 
-    Prepares it from ``<data_dir>/downloads/manual/<archive>`` when that file
-    is there (TFDS looks there before the network), downloads only when
-    ``download`` is true, and otherwise stops with what to put where.
-    """
+
+def _default_data_dir(data_dir):
+    return os.path.expanduser(
+        data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
+
+
+def _prepared_builder(name, archive, data_dir, download, downloadable=True):
+    """The TFDS builder of ``name``, prepared (from the manual directory, or
+    downloaded if allowed), or a DatasetNotFoundError saying what to do."""
     import tensorflow_datasets as tfds
 
-    data_dir = os.path.expanduser(
-        data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
+    data_dir = _default_data_dir(data_dir)
     builder = tfds.builder(name, data_dir=data_dir)
-    if not builder.is_prepared():
-        manual = os.path.join(data_dir, "downloads", "manual")
-        if not (os.path.exists(os.path.join(manual, archive)) or download):
-            raise DatasetNotFoundError(
-                f"Dataset {name!r} is not prepared in {data_dir} and this "
-                f"run may not download it. Either put {archive} (from the "
-                f"dataset's publisher) in {manual}/ and run again, or run "
-                f"with --download on a machine with internet access, or copy "
-                f"a prepared {os.path.join(data_dir, name)} from another "
-                "machine. See BUILD.md, 'Datasets'.")
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=manual))
-    parts = {}
-    for split in splits:
-        arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-        parts[split] = Split(arrays["image"].astype(np.uint8),
-                             arrays["label"])
-    names = builder.info.features["label"].names
-    return Dataset(name, len(names), parts[splits[0]], parts[splits[1]],
-                   list(names))
+    if builder.is_prepared():
+        return builder
+    manual = os.path.join(data_dir, "downloads", "manual")
+    have = os.path.exists(os.path.join(manual, archive))
+    if not have and not (download and downloadable):
+        how = (f" or run with --download on a machine with internet access,"
+               if downloadable else "")
+        raise DatasetNotFoundError(
+            f"Dataset {name!r} is not prepared in {data_dir}. Put {archive} "
+            f"(from the dataset's publisher) in {manual}/ and run again,{how}"
+            f" or copy a prepared {os.path.join(data_dir, name)} from another"
+            " machine. See BUILD.md, 'Datasets'.")
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual))
+    return builder
+
+
+def _resized(ds, native, image_size):
+    """Maps a stream of images to ``image_size`` if that differs."""
+    from ega_tf.data.augment import resize_center_crop
+    if image_size is None or tuple(native) == (image_size, image_size):
+        return ds
+    return ds.map(lambda x: resize_center_crop(x, image_size),
+                  num_parallel_calls=-1)
+
+
+def _tfds_split(builder, split, image_size=None, native=None,
+                all_unlabeled=False) -> Split:
+    """A streamed Split of TFDS ``split``: labels are read once with the
+    images left undecoded; images are decoded in parallel when iterated."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    def read(decoders=None):
+        return builder.as_dataset(split=split, shuffle_files=False,
+                                  decoders=decoders)
+
+    if all_unlabeled and _known_size(builder, split):
+        labels = np.full(_known_size(builder, split), UNLABELED, np.int64)
+    else:
+        ds = read({"image": tfds.decode.SkipDecoding()})
+        parts = [b for b in tfds.as_numpy(
+            ds.map(lambda ex: ex["label"]).batch(65536))]
+        labels = (np.concatenate(parts) if parts else np.zeros(0, np.int64))
+        if all_unlabeled:
+            labels = np.full(len(labels), UNLABELED, np.int64)
+    native = native or builder.info.features["image"].shape[:2]
+    size = (image_size, image_size) if image_size else tuple(native)
+
+    def reader():
+        ds = read().map(lambda ex: ex["image"], num_parallel_calls=-1)
+        ds = _resized(ds, native, image_size)
+        return ds.map(lambda x: tf.ensure_shape(x, (*size, 3)))
+
+    return Split(labels=labels, reader=reader, image_size=size)
+
+
+def _known_size(builder, split) -> int:
+    try:
+        return int(builder.info.splits[split].num_examples)
+    except Exception:  # splits unknown (e.g. under tfds.testing.mock_data)
+        return 0
+
+
+def _tfds_dataset(name, builder, train="train", test="test", image_size=None,
+                  extra_train=None, class_names=None) -> Dataset:
+    train_split = _tfds_split(builder, train, image_size)
+    if extra_train:
+        train_split = train_split.concatenate(_tfds_split(
+            builder, extra_train, image_size, all_unlabeled=True))
+    names = class_names or list(builder.info.features["label"].names)
+    return Dataset(name, len(names), train_split,
+                   _tfds_split(builder, test, image_size), names)
 
 
 @DATASETS.register("cifar100")
-def load_cifar100(data_dir=None, download=False, **_) -> Dataset:
-    return _tfds_load("cifar100", "cifar-100-binary.tar.gz", data_dir,
-                      download)
+def load_cifar100(data_dir=None, download=False, image_size=None,
+                  unlabeled_split=False, **_) -> Dataset:
+    _no_unlabeled_split("cifar100", unlabeled_split)
+    builder = _prepared_builder("cifar100", "cifar-100-binary.tar.gz",
+                                data_dir, download)
+    return _tfds_dataset("cifar100", builder, image_size=image_size)
 
 
-def load(name: str, data_dir: Optional[str] = None, download=False):
-    """Loads dataset ``name`` (see ``DATASETS.names()``) into memory."""
-    return DATASETS.get(name)(data_dir=data_dir, download=download)
+@DATASETS.register("stl10")
+def load_stl10(data_dir=None, download=False, image_size=None,
+               unlabeled_split=False, **_) -> Dataset:
+    builder = _prepared_builder("stl10", "stl10_binary.tar.gz", data_dir,
+                                download)
+    return _tfds_dataset(
+        "stl10", builder, image_size=image_size,
+        extra_train="unlabelled" if unlabeled_split else None)
+
+
+@DATASETS.register("tiny_imagenet")
+def load_tiny_imagenet(data_dir=None, download=False, image_size=None,
+                       unlabeled_split=False, **_) -> Dataset:
+    _no_unlabeled_split("tiny_imagenet", unlabeled_split)
+    from ega_tf.data import tiny_imagenet  # registers the TFDS builder
+    builder = _prepared_builder("tiny_imagenet", tiny_imagenet.ARCHIVE,
+                                data_dir, download, downloadable=False)
+    words = builder.info.metadata.get("words", {}) if (
+        builder.info.metadata) else {}
+    names = [f"{w}: {words[w]}" if w in words else w
+             for w in builder.info.features["label"].names]
+    return _tfds_dataset("tiny_imagenet", builder, test="validation",
+                         image_size=image_size, class_names=names)
+
+
+@DATASETS.register(FOLDER_PREFIX + "PATH")
+def load_folder(path, image_size=None, unlabeled_split=False,
+                **_) -> Dataset:
+    """Images in ``PATH/<split>/<class>/<file>`` (TFDS ``ImageFolder``)."""
+    _no_unlabeled_split("folder:", unlabeled_split)
+    import tensorflow_datasets as tfds
+
+    path = os.path.expanduser(path)
+    if not os.path.isdir(path):
+        raise DatasetNotFoundError(
+            f"Image folder {path!r} does not exist. Expected "
+            f"{path}/train/<class>/<image>.png|jpg and "
+            f"{path}/test/<class>/<image>.png|jpg.")
+    builder = tfds.ImageFolder(path)
+    splits = sorted(builder.info.splits.keys())
+    tests = [s for s in _TEST_SPLITS if s in splits]
+    if "train" not in splits or not tests:
+        raise DatasetNotFoundError(
+            f"Image folder {path!r} has splits {splits or 'none'}; it needs "
+            "train/ and one of test/, val/, validation/, each holding one "
+            "folder of .png/.jpg/.jpeg images per class.")
+    if image_size is None:
+        first = next(iter(builder.as_dataset(split="train",
+                                             shuffle_files=False)))
+        image_size = int(min(first["image"].shape[:2]))
+    native = (None, None)  # sizes vary: always resize and crop
+    names = list(builder.info.features["label"].names)
+    return Dataset(FOLDER_PREFIX + path, len(names),
+                   _tfds_split(builder, "train", image_size, native),
+                   _tfds_split(builder, tests[0], image_size, native), names)
+
+
+def load(name: str, data_dir: Optional[str] = None, download=False,
+         image_size: Optional[int] = None, unlabeled_split=False) -> Dataset:
+    """Dataset ``name`` (see ``DATASETS.names()``; ``folder:PATH`` for a
+    local image folder), its splits streamed or in memory."""
+    kwargs = dict(data_dir=data_dir, download=download,
+                  image_size=image_size, unlabeled_split=unlabeled_split)
+    if name == FOLDER_PREFIX + "PATH":
+        raise ValueError("Replace PATH in folder:PATH by your image folder.")
+    if name.startswith(FOLDER_PREFIX) and len(name) > len(FOLDER_PREFIX):
+        return load_folder(name[len(FOLDER_PREFIX):], **kwargs)
+    return DATASETS.get(name)(**kwargs)
