@@ -140,3 +140,75 @@ def test_cifar100_missing_says_what_to_put_where(tmp_path):
     # Nothing half-prepared is left that would confuse the next run.
     assert not (tmp_path / "cifar100").exists() or not any(
         (tmp_path / "cifar100").rglob("*.tfrecord*"))
+
+
+def test_default_padding_scales_with_resolution():
+    assert [augment.default_padding((s, s)) for s in (32, 64, 96)] == [4, 8, 12]
+    split = data.Split(np.stack([coordinate_image(64, 64)] * 8), np.zeros(8))
+    x, _ = next(iter(pipeline.train_dataset(split, 8, seed=2)))
+    for view in x["student"].numpy():
+        check_crop_geometry(view, 8, 64, 64)
+
+
+def test_make_views_eager_equals_tf_data_map():
+    img = tf.constant(coordinate_image())
+    for mode in augment.TEACHER_VIEWS:
+        seeds = [tf.constant([s, 3], tf.int64) for s in range(12)]
+        eager = [augment.make_views(img, s, 4, mode) for s in seeds]
+        ds = tf.data.Dataset.from_tensor_slices(tf.stack(seeds)).map(
+            lambda s: augment.make_views(img, s, 4, mode))
+        for e, m in zip(eager, ds.as_numpy_iterator()):
+            np.testing.assert_array_equal(e["student"].numpy(), m["student"])
+            np.testing.assert_array_equal(e["teacher"].numpy(), m["teacher"])
+            check_crop_geometry(m["student"], 4)
+            if mode == "clean":
+                np.testing.assert_array_equal(m["teacher"], img.numpy())
+            else:
+                check_crop_geometry(m["teacher"], 4)
+
+
+def test_resize_center_crop_geometry_eager_and_in_tf_data():
+    wide = coordinate_image(20, 40)
+    out = augment.resize_center_crop(tf.constant(wide), 20).numpy()
+    np.testing.assert_array_equal(out, wide[:, 10:30])  # same scale: a crop
+    tall = coordinate_image(40, 20)
+    out = augment.resize_center_crop(tf.constant(tall), 20).numpy()
+    np.testing.assert_array_equal(out, tall[10:30])
+    # Halving 40x80: the window is centred on the original's centre.
+    big = np.zeros((40, 80, 3), np.uint8)
+    big[..., 0] = (np.arange(40)[:, None] * 3).astype(np.uint8)
+    big[..., 1] = (np.arange(80)[None, :] * 3).astype(np.uint8)
+    out = augment.resize_center_crop(tf.constant(big), 20).numpy()
+    assert out.shape == (20, 20, 3) and out.dtype == np.uint8
+    assert abs(out[..., 0].mean() / 3 - 19.5) < 0.6   # rows: all of them
+    assert abs(out[..., 1].mean() / 3 - 39.5) < 0.6   # columns: the centre
+    assert 18 < out[0, :, 1].min() / 3 < 21 and 58 < out[0, :, 1].max() / 3 < 61
+    ds = tf.data.Dataset.from_tensors(big).map(
+        lambda x: augment.resize_center_crop(x, 20))
+    np.testing.assert_array_equal(next(ds.as_numpy_iterator()), out)
+
+
+def test_streamed_split_matches_in_memory_split():
+    images = np.stack([coordinate_image()] * 10)
+    images[:, 0, 0, 2] = np.arange(10)  # tell the images apart
+    labels = np.arange(10) % 3
+    mem = data.Split(images, labels)
+    streamed = data.Split(labels=labels, image_size=(32, 32),
+                          reader=lambda: tf.data.Dataset.from_tensor_slices(
+                              images))
+    assert not streamed.in_memory and streamed.nbytes == images.nbytes
+    for cache in ("auto", "none", "memory"):
+        a = pipeline.train_dataset(mem, 5, seed=4, cache=cache)
+        b = pipeline.train_dataset(streamed, 5, seed=4, cache=cache)
+        for (xa, ya), (xb, yb) in zip(a, b):
+            np.testing.assert_array_equal(xa["student"], xb["student"])
+            np.testing.assert_array_equal(ya, yb)
+    masked = streamed.with_labels(data.mask_labels(labels, 0.5, 0))
+    assert masked.num_labeled == 6  # classes of 4, 3, 3: 2 + 2 + 2
+    both = masked.concatenate(mem)
+    assert len(both) == 20
+    np.testing.assert_array_equal(both.images[10:], images)
+    got = list(both.dataset().as_numpy_iterator())
+    np.testing.assert_array_equal([g[1] for g in got], both.labels)
+    with pytest.raises(ValueError, match="Valid values: auto, memory, none"):
+        pipeline.train_dataset(mem, 5, cache="disk")

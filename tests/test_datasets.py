@@ -19,49 +19,17 @@ import tensorflow_datasets as tfds
 from ega_tf import data, teachers, train
 from ega_tf.config import default_config
 from ega_tf.data import augment, pipeline
+from ega_tf.data.synthetic import (WNIDS, jpeg, make_tiny_imagenet_zip,
+                                   write_image_folder)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
-WNIDS = ("n02124075", "n01443537", "n04067472")  # wnids.txt order, unsorted
 
 
 def run_cli(args):
     return subprocess.run([sys.executable, "-m", "ega_tf.train", *args],
                           cwd=ROOT, env=ENV, capture_output=True, text=True,
                           timeout=900)
-
-
-def jpeg(rng, channels=3, size=64):
-    img = rng.integers(0, 256, (size, size, channels), dtype=np.uint8)
-    return tf.io.encode_jpeg(img, quality=100).numpy()
-
-
-def make_tiny_imagenet_zip(path, per_class=4, n_val=7, n_test=3):
-    """A small tiny-imagenet-200.zip in the published layout. Returns
-    {val file name: wnid}. The first training image of each class is a
-    greyscale JPEG, as a few published ones are."""
-    rng = np.random.default_rng(0)
-    r = "tiny-imagenet-200/"
-    val = {}
-    with zipfile.ZipFile(path, "w") as z:
-        z.writestr(r + "wnids.txt", "\n".join(WNIDS) + "\n")
-        z.writestr(r + "words.txt", "n00001740\tentity\n" + "".join(
-            f"{w}\tthing {i}, other name\n" for i, w in enumerate(WNIDS)))
-        for w in WNIDS:
-            z.writestr(r + f"train/{w}/{w}_boxes.txt", "")
-            for i in range(per_class):
-                z.writestr(r + f"train/{w}/images/{w}_{i}.JPEG",
-                           jpeg(rng, 1 if i == 0 else 3))
-        lines = []
-        for i in range(n_val):
-            name, wnid = f"val_{i}.JPEG", WNIDS[(i * 2) % 3]
-            z.writestr(r + "val/images/" + name, jpeg(rng))
-            lines.append(f"{name}\t{wnid}\t0\t0\t63\t63")
-            val[name] = wnid
-        z.writestr(r + "val/val_annotations.txt", "\n".join(lines) + "\n")
-        for i in range(n_test):
-            z.writestr(r + f"test/images/test_{i}.JPEG", jpeg(rng))
-    return val
 
 
 @pytest.fixture(scope="module")
@@ -132,39 +100,6 @@ def test_tiny_imagenet_absent_or_broken_leaves_nothing_behind(tmp_path):
     assert left == []
     assert not tfds.builder("tiny_imagenet",
                             data_dir=str(tmp_path)).is_prepared()
-
-
-def write_image_folder(root, per_class_train, per_class_test, seed=0,
-                       source=None):
-    """PATH/<split>/<class>/<image> with PNG and JPEG files of varied sizes.
-    ``source``: a Dataset whose images (upsampled) fill the classes."""
-    rng = np.random.default_rng(seed)
-    count = 0
-    classes = source.class_names if source else ["cat", "dog", "eel"]
-    for split, split_src, n in (("train", source and source.train,
-                                 per_class_train),
-                                ("test", source and source.test,
-                                 per_class_test)):
-        for c, name in enumerate(classes):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            pool = (split_src.images[split_src.labels == c] if source
-                    else None)
-            for i in range(n):
-                h, w = rng.integers(32, 49, 2)
-                if pool is not None:
-                    img = tf.image.resize(pool[i % len(pool)], (h, w))
-                    img = tf.cast(tf.round(img), tf.uint8)
-                else:
-                    img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-                if i % 2:
-                    blob, ext = tf.io.encode_png(img).numpy(), "png"
-                else:
-                    blob, ext = tf.io.encode_jpeg(img, quality=95).numpy(), \
-                        "jpg"
-                (folder / f"{i:05d}.{ext}").write_bytes(blob)
-                count += 1
-    return count
 
 
 def test_image_folder_any_size_png_and_jpeg(tmp_path):
@@ -287,7 +222,7 @@ def test_train_cli_tiny_imagenet_and_folder(tiny_dir, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert re.search(r"imgs: 3 classes, (\d+)x\1 RGB, train 12 \(12 labeled,"
                      r" 0 unlabeled\), test 6", r.stderr)
-    r = run_cli([*common, f"--dataset=stl10", f"--data_dir={tmp_path}/no",
+    r = run_cli([*common, "--dataset=stl10", f"--data_dir={tmp_path}/no",
                  f"--workdir={tmp_path}/s"])
     assert r.returncode == 2 and "stl10_binary.tar.gz" in r.stderr
     assert "Traceback" not in r.stderr

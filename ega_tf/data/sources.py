@@ -92,7 +92,7 @@ def _prepared_builder(name, archive, data_dir, download, downloadable=True):
     manual = os.path.join(data_dir, "downloads", "manual")
     have = os.path.exists(os.path.join(manual, archive))
     if not have and not (download and downloadable):
-        how = (f" or run with --download on a machine with internet access,"
+        how = (" or run with --download on a machine with internet access,"
                if downloadable else "")
         raise DatasetNotFoundError(
             f"Dataset {name!r} is not prepared in {data_dir}. Put {archive} "
