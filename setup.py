@@ -27,8 +27,8 @@ setup(
     ],
     extras_require={
         # torch==2.13.0 is pinned: an unpinned torch pulls the CUDA build.
-        "convert": ["torch==2.13.0"],
-        "test": ["pytest>=8", "torch==2.13.0", "pillow"],
+        "convert": ["torch==2.13.0", "safetensors"],
+        "test": ["pytest>=8", "torch==2.13.0", "safetensors", "pillow"],
         "plot": ["matplotlib"],
     },
 )

@@ -46,7 +46,7 @@ BATCH = 64
 
 def images_per_second(ds, images, batch=BATCH):
     """Iterates ``ds`` (batches) until ``images`` images; skips warm-up."""
-    it = iter(ds)
+    it = iter(ds.repeat())
     for _ in range(3):
         next(it)
     n, start = 0, time.perf_counter()

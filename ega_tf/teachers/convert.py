@@ -6,12 +6,19 @@ read the file, find the state dict, detect the family from its keys (or take
 heads only by named patterns, port every tensor through one strict porter,
 and wrap the network with the family's preprocessing and metadata.
 
-Families supported here: torchvision-layout ResNets, i.e. ``torchvision``,
-``moco`` (v1/v2), ``mocov3`` (ResNet-50), ``swav``, ``barlow_twins``,
-``vicreg`` and ``dino`` (ResNet-50); and ``clip``, OpenAI CLIP's
-ModifiedResNet (RN50, RN101, ...) from its TorchScript ``.pt`` file or a
-state dict. ViTs (CLIP, DINO, MoCo v3), SimCLR TF1 and BYOL checkpoints are
-recognised and refused with a message until their converters exist.
+Families supported here:
+
+- torchvision-layout ResNets (``resnet.py``): ``torchvision``, ``moco``
+  (v1/v2), ``mocov3`` (ResNet-50), ``swav``, ``barlow_twins``, ``vicreg``,
+  ``dino`` (ResNet-50);
+- timm-layout ViTs (``vit.py``): ``dino_vit``, ``mocov3_vit``;
+- CLIP (``clip_resnet.py``, ``clip_vit.py``): ``clip`` (OpenAI's
+  ModifiedResNet), ``clip_vit`` (OpenAI's ViTs, QuickGELU) and
+  ``open_clip_gelu`` (open_clip ViTs trained with the exact GELU), from
+  TorchScript ``.pt`` files, state dicts or ``.safetensors``.
+
+SimCLR TF1 and BYOL checkpoints are recognised and refused with a message
+until their converters exist.
 """
 
 from __future__ import annotations
@@ -33,6 +40,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 SWAV_STD = (0.228, 0.224, 0.225)
 
 
+# CLIP's text tower and the scalars OpenAI's TorchScript files carry.
+_CLIP_TEXT = ("transformer.*", "token_embedding.*", "positional_embedding",
+              "ln_final.*", "text_projection", "logit_scale", "logit_bias",
+              "attn_mask", "input_resolution", "context_length", "vocab_size")
+_OPENAI_MARKERS = ("input_resolution", "context_length", "vocab_size")
+
+
 @dataclasses.dataclass(frozen=True)
 class Family:
     name: str
@@ -44,6 +58,7 @@ class Family:
     arch: str = "resnet"      # ega_tf.teachers module that builds and ports
     mean: Tuple[float, ...] = IMAGENET_MEAN
     resize_shorter: Optional[int] = 256  # None: the network's resolution
+    options: Tuple[Tuple[str, object], ...] = ()  # for the arch's infer_arch
 
 
 FAMILIES: Dict[str, Family] = {f.name: f for f in [
@@ -57,12 +72,19 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in [
     Family("swav", "module.", (), ("projection_head.*", "prototypes.*"),
            std=SWAV_STD),
     Family("dino", "", (), ("head.*",), interpolation="bicubic"),
-    Family("clip", "visual.",
-           ("transformer.*", "token_embedding.*", "positional_embedding",
-            "ln_final.*", "text_projection", "logit_scale",
-            "input_resolution", "context_length", "vocab_size"), (),
-           std=CLIP_STD, mean=CLIP_MEAN, interpolation="bicubic",
-           arch="clip_resnet", resize_shorter=None),
+    Family("dino_vit", "", (), ("head.*",), interpolation="bicubic",
+           arch="vit", options=(("head_dim", 64),)),
+    Family("mocov3_vit", "module.base_encoder.",
+           ("module.momentum_encoder.*", "module.predictor.*"), ("head.*",),
+           arch="vit", options=(("num_heads", 12),)),
+    Family("clip", "visual.", _CLIP_TEXT, (), std=CLIP_STD, mean=CLIP_MEAN,
+           interpolation="bicubic", arch="clip_resnet", resize_shorter=None),
+    Family("clip_vit", "visual.", _CLIP_TEXT, (), std=CLIP_STD,
+           mean=CLIP_MEAN, interpolation="bicubic", arch="clip_vit",
+           resize_shorter=None, options=(("activation", "quick_gelu"),)),
+    Family("open_clip_gelu", "visual.", _CLIP_TEXT, (), std=CLIP_STD,
+           mean=CLIP_MEAN, interpolation="bicubic", arch="clip_vit",
+           resize_shorter=None, options=(("activation", "gelu"),)),
 ]}
 
 
@@ -90,6 +112,8 @@ def read_checkpoint(path, allow_pickle=False):
     archives (OpenAI CLIP's ``.pt`` files) give their ``state_dict()``."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Checkpoint {path!r} does not exist.")
+    if path.endswith(".safetensors"):
+        return _read_safetensors(path)
     torch = _require_torch()
     if _is_torchscript(path):
         return _to_numpy(dict(torch.jit.load(path, map_location="cpu")
@@ -111,6 +135,22 @@ def read_checkpoint(path, allow_pickle=False):
     return _to_numpy(obj)
 
 
+def _read_safetensors(path):
+    try:
+        from safetensors.numpy import load_file
+    except ImportError:
+        raise ImportError("Reading .safetensors files needs safetensors: "
+                          "pip install 'ega_tf[convert]'.") from None
+    try:
+        tensors = load_file(path)
+    except Exception as e:
+        raise ConversionError(
+            f"Could not read {path!r} as a safetensors file "
+            f"({str(e).splitlines()[0][:200]}).") from None
+    return {k: v.astype(np.float32) if v.dtype.kind == "f" else v
+            for k, v in tensors.items()}
+
+
 def _to_numpy(obj):
     if hasattr(obj, "detach") and hasattr(obj, "numpy"):
         return obj.detach().cpu().float().numpy() if obj.is_floating_point() \
@@ -121,19 +161,23 @@ def _to_numpy(obj):
 
 
 def find_state_dict(obj):
-    """The tensor dict inside a checkpoint: ``state_dict``, DINO's
-    ``teacher`` (its ``module.``/``backbone.`` prefixes stripped), or the
-    object itself."""
+    """The tensor dict inside a checkpoint, and a family hint: DINO's
+    ``teacher`` (its ``module.``/``backbone.`` prefixes stripped), else
+    ``state_dict`` or the object itself; open_clip's ``module.`` prefix is
+    stripped."""
     if not isinstance(obj, dict):
         raise ConversionError("The checkpoint is not a dict of tensors.")
-    if "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        return obj["state_dict"], None
     if "teacher" in obj and isinstance(obj["teacher"], dict):
         return {_strip_dino(k): v for k, v in obj["teacher"].items()}, "dino"
-    tensors = {k: v for k, v in obj.items() if isinstance(v, np.ndarray)}
-    if not tensors:
+    if "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not any(isinstance(v, np.ndarray) for v in obj.values()):
         raise ConversionError("No tensors found in the checkpoint (keys: "
                               + ", ".join(list(obj)[:10]) + ").")
+    if any(k.startswith("module.visual.") for k in obj):
+        # open_clip training checkpoints keep DistributedDataParallel's prefix.
+        obj = {k[len("module."):] if k.startswith("module.") else k: v
+               for k, v in obj.items()}
     return obj, None
 
 
@@ -145,9 +189,6 @@ def _strip_dino(key):
 
 
 _REFUSED = {
-    "visual.class_embedding": "CLIP ViT",
-    "module.base_encoder.patch_embed": "MoCo v3 ViT",
-    "patch_embed.proj.weight": "DINO / timm ViT",
     "base_model/": "SimCLR (TF1)",
 }
 
@@ -160,10 +201,28 @@ def detect_family(keys, hint=None) -> Family:
             raise ConversionError(
                 f"This looks like a {what} checkpoint; its converter is not "
                 f"available yet. Supported: {', '.join(FAMILIES)}.")
+    vit = any(k.startswith(("patch_embed.", "module.base_encoder.patch_embed",
+                            "visual.class_embedding")) for k in keys)
     if hint:
+        if vit and hint in ("dino", "mocov3"):
+            hint += "_vit"  # the ResNet name given for a ViT file
         return FAMILIES[hint]
     if "visual.attnpool.positional_embedding" in keys:
         return FAMILIES["clip"]
+    if "visual.class_embedding" in keys:
+        if any(k in keys for k in _OPENAI_MARKERS):
+            return FAMILIES["clip_vit"]
+        raise ConversionError(
+            "This is a CLIP ViT state dict without OpenAI's markers (an "
+            "open_clip file?). Its MLP activation cannot be read off the "
+            "weights, and a wrong one fails silently: pass --format=clip_vit "
+            "for QuickGELU (OpenAI weights; open_clip tags openai, "
+            "laion400m_*, metaclip_*) or --format=open_clip_gelu for the "
+            "exact GELU (open_clip's laion2b_*, datacomp_* and other tags).")
+    if any(k.startswith("module.base_encoder.patch_embed") for k in keys):
+        return FAMILIES["mocov3_vit"]
+    if "patch_embed.proj.weight" in keys:
+        return FAMILIES["dino_vit"]
     if any(k.startswith("module.encoder_q.") for k in keys):
         return FAMILIES["moco"]
     if any(k.startswith("module.base_encoder.") for k in keys):
@@ -218,7 +277,7 @@ def convert(path, fmt: Optional[str] = None, allow_pickle=False,
     family = detect_family(state.keys(), fmt or hint)
     kept = backbone_state(state, family)
     module = importlib.import_module(f"ega_tf.teachers.{family.arch}")
-    arch = module.infer_arch(kept)
+    arch = module.infer_arch(kept, **dict(family.options))
     backbone = module.build(arch)
     used = module.port(backbone, kept, ignore=family.inside)
     log(f"{family.name}: ported {len(used)} tensors into {family.arch} "

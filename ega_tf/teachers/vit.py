@@ -1,0 +1,125 @@
+"""timm-style Vision Transformers: DINO and MoCo v3 (ViT-S/16, B/16, S/8, ...).
+
+Dosovitskiy et al., ICLR 2021, in the layout the DINO and MoCo v3 releases
+use: a patch conv with bias, a class token, a learned (DINO) or fixed
+sin-cos (MoCo v3, stored in the file all the same) positional embedding over
+class token + patches, pre-norm blocks (LayerNorm eps 1e-6, one fused ``qkv``
+Linear with bias, exact GELU MLP), and a final LayerNorm. The embedding is
+the class token after the final norm (384 for ViT-S, 768 for ViT-B).
+
+The network is ``keras_hub.models.ViTBackbone`` built from arguments read off
+the checkpoint (width, depth, MLP width, patch size, resolution from the
+positional embedding) plus ``ClassToken``. The head count cannot be read off
+the weights: DINO uses width / 64 (6 for ViT-S), MoCo v3 uses 12 for ViT-S
+too; the family supplies it. The fused ``qkv`` weight is split into the
+query, key and value kernels of Keras's ``MultiHeadAttention``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import keras
+from keras import layers
+
+from ega_tf.teachers.porting import (WeightPorter, torch_conv_kernel,
+                                     torch_dense_kernel)
+
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+
+
+@keras.saving.register_keras_serializable(package="ega_tf")
+class ClassToken(layers.Layer):
+    """The first token of a ``[N, T, D]`` sequence: ``[N, D]``."""
+
+    def call(self, tokens):
+        return tokens[:, 0]
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1])
+
+
+def infer_arch(state, num_heads=None, head_dim=None):
+    """Width, depth, MLP width, patch size and resolution from timm keys;
+    heads from ``num_heads`` or ``width // head_dim``."""
+    if "patch_embed.proj.weight" not in state or "pos_embed" not in state:
+        raise ValueError("Not a timm-style ViT: expected patch_embed.proj.*,"
+                         " pos_embed, cls_token and blocks.* keys.")
+    width, _, patch, _ = state["patch_embed.proj.weight"].shape
+    depth = 1 + max(int(_BLOCK.match(k).group(1)) for k in state
+                    if _BLOCK.match(k))
+    tokens = int(state["pos_embed"].shape[1])
+    heads = num_heads or int(width) // (head_dim or 64)
+    return {"width": int(width), "depth": depth, "heads": heads,
+            "mlp_dim": int(state["blocks.0.mlp.fc1.weight"].shape[0]),
+            "patch": int(patch),
+            "resolution": int(patch) * math.isqrt(tokens - 1)}
+
+
+def build(arch):
+    """The Keras encoder (normalised float NHWC -> class token), named
+    'backbone'."""
+    import keras_hub
+    res = arch["resolution"]
+    vit = keras_hub.models.ViTBackbone(
+        image_shape=(res, res, 3), patch_size=arch["patch"],
+        num_layers=arch["depth"], num_heads=arch["heads"],
+        hidden_dim=arch["width"], mlp_dim=arch["mlp_dim"],
+        layer_norm_epsilon=1e-6, name="vit")
+    inputs = keras.Input((res, res, 3), name="pixels")
+    return keras.Model(inputs, ClassToken(name="class_token")(vit(inputs)),
+                       name="backbone")
+
+
+def port_attention(porter, mha, fused_w, fused_b, out_w, out_b):
+    """A fused PyTorch in-projection ``(3D, D)`` (timm ``qkv``, or
+    ``nn.MultiheadAttention``'s ``in_proj``) and its output Linear into a
+    Keras ``MultiHeadAttention``."""
+    d = porter.source[fused_w].shape[1] if fused_w in porter.source else 0
+    heads = mha.num_heads
+    for i, dense in enumerate((mha.query_dense, mha.key_dense,
+                               mha.value_dense)):
+        porter.port(dense.kernel, fused_w, lambda w, i=i: torch_dense_kernel(
+            w[i * d:(i + 1) * d]).reshape(d, heads, -1))
+        porter.port(dense.bias, fused_b,
+                    lambda b, i=i: b[i * d:(i + 1) * d].reshape(heads, -1))
+    porter.port(mha.output_dense.kernel, out_w,
+                lambda w: torch_dense_kernel(w).reshape(heads, -1, w.shape[0]))
+    porter.port(mha.output_dense.bias, out_b)
+
+
+def port_layer_norm(porter, layer, key):
+    porter.port(layer.gamma, f"{key}.weight")
+    porter.port(layer.beta, f"{key}.bias")
+
+
+def port_dense(porter, layer, key):
+    porter.port(layer.kernel, f"{key}.weight", torch_dense_kernel)
+    porter.port(layer.bias, f"{key}.bias")
+
+
+def port(model, state, ignore=()):
+    """Copies timm ViT tensors into ``build()``'s model, strictly; returns
+    the keys used."""
+    porter = WeightPorter(state, ignore=ignore)
+    vit = model.get_layer("vit")
+    emb = vit.get_layer("vit_patching_and_embedding")
+    porter.port(emb.class_token, "cls_token")
+    porter.port(emb.position_embedding.embeddings, "pos_embed",
+                lambda p: p[0])
+    porter.port(emb.patch_embedding.kernel, "patch_embed.proj.weight",
+                torch_conv_kernel)
+    porter.port(emb.patch_embedding.bias, "patch_embed.proj.bias")
+    encoder = vit.get_layer("vit_encoder")
+    for i, block in enumerate(encoder.encoder_layers):
+        key = f"blocks.{i}"
+        port_layer_norm(porter, block.layer_norm_1, f"{key}.norm1")
+        port_attention(porter, block.mha, f"{key}.attn.qkv.weight",
+                       f"{key}.attn.qkv.bias", f"{key}.attn.proj.weight",
+                       f"{key}.attn.proj.bias")
+        port_layer_norm(porter, block.layer_norm_2, f"{key}.norm2")
+        port_dense(porter, block.mlp.dense_1, f"{key}.mlp.fc1")
+        port_dense(porter, block.mlp.dense_2, f"{key}.mlp.fc2")
+    port_layer_norm(porter, encoder.layer_norm, "norm")
+    return porter.finish()
