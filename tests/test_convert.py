@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from ega_tf import teachers  # noqa: E402
 from ega_tf.teachers import convert  # noqa: E402
 from ega_tf.teachers.porting import ConversionError  # noqa: E402
-from tests.torch_resnet import ResNet, randomized  # noqa: E402
+from ega_tf.teachers.reference.torch_resnet import ResNet, randomized  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -220,7 +220,7 @@ def test_published_layout_checkpoint_trains_a_student(layout, tmp_path):
         path = tmp_path / "moco_v2.pth.tar"
         torch.save(layouts(randomized(ResNet(), seed=4))["moco"], path)
     else:
-        from tests.torch_clip import CLIPStandIn, ModifiedResNet
+        from ega_tf.teachers.reference.torch_clip import CLIPStandIn, ModifiedResNet
         path = tmp_path / "RN50.pt"
         model = CLIPStandIn(randomized(ModifiedResNet(), seed=6)).eval()
         torch.jit.save(torch.jit.trace(model, torch.zeros(1, 3, 224, 224)),
@@ -240,7 +240,7 @@ def test_published_layout_checkpoint_trains_a_student(layout, tmp_path):
 
 def test_clip_rn50_torchscript_file_parity(tmp_path):
     """OpenAI's RN50 layout as a TorchScript archive with a text tower."""
-    from tests.torch_clip import CLIPStandIn, ModifiedResNet
+    from ega_tf.teachers.reference.torch_clip import CLIPStandIn, ModifiedResNet
     visual = randomized(ModifiedResNet(), seed=5)
     model = CLIPStandIn(visual).eval()
     path = tmp_path / "RN50.pt"
@@ -271,7 +271,7 @@ def test_clip_rn50_torchscript_file_parity(tmp_path):
 
 
 def test_clip_state_dict_without_visual_parts_fails(tmp_path):
-    from tests.torch_clip import CLIPStandIn, ModifiedResNet
+    from ega_tf.teachers.reference.torch_clip import CLIPStandIn, ModifiedResNet
     sd = CLIPStandIn(ModifiedResNet(layers=(1, 1, 1, 1))).state_dict()
     del sd["visual.attnpool.c_proj.bias"]
     sd["visual.extra.weight"] = torch.zeros(2)

@@ -27,14 +27,17 @@ class TeacherPreprocess(layers.Layer):
     ``int(resize_shorter * long / short)``) and centre-crops ``crop_size``;
     then scales to [0, 1] and normalises with ``mean`` / ``std``.
     ``interpolation`` is any ``tf.image.resize`` method; ``antialias`` filters
-    when shrinking. ``metadata`` is a JSON-able dict describing where the
-    teacher came from.
+    when shrinking. ``crop_fraction`` (SimCLR style, with ``image_size``)
+    first centre-crops a square of ``rint(crop_fraction * shorter side)``
+    pixels, offset ``(side - crop + 1) // 2``; ``clip`` clips the [0, 1]
+    pixels after resizing (bicubic overshoots). ``metadata`` is a JSON-able
+    dict describing where the teacher came from.
     """
 
     def __init__(self, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
                  image_size=None, interpolation="bilinear", metadata=None,
                  resize_shorter=None, crop_size=None, antialias=False,
-                 **kwargs):
+                 crop_fraction=None, clip=False, **kwargs):
         super().__init__(**kwargs)
         if image_size and resize_shorter:
             raise ValueError("Give image_size or resize_shorter, not both.")
@@ -44,6 +47,8 @@ class TeacherPreprocess(layers.Layer):
         self.crop_size = crop_size
         self.interpolation = interpolation
         self.antialias = bool(antialias)
+        self.crop_fraction = crop_fraction
+        self.clip = bool(clip)
         self.metadata = dict(metadata or {})
 
     def _resize(self, x, size):
@@ -67,13 +72,25 @@ class TeacherPreprocess(layers.Layer):
             x = x[:, top:top + c, left:left + c, :]
         return x
 
+    def _center_fraction(self, x):
+        import tensorflow as tf
+        h, w = tf.shape(x)[1], tf.shape(x)[2]
+        side = tf.cast(tf.math.rint(self.crop_fraction * tf.cast(
+            tf.minimum(h, w), tf.float32)), tf.int32)
+        top, left = (h - side + 1) // 2, (w - side + 1) // 2
+        return x[:, top:top + side, left:left + side, :]
+
     def call(self, images):
         x = ops.cast(images, "float32")
+        if self.crop_fraction:
+            x = self._center_fraction(x)
         if self.image_size is not None:
             x = self._resize(x, self.image_size)
         elif self.resize_shorter:
             x = self._resize_and_crop(x)
         x = x / 255.0
+        if self.clip:
+            x = ops.clip(x, 0.0, 1.0)
         return (x - ops.array(self.mean, "float32")) / ops.array(
             self.std, "float32")
 
@@ -93,6 +110,7 @@ class TeacherPreprocess(layers.Layer):
                 "interpolation": self.interpolation,
                 "resize_shorter": self.resize_shorter,
                 "crop_size": self.crop_size, "antialias": self.antialias,
+                "crop_fraction": self.crop_fraction, "clip": self.clip,
                 "metadata": self.metadata}
 
 
@@ -181,7 +199,7 @@ def load_or_convert(path, fmt=None, allow_pickle=False):
     if str(path).endswith(".keras"):
         return load(path)
     from ega_tf.teachers import convert
-    if not os.path.isfile(path):
+    if not convert.source_files(path):
         raise FileNotFoundError(f"Teacher checkpoint {path!r} does not "
                                 "exist.")
     cached = os.path.join(cache_dir(), f"{convert.sha256(path)}.keras")

@@ -17,8 +17,9 @@ Families supported here:
   ``open_clip_gelu`` (open_clip ViTs trained with the exact GELU), from
   TorchScript ``.pt`` files, state dicts or ``.safetensors``.
 
-SimCLR TF1 and BYOL checkpoints are recognised and refused with a message
-until their converters exist.
+- SimCLR v1/v2 (``simclr.py``): ``simclr``, TF1 checkpoints read with
+  ``tf.train.load_checkpoint`` (a checkpoint prefix, its ``.index`` file,
+  or a directory with a ``checkpoint`` file); no PyTorch needed.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class Family:
     mean: Tuple[float, ...] = IMAGENET_MEAN
     resize_shorter: Optional[int] = 256  # None: the network's resolution
     options: Tuple[Tuple[str, object], ...] = ()  # for the arch's infer_arch
+    crop_fraction: Optional[float] = None  # SimCLR: crop, then resize
 
 
 FAMILIES: Dict[str, Family] = {f.name: f for f in [
@@ -72,6 +74,11 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in [
     Family("swav", "module.", (), ("projection_head.*", "prototypes.*"),
            std=SWAV_STD),
     Family("dino", "", (), ("head.*",), interpolation="bicubic"),
+    Family("simclr", "base_model/",
+           ("head_supervised/*", "head_contrastive/*", "global_step",
+            "ema_model/*", "*/Momentum"), ("*/Momentum",),
+           mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), interpolation="bicubic",
+           arch="simclr", resize_shorter=None, crop_fraction=0.875),
     Family("dino_vit", "", (), ("head.*",), interpolation="bicubic",
            arch="vit", options=(("head_dim", 64),)),
     Family("mocov3_vit", "module.base_encoder.",
@@ -110,10 +117,13 @@ def _is_torchscript(path):
 def read_checkpoint(path, allow_pickle=False):
     """The file's top-level object, tensors as numpy arrays. TorchScript
     archives (OpenAI CLIP's ``.pt`` files) give their ``state_dict()``."""
-    if not os.path.isfile(path):
+    if not source_files(path):
         raise FileNotFoundError(f"Checkpoint {path!r} does not exist.")
     if path.endswith(".safetensors"):
         return _read_safetensors(path)
+    tf_prefix = _tf_checkpoint_prefix(path)
+    if tf_prefix:
+        return _read_tf_checkpoint(tf_prefix)
     torch = _require_torch()
     if _is_torchscript(path):
         return _to_numpy(dict(torch.jit.load(path, map_location="cpu")
@@ -133,6 +143,34 @@ def read_checkpoint(path, allow_pickle=False):
             "Is the file complete (not truncated) and a .pth/.pth.tar/.pt "
             "file?") from None
     return _to_numpy(obj)
+
+
+def _tf_checkpoint_prefix(path):
+    """The TF checkpoint prefix ``path`` names (the prefix itself, its
+    ``.index`` file, or a directory holding a ``checkpoint`` file), or
+    None."""
+    import glob
+    if os.path.isdir(path):
+        import tensorflow as tf
+        return tf.train.latest_checkpoint(path)
+    if path.endswith(".index"):
+        path = path[:-len(".index")]
+    if os.path.isfile(path + ".index") and glob.glob(path + ".data-*"):
+        return path
+    return None
+
+
+def _read_tf_checkpoint(prefix):
+    import tensorflow as tf
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        names = reader.get_variable_to_shape_map()
+        return {k: reader.get_tensor(k) for k in names}
+    except Exception as e:
+        raise ConversionError(
+            f"Could not read the TensorFlow checkpoint {prefix!r} "
+            f"({str(e).splitlines()[0][:200]}). Are its .index and "
+            ".data-* files complete?") from None
 
 
 def _read_safetensors(path):
@@ -188,9 +226,7 @@ def _strip_dino(key):
     return key
 
 
-_REFUSED = {
-    "base_model/": "SimCLR (TF1)",
-}
+_REFUSED = {}
 
 
 def detect_family(keys, hint=None) -> Family:
@@ -219,6 +255,8 @@ def detect_family(keys, hint=None) -> Family:
             "for QuickGELU (OpenAI weights; open_clip tags openai, "
             "laion400m_*, metaclip_*) or --format=open_clip_gelu for the "
             "exact GELU (open_clip's laion2b_*, datacomp_* and other tags).")
+    if any(k.startswith("base_model/") for k in keys):
+        return FAMILIES["simclr"]
     if any(k.startswith("module.base_encoder.patch_embed") for k in keys):
         return FAMILIES["mocov3_vit"]
     if "patch_embed.proj.weight" in keys:
@@ -255,11 +293,24 @@ def backbone_state(state, family: Family):
     return kept
 
 
+def source_files(path):
+    """The file(s) a checkpoint consists of (a TF checkpoint: its .index and
+    .data-* files), or [] when there is none."""
+    if os.path.isfile(path) and not path.endswith(".index"):
+        return [path]
+    import glob
+    prefix = _tf_checkpoint_prefix(path)
+    return sorted([prefix + ".index", *glob.glob(prefix + ".data-*")]) \
+        if prefix else []
+
+
 def sha256(path):
+    """SHA-256 of the checkpoint's bytes (all its files, in order)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    for name in source_files(path):
+        with open(name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
     return h.hexdigest()
 
 
@@ -283,11 +334,15 @@ def convert(path, fmt: Optional[str] = None, allow_pickle=False,
     log(f"{family.name}: ported {len(used)} tensors into {family.arch} "
         f"{arch}")
     resolution = arch.get("resolution", 224)
+    if family.crop_fraction:  # SimCLR: centre crop, resize, clip to [0, 1]
+        resize = dict(image_size=(resolution, resolution),
+                      crop_fraction=family.crop_fraction, clip=True)
+    else:
+        resize = dict(resize_shorter=family.resize_shorter or resolution,
+                      crop_size=resolution, antialias=True)
     preprocess = teachers.TeacherPreprocess(
-        family.mean, family.std,
-        resize_shorter=family.resize_shorter or resolution,
-        crop_size=resolution, interpolation=family.interpolation,
-        antialias=True, name="preprocess", metadata={
+        family.mean, family.std, interpolation=family.interpolation,
+        name="preprocess", **resize, metadata={
             "family": family.name, "source_file": os.path.basename(path),
             "source_sha256": sha256(path), "architecture": family.arch,
             **arch, "embedding_dim": int(backbone.output_shape[-1]),

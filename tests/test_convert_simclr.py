@@ -1,0 +1,103 @@
+"""SimCLR v1/v2 TF1 checkpoints: written with TF1's Saver under the
+published variable names, converted without PyTorch, and compared with the
+network computed by raw tf.nn ops as SimCLR's code does."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ega_tf import teachers
+from ega_tf.teachers import convert
+from ega_tf.teachers.porting import ConversionError
+from ega_tf.teachers.reference import tf_simclr
+
+
+def rel_err(a, b):
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.fixture(scope="module")
+def simclr_ckpt(tmp_path_factory):
+    weights = tf_simclr.variables(seed=3)
+    d = tmp_path_factory.mktemp("simclr")
+    prefix = tf_simclr.save_tf1(weights, str(d / "model.ckpt-250228"))
+    with open(d / "checkpoint", "w") as f:
+        f.write('model_checkpoint_path: "model.ckpt-250228"\n')
+    return weights, prefix
+
+
+def test_simclr_tf1_checkpoint_parity(simclr_ckpt):
+    weights, prefix = simclr_ckpt
+    teacher = convert.convert(prefix, log=lambda s: None)
+    meta = teachers.metadata(teacher)
+    assert meta["family"] == "simclr" and meta["embedding_dim"] == 2048
+    assert meta["blocks"] == [3, 4, 6, 3] and meta["width"] == 1
+    # 64 px: the stem gives 32x32, where TF's SAME 3x3/2 pool pads only at
+    # the end (0, 1) and a PyTorch-style pool would pad (1, 1).
+    x = np.random.default_rng(0).uniform(size=(2, 64, 64, 3)).astype(
+        np.float32)
+    want = tf_simclr.forward(weights, x)
+    got = teacher.get_layer("backbone")(x).numpy()
+    err = rel_err(got, want)
+    print(f"SimCLR ResNet-50 model rel err {err:.2e}")
+    assert err <= 1e-4
+    torch_style = rel_err(got, tf_simclr.forward(weights, x, pool="torch"))
+    print(f"... against a PyTorch-style stem pool: {torch_style:.2e}")
+    assert torch_style > 1e-3
+
+
+def test_simclr_preprocessing_matches_its_eval_crop(simclr_ckpt):
+    """Centre crop 0.875 of the shorter side (offset (side - crop + 1) // 2),
+    bicubic to 224, clip to [0, 1], no mean/std."""
+    _, prefix = simclr_ckpt
+    teacher = convert.convert(prefix, log=lambda s: None)
+    img = np.random.default_rng(1).integers(0, 256, (1, 40, 33, 3), np.uint8)
+    x = tf.image.convert_image_dtype(img[0], tf.float32)
+    crop = int(np.rint(0.875 * 33))  # 29
+    top, left = (40 - crop + 1) // 2, (33 - crop + 1) // 2
+    x = x[top:top + crop, left:left + crop]
+    want = tf.clip_by_value(tf.image.resize(x[None], (224, 224),
+                                            method="bicubic"), 0.0, 1.0)
+    got = teacher.get_layer("preprocess")(img)
+    diff = float(np.abs(got.numpy() - want.numpy()).max())
+    print(f"SimCLR preprocessing max abs diff {diff:.2e}")
+    assert diff < 1e-5
+
+
+def test_simclr_checkpoint_forms_and_errors(simclr_ckpt, tmp_path):
+    _, prefix = simclr_ckpt
+    a = convert.convert(prefix + ".index", log=lambda s: None)
+    b = convert.convert(os.path.dirname(prefix), "simclr", log=lambda s: None)
+    assert teachers.metadata(a)["source_sha256"] == \
+        teachers.metadata(b)["source_sha256"]
+    # A truncated data file: one clear error.
+    bad = tmp_path / "model.ckpt-1"
+    for suffix in (".index", ".data-00000-of-00001"):
+        data = open(prefix + suffix, "rb").read()
+        (tmp_path / f"model.ckpt-1{suffix}").write_bytes(
+            data if suffix == ".index" else data[: len(data) // 2])
+    with pytest.raises(ConversionError, match="Could not read|complete"):
+        convert.convert(str(bad), log=lambda s: None)
+    with pytest.raises(FileNotFoundError):
+        convert.convert(str(tmp_path / "nothing"), log=lambda s: None)
+
+
+def test_parity_tool_on_a_simclr_checkpoint(simclr_ckpt, tmp_path):
+    import re
+    import subprocess
+    import sys
+    _, prefix = simclr_ckpt
+    img = np.random.default_rng(2).integers(0, 256, (50, 70, 3), np.uint8)
+    (tmp_path / "photo.png").write_bytes(tf.io.encode_png(img).numpy())
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run(
+        [sys.executable, "tools/parity.py", f"--checkpoint={prefix}",
+         f"--image={tmp_path / 'photo.png'}"], cwd=root, capture_output=True,
+        text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "family simclr, embedding 2048" in r.stdout
+    net = float(re.search(r"network:\s+rel err (\S+)", r.stdout).group(1))
+    pre = float(re.search(r"preprocessing: max abs ([^,\s]+)", r.stdout).group(1))
+    assert net <= 1e-4 and pre < 1e-5
