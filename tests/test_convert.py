@@ -168,7 +168,7 @@ def test_cli_converts_and_bad_files_leave_nothing(small_resnet, tmp_path):
     unknown = tmp_path / "unknown.pth"
     torch.save({"encoder.weight": torch.zeros(2)}, unknown)
     cases = [(not_ckpt, "Could not read"), (truncated, "Could not read"),
-             (vit, "CLIP ViT checkpoint; its converter is not available"),
+             (vit, "--format=open_clip_gelu for the exact GELU"),
              (unknown, "Pass --format with one of"),
              (tmp_path / "absent.pth", "does not exist")]
     for path, message in cases:
@@ -177,9 +177,15 @@ def test_cli_converts_and_bad_files_leave_nothing(small_resnet, tmp_path):
         assert r.returncode == 2, (path, r.stderr[-2000:])
         assert message in r.stderr and "Traceback" not in r.stderr
         assert not target.exists()
-    r = run_cli(f"--checkpoint={good}", "--format=simclr",
+    r = run_cli(f"--checkpoint={good}", "--format=byol",
                 f"--out={tmp_path / 'x.keras'}")
     assert r.returncode == 2 and "Valid values: torchvision" in r.stderr
+    # A checkpoint of another architecture than the one named.
+    r = run_cli(f"--checkpoint={good}", "--format=simclr",
+                f"--out={tmp_path / 'x.keras'}")
+    assert r.returncode == 2 and "outside the simclr backbone prefix" in \
+        r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "x.keras").exists()
 
 
 def test_python_objects_need_allow_pickle(small_resnet, tmp_path):

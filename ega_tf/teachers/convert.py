@@ -116,7 +116,9 @@ def _is_torchscript(path):
 
 def read_checkpoint(path, allow_pickle=False):
     """The file's top-level object, tensors as numpy arrays. TorchScript
-    archives (OpenAI CLIP's ``.pt`` files) give their ``state_dict()``."""
+    archives (OpenAI CLIP's ``.pt`` files) give their ``state_dict()``;
+    TF checkpoints and ``.safetensors`` files a dict of their tensors."""
+    path = os.fspath(path)
     if not source_files(path):
         raise FileNotFoundError(f"Checkpoint {path!r} does not exist.")
     if path.endswith(".safetensors"):
@@ -296,6 +298,7 @@ def backbone_state(state, family: Family):
 def source_files(path):
     """The file(s) a checkpoint consists of (a TF checkpoint: its .index and
     .data-* files), or [] when there is none."""
+    path = os.fspath(path)
     if os.path.isfile(path) and not path.endswith(".index"):
         return [path]
     import glob
@@ -317,6 +320,7 @@ def sha256(path):
 def convert(path, fmt: Optional[str] = None, allow_pickle=False,
             log: Callable[[str], None] = print):
     """Converts checkpoint ``path``; returns the teacher ``keras.Model``."""
+    path = os.fspath(path)
     import importlib
 
     from ega_tf import teachers
