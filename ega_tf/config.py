@@ -18,6 +18,7 @@ def default_config(arg=None):
     c.labeled_fraction = 1.0    # the rest of the labels become -1
     c.student = "resnet8x4"
     c.teacher = ""              # a teacher .keras file (distill=ega)
+    c.trust_saved_model = False  # allow teachers that call a SavedModel
     c.distill = "ega"           # ega | none (cross-entropy baseline)
     c.embed_dim = 256
 

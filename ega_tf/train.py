@@ -45,6 +45,9 @@ flags.DEFINE_float("labeled_fraction", None,
 flags.DEFINE_integer("seed", None, "Random seed (data order, init, views).")
 flags.DEFINE_string("data_dir", None, "TFDS data directory.")
 flags.DEFINE_bool("download", None, "Let TFDS download a missing dataset.")
+flags.DEFINE_bool("trust_saved_model", None, "Load a teacher made from a "
+                  "SavedModel (convert_teacher --model=DIR): it may run "
+                  "arbitrary TensorFlow ops.")
 flags.DEFINE_bool("unlabeled_split", None, "stl10: also train on its "
                   "100,000 unlabelled images (label -1, EGA only).")
 flags.DEFINE_string("workdir", None, "Output directory (default: "
@@ -54,7 +57,7 @@ flags.DEFINE_integer("verbose", None, "Keras progress: 1 bar, 2 one line "
 
 _SHORTCUTS = ("dataset", "student", "teacher", "distill", "epochs",
               "batch_size", "labeled_fraction", "seed", "data_dir",
-              "download", "unlabeled_split")
+              "download", "unlabeled_split", "trust_saved_model")
 _LOW_LR_STUDENTS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
 
 
@@ -109,7 +112,8 @@ def build_model(config, dataset):
         dataset.num_classes, config.embed_dim)
     teacher = None
     if config.distill == "ega":
-        teacher = teachers.load_or_convert(config.teacher)
+        teacher = teachers.load_or_convert(
+            config.teacher, trust_saved_model=config.trust_saved_model)
         logging.info("%s", teachers.describe(teacher))
     model = EGADistiller(
         student, teacher, dataset.num_classes, config.embed_dim,

@@ -57,7 +57,7 @@ def test_dino_vit_full_checkpoint_and_backbone_file(dino_vit, tmp_path):
         meta = teachers.metadata(teacher)
         assert meta["family"] == "dino_vit" and meta["heads"] == 2
         assert meta["embedding_dim"] == 128 and meta["resolution"] == 224
-        assert teacher.get_layer("preprocess").interpolation == "bicubic"
+        assert teacher.get_layer("preprocess").interpolation == "pil_bicubic"
         err = network_error(teacher, dino_vit)
         print(f"DINO ViT ({name}) model rel err {err:.2e}")
         assert err <= 1e-4
@@ -85,7 +85,7 @@ def test_mocov3_vit_uses_twelve_heads(tmp_path):
     teacher = quiet(tmp_path / "vit-s-300ep.pth.tar")
     meta = teachers.metadata(teacher)
     assert meta["family"] == "mocov3_vit" and meta["heads"] == 12
-    assert teacher.get_layer("preprocess").interpolation == "bilinear"
+    assert teacher.get_layer("preprocess").interpolation == "pil_bilinear"
     err = network_error(teacher, model)
     print(f"MoCo v3 ViT model rel err {err:.2e}")
     assert err <= 1e-4

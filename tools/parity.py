@@ -40,7 +40,7 @@ def pil_pipeline(path, meta, mean, std):
     res = meta["input_resolution"]
     shorter = res if meta["family"].startswith(("clip", "open_clip")) \
         else 256
-    resample = Image.BICUBIC if meta.get("interpolation") == "bicubic" \
+    resample = Image.BICUBIC if "bicubic" in meta.get("interpolation", "") \
         else Image.BILINEAR
     w, h = img.size
     if w <= h:

@@ -26,8 +26,10 @@ class TeacherPreprocess(layers.Layer):
     the shorter side to ``resize_shorter`` (the longer side to
     ``int(resize_shorter * long / short)``) and centre-crops ``crop_size``;
     then scales to [0, 1] and normalises with ``mean`` / ``std``.
-    ``interpolation`` is any ``tf.image.resize`` method; ``antialias`` filters
-    when shrinking. ``crop_fraction`` (SimCLR style, with ``image_size``)
+    ``interpolation`` is any ``tf.image.resize`` method (``antialias``
+    filters when shrinking), or ``pil_bicubic`` / ``pil_bilinear``: Pillow's
+    resampling, as torchvision's ``Resize`` applies it to PIL images (see
+    ``pil_resize``). ``crop_fraction`` (SimCLR style, with ``image_size``)
     first centre-crops a square of ``rint(crop_fraction * shorter side)``
     pixels, offset ``(side - crop + 1) // 2``; ``clip`` clips the [0, 1]
     pixels after resizing (bicubic overshoots). ``metadata`` is a JSON-able
@@ -53,6 +55,9 @@ class TeacherPreprocess(layers.Layer):
 
     def _resize(self, x, size):
         import tensorflow as tf
+        if self.interpolation.startswith("pil_"):
+            from ega_tf.teachers import pil_resize
+            return pil_resize.resize(x, size, self.interpolation[4:])
         return tf.image.resize(x, size, method=self.interpolation,
                                antialias=self.antialias)
 
@@ -166,8 +171,36 @@ def save(teacher, path):
         teacher.save(tmp)
 
 
-def load(path):
-    """Loads a teacher ``.keras`` file and checks it maps images to [N, F]."""
+def _saved_model_refs(path):
+    """The SavedModel directories a .keras file calls through TFSMLayer."""
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as z:
+            config = json.loads(z.read("config.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError):
+        return []
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if node.get("class_name") == "TFSMLayer":
+                found.append(node.get("config", {}).get("filepath"))
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+    walk(config)
+    return found
+
+
+def load(path, trust_saved_model=False):
+    """Loads a teacher ``.keras`` file and checks it maps images to [N, F].
+
+    A teacher made from a SavedModel (``convert_teacher --model=DIR``) calls
+    that directory; Keras loads such files only when trusted, so pass
+    ``trust_saved_model=True`` (``--trust_saved_model``) for files you made.
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"Teacher file {path!r} does not exist. Make one with "
@@ -175,8 +208,15 @@ def load(path):
             "(see README.md) or convert a published checkpoint (BUILD.md).")
     if not str(path).endswith(".keras"):
         raise ValueError(f"Expected a .keras teacher file, got {path!r}.")
+    refs = _saved_model_refs(path)
+    if refs and not trust_saved_model:
+        raise ValueError(
+            f"Teacher {path!r} calls the SavedModel {refs[0]!r}, which can "
+            "run arbitrary TensorFlow ops; if you made it, rerun with "
+            "--trust_saved_model.")
     try:
-        teacher = keras.saving.load_model(path, compile=False)
+        teacher = keras.saving.load_model(path, compile=False,
+                                          safe_mode=not refs)
     except Exception as e:  # zip/h5 errors carry no hint of the file
         raise ValueError(f"Could not read teacher file {path!r}: {e}. Is it "
                          "a complete .keras file written by ega_tf?") from e
@@ -192,12 +232,13 @@ def cache_dir():
         "EGA_TF_CACHE", os.path.join("~", ".cache", "ega_tf", "teachers")))
 
 
-def load_or_convert(path, fmt=None, allow_pickle=False):
+def load_or_convert(path, fmt=None, allow_pickle=False,
+                    trust_saved_model=False):
     """A ``.keras`` teacher as is; any other file is treated as a published
     checkpoint, converted once and cached (keyed by its SHA-256) under
     ``$EGA_TF_CACHE`` (default ``~/.cache/ega_tf/teachers``)."""
     if str(path).endswith(".keras"):
-        return load(path)
+        return load(path, trust_saved_model)
     from ega_tf.teachers import convert
     if not convert.source_files(path):
         raise FileNotFoundError(f"Teacher checkpoint {path!r} does not "

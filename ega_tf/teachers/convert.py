@@ -55,7 +55,7 @@ class Family:
     outside: Tuple[str, ...]  # keys outside the prefix that may be dropped
     inside: Tuple[str, ...]   # stripped keys that may be dropped (heads)
     std: Tuple[float, ...] = IMAGENET_STD
-    interpolation: str = "bilinear"
+    interpolation: str = "pil_bilinear"  # torchvision's Resize on PIL
     arch: str = "resnet"      # ega_tf.teachers module that builds and ports
     mean: Tuple[float, ...] = IMAGENET_MEAN
     resize_shorter: Optional[int] = 256  # None: the network's resolution
@@ -73,24 +73,24 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in [
            ("module.momentum_encoder.*", "module.predictor.*"), ("fc.*",)),
     Family("swav", "module.", (), ("projection_head.*", "prototypes.*"),
            std=SWAV_STD),
-    Family("dino", "", (), ("head.*",), interpolation="bicubic"),
+    Family("dino", "", (), ("head.*",), interpolation="pil_bicubic"),
     Family("simclr", "base_model/",
            ("head_supervised/*", "head_contrastive/*", "global_step",
             "ema_model/*", "*/Momentum"), ("*/Momentum",),
            mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), interpolation="bicubic",
            arch="simclr", resize_shorter=None, crop_fraction=0.875),
-    Family("dino_vit", "", (), ("head.*",), interpolation="bicubic",
+    Family("dino_vit", "", (), ("head.*",), interpolation="pil_bicubic",
            arch="vit", options=(("head_dim", 64),)),
     Family("mocov3_vit", "module.base_encoder.",
            ("module.momentum_encoder.*", "module.predictor.*"), ("head.*",),
            arch="vit", options=(("num_heads", 12),)),
     Family("clip", "visual.", _CLIP_TEXT, (), std=CLIP_STD, mean=CLIP_MEAN,
-           interpolation="bicubic", arch="clip_resnet", resize_shorter=None),
+           interpolation="pil_bicubic", arch="clip_resnet", resize_shorter=None),
     Family("clip_vit", "visual.", _CLIP_TEXT, (), std=CLIP_STD,
-           mean=CLIP_MEAN, interpolation="bicubic", arch="clip_vit",
+           mean=CLIP_MEAN, interpolation="pil_bicubic", arch="clip_vit",
            resize_shorter=None, options=(("activation", "quick_gelu"),)),
     Family("open_clip_gelu", "visual.", _CLIP_TEXT, (), std=CLIP_STD,
-           mean=CLIP_MEAN, interpolation="bicubic", arch="clip_vit",
+           mean=CLIP_MEAN, interpolation="pil_bicubic", arch="clip_vit",
            resize_shorter=None, options=(("activation", "gelu"),)),
 ]}
 
