@@ -27,7 +27,7 @@ setup(
     ],
     extras_require={
         # torch==2.13.0 is pinned: an unpinned torch pulls the CUDA build.
-        "convert": ["torch==2.13.0", "safetensors"],
+        "convert": ["torch==2.13.0", "safetensors", "pillow"],
         "test": ["pytest>=8", "torch==2.13.0", "safetensors", "pillow"],
         "plot": ["matplotlib"],
     },

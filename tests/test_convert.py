@@ -301,3 +301,21 @@ def test_clip_state_dict_without_visual_parts_fails(tmp_path):
         convert.convert(str(path), log=lambda s: None)
     assert "attnpool.c_proj.bias" in str(e.value)
     assert "extra.weight" in str(e.value)
+
+
+def test_wide_swav_resnet_converts_with_parity(tmp_path):
+    """SwAV's wide ResNets (w2, w4, w5) scale every width; widths are read
+    off the file, so a 2x-wide network converts like the 1x one."""
+    model = randomized(ResNet(blocks=(1, 1, 1, 1), width=128), seed=7)
+    path = tmp_path / "swav_RN50w2.pth.tar"
+    torch.save(layouts(model)["swav"], path)
+    teacher = convert.convert(str(path), log=lambda s: None)
+    meta = teachers.metadata(teacher)
+    assert meta["family"] == "swav" and meta["embedding_dim"] == 4096
+    x = np.random.default_rng(3).normal(size=(2, 64, 64, 3)).astype(
+        np.float32)
+    with torch.no_grad():
+        want = model.features(torch.tensor(x).permute(0, 3, 1, 2)).numpy()
+    err = rel_err(teacher.get_layer("backbone")(x).numpy(), want)
+    print(f"SwAV w2 model rel err {err:.2e}")
+    assert err <= 1e-4

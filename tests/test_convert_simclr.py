@@ -101,3 +101,38 @@ def test_parity_tool_on_a_simclr_checkpoint(simclr_ckpt, tmp_path):
     net = float(re.search(r"network:\s+rel err (\S+)", r.stdout).group(1))
     pre = float(re.search(r"preprocessing: max abs ([^,\s]+)", r.stdout).group(1))
     assert net <= 1e-4 and pre < 1e-5
+
+
+def _convert_without_torch(checkpoint, out):
+    """convert_teacher in a process where `import torch` fails."""
+    import subprocess
+    import sys
+    code = f"""
+import runpy, sys
+class NoTorch:  # as if PyTorch were not installed
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError("No module named 'torch'")
+sys.meta_path.insert(0, NoTorch())
+sys.argv = ["convert_teacher", "--checkpoint={checkpoint}", "--out={out}"]
+runpy.run_module("ega_tf.convert_teacher", run_name="__main__")
+"""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run([sys.executable, "-c", code], cwd=root,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_without_pytorch_simclr_converts_and_pytorch_files_say_why(
+        simclr_ckpt, tmp_path):
+    _, prefix = simclr_ckpt
+    out = tmp_path / "simclr.keras"
+    r = _convert_without_torch(prefix, out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert out.exists()
+    pth = tmp_path / "moco.pth.tar"
+    pth.write_bytes(b"PK\x03\x04 not really")  # never opened: torch is absent
+    r = _convert_without_torch(pth, tmp_path / "moco.keras")
+    assert r.returncode == 2
+    assert "needs PyTorch: pip install 'ega_tf[convert]'" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "moco.keras").exists()

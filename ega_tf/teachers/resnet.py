@@ -42,7 +42,14 @@ def infer_arch(state):
 
 
 def build(arch):
-    """The Keras backbone (float NHWC -> pooled feature), named 'backbone'."""
+    """The Keras backbone (float NHWC -> pooled feature), named 'backbone'.
+
+    keras-hub's ResNetBackbone requires 64 stem/first-stage filters, so the
+    widened bottleneck networks (SwAV RN50-w2/w4/w5) are built by
+    ``_build_wide`` instead: the same torchvision network, layer names taken
+    from the checkpoint keys."""
+    if arch["filters"][0] != 64 or arch["stem"] != 64:
+        return _build_wide(arch)
     import keras_hub
     body = keras_hub.models.ResNetBackbone(
         input_conv_filters=[arch["stem"]], input_conv_kernel_sizes=[7],
@@ -55,6 +62,66 @@ def build(arch):
     return keras.Model(inputs, pooled, name="backbone")
 
 
+def bottleneck_stages(x, blocks, filters, conv_bn):
+    """The four bottleneck stages (stride on the 3x3 conv) of torchvision's
+    and SimCLR's ResNets. ``conv_bn(x, filters, kernel, stride, relu, where)``
+    makes one conv + BN (+ ReLU); ``where`` is (stage, block, part) with part
+    "downsample", 1, 2 or 3. A block's shortcut is made first, as SimCLR's
+    code creates it (its variable numbering depends on that)."""
+    cin = x.shape[-1]
+    for s, (n, planes) in enumerate(zip(blocks, filters)):
+        for b in range(n):
+            stride = 2 if (s > 0 and b == 0) else 1
+            shortcut = x
+            if stride != 1 or cin != 4 * planes:
+                shortcut = conv_bn(x, 4 * planes, 1, stride, False,
+                                   (s, b, "downsample"))
+            y = conv_bn(x, planes, 1, 1, True, (s, b, 1))
+            y = conv_bn(y, planes, 3, stride, True, (s, b, 2))
+            y = conv_bn(y, 4 * planes, 1, 1, False, (s, b, 3))
+            x = keras.layers.ReLU()(keras.layers.Add()([y, shortcut]))
+            cin = 4 * planes
+    return x
+
+
+def _build_wide(arch):
+    """torchvision's bottleneck ResNet at any widths; layer ``a_b_c`` holds
+    the checkpoint's ``a.b.c.*``."""
+    if not arch["bottleneck"]:
+        raise ValueError("Widened ResNets are bottleneck networks; this "
+                         "checkpoint has basic blocks with non-64 widths.")
+    from ega_tf.students.layers import bn, conv
+
+    def conv_bn(x, filters, kernel, stride, relu, where):
+        s, b, part = where
+        name = f"layer{s + 1}_{b}_"
+        conv_name, bn_name = ((name + "downsample_0", name + "downsample_1")
+                              if part == "downsample" else
+                              (f"{name}conv{part}", f"{name}bn{part}"))
+        x = bn(conv(x, filters, kernel, stride, name=conv_name), bn_name)
+        return keras.layers.ReLU()(x) if relu else x
+
+    inputs = keras.Input((None, None, 3), name="pixels")
+    x = keras.layers.ReLU()(bn(conv(inputs, arch["stem"], 7, 2, name="conv1"),
+                               "bn1"))
+    # PyTorch's MaxPool2d(3, 2, padding=1): zero padding is exact after ReLU.
+    x = keras.layers.ZeroPadding2D(1)(x)
+    x = keras.layers.MaxPooling2D(3, 2, name="maxpool")(x)
+    x = bottleneck_stages(x, arch["blocks"], arch["filters"], conv_bn)
+    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, pooled, name="backbone")
+
+
+def _port_wide(backbone, porter):
+    for layer in backbone.layers:
+        key = layer.name.replace("_", ".")
+        if isinstance(layer, keras.layers.Conv2D):
+            porter.port(layer.kernel, f"{key}.weight", torch_conv_kernel)
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            port_batchnorm(porter, layer, key)
+    return porter.finish()
+
+
 def port(backbone, state, ignore=()):
     """Copies a torchvision state dict into ``build(...)``'s model, strictly.
 
@@ -62,6 +129,8 @@ def port(backbone, state, ignore=()):
     are always ignored (they do not affect inference).
     """
     porter = WeightPorter(state, ignore=(*ignore, "*num_batches_tracked"))
+    if not any(layer.name == "resnet" for layer in backbone.layers):
+        return _port_wide(backbone, porter)
     body = backbone.get_layer("resnet")
     get = body.get_layer
     porter.port(get("conv1_conv").kernel, "conv1.weight", torch_conv_kernel)

@@ -30,6 +30,7 @@ from keras import layers
 from ega_tf.students.layers import bn as _bn
 from ega_tf.students.layers import conv as _conv
 from ega_tf.teachers.porting import WeightPorter
+from ega_tf.teachers.resnet import bottleneck_stages
 
 _CONV = re.compile(r"^conv2d(_\d+)?/kernel$")
 # conv layers (1 stem + 3 per block + 1 shortcut per stage) -> blocks
@@ -70,7 +71,8 @@ def build(arch):
     'backbone'; layer names are the checkpoint's."""
     name = _Names()
 
-    def conv_bn(x, filters, kernel, stride, relu=True):
+    def conv_bn(x, filters, kernel, stride, relu=True, where=None):
+        del where  # TF1 numbers layers by creation order alone
         x = _conv(x, filters, kernel, stride, name=name("conv2d"))
         x = _bn(x, name("batch_normalization"))
         return layers.ReLU()(x) if relu else x
@@ -79,16 +81,8 @@ def build(arch):
     inputs = keras.Input((None, None, 3), name="pixels")
     x = conv_bn(inputs, 64 * w, 7, 2)
     x = layers.MaxPooling2D(3, 2, padding="same", name="stem_pool")(x)
-    for stage, n in enumerate(arch["blocks"]):
-        filters = 64 * w * 2**stage
-        for b in range(n):
-            stride = 2 if (stage > 0 and b == 0) else 1
-            shortcut = (conv_bn(x, 4 * filters, 1, stride, relu=False)
-                        if b == 0 else x)
-            y = conv_bn(x, filters, 1, 1)
-            y = conv_bn(y, filters, 3, stride)
-            y = conv_bn(y, 4 * filters, 1, 1, relu=False)
-            x = layers.ReLU()(layers.Add()([y, shortcut]))
+    x = bottleneck_stages(x, arch["blocks"],
+                          [64 * w * 2**s for s in range(4)], conv_bn)
     out = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     return keras.Model(inputs, out, name="backbone")
 
