@@ -319,3 +319,26 @@ def test_wide_swav_resnet_converts_with_parity(tmp_path):
     err = rel_err(teacher.get_layer("backbone")(x).numpy(), want)
     print(f"SwAV w2 model rel err {err:.2e}")
     assert err <= 1e-4
+
+
+def test_clip_rn50x4_layout_converts_with_parity(tmp_path):
+    """RN50x4's shape of network (width 80, 288 px, 40 heads, 640-d output)
+    goes through the same code; fewer blocks keep the test small."""
+    from ega_tf.teachers.reference.torch_clip import (CLIPStandIn,
+                                                      ModifiedResNet)
+    visual = randomized(ModifiedResNet(layers=(1, 1, 1, 1), out_dim=640,
+                                       width=80, resolution=288), seed=8)
+    sd = CLIPStandIn(visual).state_dict()
+    torch.save(sd, tmp_path / "RN50x4_state_dict.pt")
+    teacher = convert.convert(str(tmp_path / "RN50x4_state_dict.pt"),
+                              log=lambda s: None)
+    meta = teachers.metadata(teacher)
+    assert (meta["width"], meta["heads"], meta["resolution"],
+            meta["embedding_dim"]) == (80, 40, 288, 640)
+    x = np.random.default_rng(6).normal(size=(2, 288, 288, 3)).astype(
+        np.float32)
+    with torch.no_grad():
+        want = visual(torch.tensor(x).permute(0, 3, 1, 2)).numpy()
+    err = rel_err(teacher.get_layer("backbone")(x).numpy(), want)
+    print(f"CLIP RN50x4-shaped model rel err {err:.2e}")
+    assert err <= 1e-4
