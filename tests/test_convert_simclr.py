@@ -85,21 +85,9 @@ def test_simclr_checkpoint_forms_and_errors(simclr_ckpt, tmp_path):
 
 
 def test_parity_tool_on_a_simclr_checkpoint(simclr_ckpt, tmp_path):
-    import re
-    import subprocess
-    import sys
-    _, prefix = simclr_ckpt
-    img = np.random.default_rng(2).integers(0, 256, (50, 70, 3), np.uint8)
-    (tmp_path / "photo.png").write_bytes(tf.io.encode_png(img).numpy())
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    r = subprocess.run(
-        [sys.executable, "tools/parity.py", f"--checkpoint={prefix}",
-         f"--image={tmp_path / 'photo.png'}"], cwd=root, capture_output=True,
-        text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "family simclr, embedding 2048" in r.stdout
-    net = float(re.search(r"network:\s+rel err (\S+)", r.stdout).group(1))
-    pre = float(re.search(r"preprocessing: max abs ([^,\s]+)", r.stdout).group(1))
+    from tests.parity_tool import run_parity_tool
+    out, net, pre = run_parity_tool(simclr_ckpt[1], tmp_path, (50, 70, 3))
+    assert "family simclr, embedding 2048" in out
     assert net <= 1e-4 and pre < 1e-5
 
 

@@ -2,8 +2,6 @@
 each saved in its published file layout from a PyTorch reference with random
 weights, converted, and compared on the same images."""
 
-import os
-
 import numpy as np
 import pytest
 
@@ -154,24 +152,11 @@ def test_open_clip_gelu_safetensors_needs_the_activation_named(tmp_path):
 
 def test_parity_tool_on_a_checkpoint_and_an_image(clip_vit, tmp_path):
     """tools/parity.py: a user's check of a real file on a real image."""
-    import re
-    import subprocess
-    import sys
-
-    import tensorflow as tf
+    from tests.parity_tool import run_parity_tool
     model = CLIPStandIn(clip_vit).eval()
     path = tmp_path / "ViT-B-32.pt"
     torch.jit.save(torch.jit.trace(model, torch.zeros(1, 3, 224, 224)), path)
-    img = np.random.default_rng(7).integers(0, 256, (60, 80, 3), np.uint8)
-    (tmp_path / "photo.png").write_bytes(tf.io.encode_png(img).numpy())
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    r = subprocess.run(
-        [sys.executable, "tools/parity.py", f"--checkpoint={path}",
-         f"--image={tmp_path / 'photo.png'}"], cwd=root, capture_output=True,
-        text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "family clip_vit, embedding 64, input 80x60 -> 224x224" in r.stdout
-    net = float(re.search(r"network:\s+rel err (\S+)", r.stdout).group(1))
-    pre = float(re.search(r"preprocessing: max abs ([^,\s]+)", r.stdout).group(1))
+    out, net, pre = run_parity_tool(path, tmp_path, (60, 80, 3), seed=7)
+    assert "family clip_vit, embedding 64, input 80x60 -> 224x224" in out
     assert net <= 1e-4
-    assert pre < 1.0  # TF bicubic vs PIL: close, not exact (reported)
+    assert pre <= 1 / 255 / min(convert.CLIP_STD) * 1.001  # one grey level
