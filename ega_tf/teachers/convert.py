@@ -228,17 +228,9 @@ def _strip_dino(key):
     return key
 
 
-_REFUSED = {}
-
-
 def detect_family(keys, hint=None) -> Family:
     """The family whose layout ``keys`` follow (``hint`` from the wrapper)."""
     keys = list(keys)
-    for marker, what in _REFUSED.items():
-        if any(k.startswith(marker) for k in keys):
-            raise ConversionError(
-                f"This looks like a {what} checkpoint; its converter is not "
-                f"available yet. Supported: {', '.join(FAMILIES)}.")
     vit = any(k.startswith(("patch_embed.", "module.base_encoder.patch_embed",
                             "visual.class_embedding")) for k in keys)
     if hint:
