@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 from ega_tf import teachers  # noqa: E402
 from ega_tf.teachers import convert  # noqa: E402
 from ega_tf.teachers.porting import ConversionError  # noqa: E402
+from ega_tf.teachers.reference.pil_pipeline import torchvision_eval  # noqa: E402,E501
 from ega_tf.teachers.reference.torch_resnet import ResNet, randomized  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,23 +25,10 @@ def rel_err(a, b):
 
 def pil_preprocess(images_uint8, mean, std, shorter=256, crop=224,
                    resample="bilinear"):
-    """torchvision's evaluation transform on PIL images: Resize(shorter)
-    (Pillow), CenterCrop(crop), ToTensor, Normalize; NCHW torch tensor."""
-    from PIL import Image
-    out = []
-    for img in images_uint8:
-        h, w = img.shape[:2]
-        size = ((shorter, int(shorter * h / w)) if w <= h
-                else (int(shorter * w / h), shorter))
-        pil = Image.fromarray(img).resize(size, {
-            "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}[resample])
-        top = int(round((size[1] - crop) / 2.0))
-        left = int(round((size[0] - crop) / 2.0))
-        x = np.asarray(pil.crop((left, top, left + crop, top + crop)),
-                       np.float32) / 255.0
-        out.append((x - np.array(mean, np.float32)) /
-                   np.array(std, np.float32))
-    return torch.tensor(np.stack(out)).permute(0, 3, 1, 2)
+    """torchvision's evaluation transform on PIL images, as NCHW torch."""
+    return torch.tensor(torchvision_eval(images_uint8, shorter, crop,
+                                         resample, mean, std)).permute(
+        0, 3, 1, 2)
 
 
 def layouts(model):

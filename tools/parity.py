@@ -32,40 +32,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 
-def pil_pipeline(path, meta, mean, std):
-    """The torchvision-on-PIL evaluation transform of the family: resize
-    the shorter side, centre crop, to [0, 1], normalise. Returns NHWC."""
-    from PIL import Image
-    img = Image.open(path).convert("RGB")
-    res = meta["input_resolution"]
-    shorter = res if meta["family"].startswith(("clip", "open_clip")) \
-        else 256
-    resample = Image.BICUBIC if "bicubic" in meta.get("interpolation", "") \
-        else Image.BILINEAR
-    w, h = img.size
-    if w <= h:
-        size = (shorter, int(shorter * h / w))
-    else:
-        size = (int(shorter * w / h), shorter)
-    img = img.resize(size, resample)
-    top = int(round((size[1] - res) / 2.0))
-    left = int(round((size[0] - res) / 2.0))
-    img = img.crop((left, top, left + res, top + res))
-    x = np.asarray(img, np.float32) / 255.0
-    return ((x - np.array(mean)) / np.array(std))[None].astype(np.float32)
-
-
-def simclr_pipeline(image, res=224, fraction=0.875):
-    import tensorflow as tf
-    x = tf.image.convert_image_dtype(image, tf.float32)
-    h, w = x.shape[:2]
-    crop = int(np.rint(fraction * min(h, w)))
-    top, left = (h - crop + 1) // 2, (w - crop + 1) // 2
-    x = x[top:top + crop, left:left + crop]
-    x = tf.image.resize(x[None], (res, res), method="bicubic")
-    return tf.clip_by_value(x, 0.0, 1.0).numpy()
-
-
 def torch_reference(family, arch, state):
     """The family's PyTorch reference with ``state`` loaded strictly."""
     import torch
@@ -127,6 +93,7 @@ def main():
     from ega_tf import teachers
     from ega_tf.teachers import convert
     from ega_tf.teachers.reference import tf_simclr
+    from ega_tf.teachers.reference.pil_pipeline import torchvision_eval
 
     teacher = convert.convert(args.checkpoint, args.format,
                               args.allow_pickle)
@@ -137,19 +104,24 @@ def main():
     kept = convert.backbone_state(state, family)
     arch = {k: meta[k] for k in meta if k not in (
         "family", "source_file", "source_sha256", "architecture")}
-    meta["interpolation"] = family.interpolation
     image = tf.io.decode_image(tf.io.read_file(args.image), channels=3,
                                expand_animations=False).numpy()
 
     if family.arch == "simclr":
-        ref_pixels = simclr_pipeline(image)
+        ref_pixels = tf_simclr.eval_preprocess(image,
+                                               meta["input_resolution"],
+                                               family.crop_fraction)
         weights = {f"base_model/{k}": v for k, v in kept.items()}
 
         def reference(x):
             return tf_simclr.forward(weights, x, tuple(meta["blocks"]),
                                      meta["width"])
     else:
-        ref_pixels = pil_pipeline(args.image, meta, family.mean, family.std)
+        res = meta["input_resolution"]
+        ref_pixels = torchvision_eval(
+            image[None], family.resize_shorter or res, res,
+            "bicubic" if "bicubic" in family.interpolation else "bilinear",
+            family.mean, family.std)
         reference = torch_reference(family, arch, kept)
 
     ours_pixels = teacher.get_layer("preprocess")(image[None]).numpy()

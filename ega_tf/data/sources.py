@@ -124,8 +124,9 @@ def _tfds_split(builder, split, image_size=None, native=None,
         return builder.as_dataset(split=split, shuffle_files=False,
                                   decoders=decoders)
 
-    if all_unlabeled and _known_size(builder, split):
-        labels = np.full(_known_size(builder, split), UNLABELED, np.int64)
+    known = _known_size(builder, split) if all_unlabeled else 0
+    if known:
+        labels = np.full(known, UNLABELED, np.int64)
     else:
         ds = read({"image": tfds.decode.SkipDecoding()})
         parts = [b for b in tfds.as_numpy(

@@ -119,13 +119,13 @@ def read_checkpoint(path, allow_pickle=False):
     archives (OpenAI CLIP's ``.pt`` files) give their ``state_dict()``;
     TF checkpoints and ``.safetensors`` files a dict of their tensors."""
     path = os.fspath(path)
-    if not source_files(path):
-        raise FileNotFoundError(f"Checkpoint {path!r} does not exist.")
-    if path.endswith(".safetensors"):
-        return _read_safetensors(path)
     tf_prefix = _tf_checkpoint_prefix(path)
     if tf_prefix:
         return _read_tf_checkpoint(tf_prefix)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Checkpoint {path!r} does not exist.")
+    if path.endswith(".safetensors"):
+        return _read_safetensors(path)
     torch = _require_torch()
     if _is_torchscript(path):
         return _to_numpy(dict(torch.jit.load(path, map_location="cpu")

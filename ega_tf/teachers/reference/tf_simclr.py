@@ -113,3 +113,17 @@ def forward(weights, x, blocks=(3, 4, 6, 3), width=1, pool="SAME"):
             y = conv_bn(y, relu=False)
             x = tf.nn.relu(y + shortcut)
     return tf.reduce_mean(x, [1, 2]).numpy()
+
+
+def eval_preprocess(image_uint8, res=224, fraction=0.875):
+    """SimCLR's evaluation preprocessing of one uint8 HWC image: to [0, 1],
+    centre crop ``rint(fraction * shorter side)`` at offset
+    ``(side - crop + 1) // 2``, bicubic to ``res``, clip; ``[1, res, res, 3]``.
+    """
+    x = tf.image.convert_image_dtype(image_uint8, tf.float32)
+    h, w = x.shape[:2]
+    crop = int(np.rint(fraction * min(h, w)))
+    top, left = (h - crop + 1) // 2, (w - crop + 1) // 2
+    x = x[top:top + crop, left:left + crop]
+    x = tf.image.resize(x[None], (res, res), method="bicubic")
+    return tf.clip_by_value(x, 0.0, 1.0).numpy()
