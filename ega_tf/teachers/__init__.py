@@ -15,6 +15,7 @@ import os
 import keras
 from keras import layers, ops
 
+from ega_tf import serialization
 from ega_tf.io_utils import atomic_output
 
 
@@ -215,8 +216,8 @@ def load(path, trust_saved_model=False):
             "run arbitrary TensorFlow ops; if you made it, rerun with "
             "--trust_saved_model.")
     try:
-        teacher = keras.saving.load_model(path, compile=False,
-                                          safe_mode=not refs)
+        teacher = serialization.load_model(path, compile=False,
+                                           safe_mode=not refs)
     except Exception as e:  # zip/h5 errors carry no hint of the file
         raise ValueError(f"Could not read teacher file {path!r}: {e}. Is it "
                          "a complete .keras file written by ega_tf?") from e

@@ -20,7 +20,8 @@ def _load_inner(path, endpoint):
     if path.endswith(".keras"):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"Model file {path!r} does not exist.")
-        return keras.saving.load_model(path, compile=False)
+        from ega_tf import serialization
+        return serialization.load_model(path, compile=False)
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
         return keras.layers.TFSMLayer(os.path.abspath(path),
                                       call_endpoint=endpoint,
