@@ -5,6 +5,9 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# Two pytest workers, each taking the next test as it frees up: the suite
+# mixes in-process tests with ones waiting on a fresh process.
+PYTEST := $(PY) -m pytest -q -n 2 --dist worksteal
 
 .PHONY: demo test test-all install clean
 
@@ -17,7 +20,7 @@ $(VENV)/.installed: setup.py | $(PY)
 	touch $@
 
 $(VENV)/.installed-test: setup.py | $(PY)
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,plot]"
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed-test
@@ -26,10 +29,10 @@ demo: $(VENV)/.installed
 	$(PY) tools/demo.py
 
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PYTEST) -m "not slow" tests
 
 test-all: $(VENV)/.installed-test
-	$(PY) -m pytest -q tests
+	$(PYTEST) tests
 
 clean:
 	rm -rf runs/demo .pytest_cache

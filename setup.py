@@ -28,7 +28,8 @@ setup(
     extras_require={
         # torch==2.13.0 is pinned: an unpinned torch pulls the CUDA build.
         "convert": ["torch==2.13.0", "safetensors", "pillow"],
-        "test": ["pytest>=8", "torch==2.13.0", "safetensors", "pillow"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0",
+                 "safetensors", "pillow"],
         "plot": ["matplotlib"],
     },
 )

@@ -84,7 +84,7 @@ def synthetic_split(n, size, seed=0):
 
 def decode_splits(tmp, n):
     """Streamed (JPEG-decoding) splits of the two file readers."""
-    from ega_tf.data.synthetic import make_tiny_imagenet_zip, \
+    from tools.synthetic import make_tiny_imagenet_zip, \
         write_image_folder
     manual = os.path.join(tmp, "tfds", "downloads", "manual")
     os.makedirs(manual)

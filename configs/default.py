@@ -1,4 +1,4 @@
-"""The published EGA recipe (DESIGN.md §2): CIFAR-100, resnet8x4 student.
+"""The published EGA recipe: CIFAR-100, resnet8x4 student.
 
     python -m ega_tf.train --config=configs/default.py --teacher=t.keras
     python -m ega_tf.train --config=configs/default.py:smoke   # seconds

@@ -5,10 +5,11 @@ The published recipe (ega_tf/config.py) with a CIFAR-style resnet8 student,
 of the training labels hidden (-1), so EGA also learns from unlabeled images.
 """
 
-from ega_tf.config import default_config
+from ega_tf.config import check_variant, default_config
 
 
 def get_config(arg=None):
+    check_variant(arg)
     c = default_config()
     c.dataset = "digits"
     c.student = "resnet8"

@@ -1,26 +1,46 @@
-"""Default training configuration: the published EGA recipe (DESIGN.md §2).
+"""The training configuration: the published EGA recipe, and its checks.
 
-``python -m ega_tf.train`` starts from ``default_config()``; the files in
-``configs/`` derive from it. Every field can be overridden on the command line
-(``--config.optim.lr=0.1``) and the resolved config is written to the workdir.
+``python -m ega_tf.train`` starts from this file's ``get_config()``; the
+files in ``configs/`` derive from ``default_config()``. Every field can be
+overridden on the command line (``--config.optim.lr=0.1``), ``resolve``
+fills the derived defaults and checks every field at once, and the resolved
+config is written to the run's workdir. docs/architecture.md explains why
+each published default is what it is.
 """
+
+from __future__ import annotations
 
 import ml_collections
 from ml_collections import config_dict
 
+from ega_tf.errors import ConfigError, UserError
+
+VARIANTS = ("smoke",)
+
 
 def default_config(arg=None):
-    """The resolved defaults; ``arg="smoke"`` shrinks to a seconds-long run."""
+    """The published recipe; ``arg="smoke"`` shrinks it to a seconds-long
+    run on digits."""
+    check_variant(arg)
     c = ml_collections.ConfigDict()
-    c.dataset = "cifar100"
-    c.data_dir = config_dict.placeholder(str)
+    # What to train on.
+    c.dataset = "cifar100"      # digits | cifar100 | stl10 | tiny_imagenet | folder:PATH
+    c.data_dir = config_dict.placeholder(str)  # TFDS directory
     c.download = False          # let TFDS download when not prepared
-    c.labeled_fraction = 1.0    # the rest of the labels become -1
+    c.unlabeled_split = False   # stl10: add the 100k unlabelled images (-1)
+    c.labeled_fraction = 1.0    # stratified; the rest of the labels become -1
+    c.data = ml_collections.ConfigDict()
+    # Side of the square training images; None: the dataset's own (folder:
+    # chosen from the images' sizes).
+    c.data.image_size = config_dict.placeholder(int)
+
+    # The two networks.
     c.student = "resnet8x4"
-    c.teacher = ""              # a teacher .keras file (distill=ega)
+    c.teacher = ""              # .keras teacher or a published checkpoint
     c.trust_saved_model = False  # allow teachers that call a SavedModel
+    c.allow_pickle = False      # unpickle checkpoint files (runs their code)
     c.distill = "ega"           # ega | none (cross-entropy baseline)
-    c.embed_dim = 256
+    c.embed_dim = 256           # D, the shared node-embedding width
 
     c.loss = ml_collections.ConfigDict()
     c.loss.gamma = 1.0          # cross-entropy
@@ -31,9 +51,7 @@ def default_config(arg=None):
     c.loss.kd_temperature = 4.0
 
     c.optim = ml_collections.ConfigDict()
-    # None: 0.05, or 0.01 for MobileNetV2 / ShuffleV1 / ShuffleV2 as the
-    # published (RepDistiller) scripts do.
-    c.optim.lr = config_dict.placeholder(float)
+    c.optim.lr = config_dict.placeholder(float)  # None: the student's own
     c.optim.momentum = 0.9
     c.optim.weight_decay = 5e-4  # coupled, as torch.optim.SGD
     c.optim.decay_fractions = (150 / 240, 180 / 240, 210 / 240)
@@ -47,16 +65,14 @@ def default_config(arg=None):
     # resolution (8 at 64 px, 12 at 96 px).
     c.padding = config_dict.placeholder(int)
     c.teacher_view = "independent"  # independent | same | clean
-    c.unlabeled_split = False   # stl10: add the 100k unlabelled images (-1)
 
-    c.data = ml_collections.ConfigDict()
-    # Side of the square training images; None: the dataset's own (folder:
-    # the shorter side of the first training image).
-    c.data.image_size = config_dict.placeholder(int)
-    c.data.cache = "auto"       # auto | memory | none (decoded images)
-    c.data.cache_limit_gb = 8.0  # auto caches splits up to this size
-    c.data.shuffle_buffer = config_dict.placeholder(int)  # None: whole split
-    c.data.deterministic = True  # seeded, reproducible order
+    # The input pipeline (decoded-image cache, shuffling, map order).
+    c.input = ml_collections.ConfigDict()
+    c.input.cache = "auto"       # auto | memory | none
+    c.input.cache_limit_gb = 8.0  # auto caches splits up to this size
+    c.input.shuffle_buffer = config_dict.placeholder(int)  # None: whole split
+    c.input.deterministic = True  # seeded, reproducible order
+
     c.seed = 0
     c.precision = "float32"     # float32 | mixed_float16 | mixed_bfloat16
     c.jit_compile = "auto"      # auto | true | false
@@ -74,3 +90,107 @@ def default_config(arg=None):
 def get_config(arg=None):
     """Lets this file serve as ``--config`` itself (the CLI's default)."""
     return default_config(arg)
+
+
+def check_variant(arg, variants=VARIANTS):
+    """``--config=file.py:ARG`` must name a variant the file knows."""
+    if arg not in (None, "", *variants):
+        raise UserError(f"Unknown config variant {arg!r} (--config=FILE:"
+                        f"{arg}). Valid variants: {', '.join(variants)}.")
+
+
+def resolve(config):
+    """A copy with derived defaults filled in, every field checked."""
+    from ega_tf import students
+    config = config.copy_and_resolve_references()
+    validate(config)
+    if config.optim.lr is None:
+        config.optim.lr = students.default_lr(config.student)
+    return config
+
+
+def _problems(config):
+    """Every problem of ``config``, as messages, in the order of the
+    fields (the dataset first, the teacher last)."""
+    from ega_tf import data, students
+    from ega_tf.data import augment, pipeline
+    from ega_tf.registry import check_choice
+    from ega_tf.runtime import check_precision
+
+    problems = []
+
+    def check(fn, *args):
+        try:
+            fn(*args)
+        except UserError as e:
+            problems.append(str(e))
+
+    def need(ok, message):
+        if not ok:
+            problems.append(message)
+
+    check(data.check_name, config.dataset)
+    need(0.0 < config.labeled_fraction <= 1.0,
+         f"labeled_fraction must be in (0, 1]; got {config.labeled_fraction}.")
+    need(config.data.image_size is None or config.data.image_size >= 8,
+         f"data.image_size must be at least 8; got {config.data.image_size}.")
+    check(students.STUDENTS.get, config.student)
+    check(check_choice, "distill", config.distill, ("ega", "none"))
+    need(config.embed_dim >= 1,
+         f"embed_dim must be positive; got {config.embed_dim}.")
+    for name in ("gamma", "beta", "alpha", "node_weight", "edge_weight"):
+        value = config.loss[name]
+        need(value >= 0, f"loss.{name} must be >= 0; got {value}.")
+    need(config.loss.kd_temperature > 0, "loss.kd_temperature must be > 0.")
+    o = config.optim
+    need(o.lr is None or o.lr > 0, f"optim.lr must be > 0; got {o.lr}.")
+    need(o.momentum >= 0, f"optim.momentum must be >= 0; got {o.momentum}.")
+    need(o.weight_decay >= 0,
+         f"optim.weight_decay must be >= 0; got {o.weight_decay}.")
+    need(all(0 < f < 1 for f in o.decay_fractions),
+         "optim.decay_fractions must lie in (0, 1); got "
+         f"{tuple(o.decay_fractions)}.")
+    need(o.decay_factor > 0, "optim.decay_factor must be > 0.")
+    need(o.teacher_head_lr > 0, "optim.teacher_head_lr must be > 0.")
+    need(config.epochs >= 1, f"epochs must be at least 1; got "
+         f"{config.epochs}.")
+    min_batch = 2 if config.distill != "none" else 1
+    need(config.batch_size >= min_batch,
+         f"batch_size must be at least {min_batch}"
+         + (" (EGA's graph relates the images of a batch)"
+            if min_batch == 2 else "") + f"; got {config.batch_size}.")
+    need(config.eval_batch_size >= 1,
+         f"eval_batch_size must be positive; got {config.eval_batch_size}.")
+    need(config.padding is None or config.padding >= 0,
+         f"padding must be >= 0; got {config.padding}.")
+    check(augment.check_teacher_view, config.teacher_view)
+    check(pipeline.check_cache_policy, config.input.cache)
+    need(config.input.cache_limit_gb >= 0, "input.cache_limit_gb must be "
+         ">= 0.")
+    need(config.input.shuffle_buffer is None
+         or config.input.shuffle_buffer >= 1,
+         "input.shuffle_buffer must be positive.")
+    check(check_precision, config.precision)
+    check(check_choice, "jit_compile", str(config.jit_compile).lower(),
+          ("auto", "true", "false"))
+    need(config.checkpoint_every >= 1,
+         f"checkpoint_every must be at least 1; got "
+         f"{config.checkpoint_every}.")
+    if config.distill != "none" and not config.teacher:
+        problems.append(
+            f"--distill={config.distill} needs a teacher: pass "
+            "--teacher=FILE.keras. Make one offline with `python -m "
+            f"ega_tf.pretrain --dataset={config.dataset} "
+            "--out=teacher.keras`, or use --distill=none for the "
+            "cross-entropy baseline.")
+    return problems
+
+
+def validate(config):
+    """Raises ConfigError listing every problem of ``config`` at once."""
+    problems = _problems(config)
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError(f"{len(problems)} problems: " + " | ".join(
+            f"({i}) {p}" for i, p in enumerate(problems, 1)))

@@ -25,11 +25,8 @@ import tensorflow as tf
 from keras import layers, ops
 
 from ega_tf import losses
-from ega_tf.students.layers import torch_dense
-
-# DESIGN.md §2: both views are normalised with CLIP's statistics.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from ega_tf.constants import CLIP_MEAN, CLIP_STD
+from ega_tf.layers import torch_dense
 
 
 def build_student(backbone, num_classes, embed_dim=256, mean=CLIP_MEAN,
@@ -127,14 +124,28 @@ class EGADistiller(keras.Model):
     # ---------------------------------------------------------------- setup
     def compile(self, optimizer, teacher_head_optimizer=None, **kwargs):
         """``optimizer`` trains the student; ``teacher_head_optimizer`` (needed
-        when distilling) trains the online teacher head."""
+        when distilling) trains the online teacher head. Both are built on
+        their variables here, so a checkpoint can be restored before the
+        first step."""
         if self.distilling and teacher_head_optimizer is None:
             raise ValueError("EGADistiller with a teacher needs "
                              "teacher_head_optimizer for the online head.")
         super().compile(optimizer=optimizer, **kwargs)
+        self.optimizer.build(self.student.trainable_variables)
         self.teacher_head_optimizer = teacher_head_optimizer
         if teacher_head_optimizer is not None:
             teacher_head_optimizer.build(self.teacher_head_variables)
+
+    def checkpoint_items(self):
+        """Everything a checkpoint must hold to continue training exactly:
+        the student, the online teacher head and both optimizers. The frozen
+        teacher is not included: it is its own file."""
+        items = {"student": self.student, "optimizer": self.optimizer}
+        if self.distilling:
+            items.update(teacher_embed=self.teacher_embed,
+                         teacher_classifier=self.teacher_classifier,
+                         teacher_head_optimizer=self.teacher_head_optimizer)
+        return items
 
     @property
     def teacher_head_variables(self):

@@ -8,60 +8,30 @@ input size; the model needs TensorFlow only.
 
 from __future__ import annotations
 
-from absl import app, flags
-
 from ega_tf import cli
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "SavedModel directory from ega_tf.train.")
-flags.DEFINE_integer("top_k", 5, "Classes to print per image.")
+from ega_tf.errors import UserError
 
 
-def load_images(paths, size):
-    import tensorflow as tf
-    out = []
-    for p in paths:
-        if not tf.io.gfile.exists(p):
-            raise FileNotFoundError(f"Image {p!r} does not exist.")
-        img = tf.io.decode_image(tf.io.read_file(p), channels=3,
-                                 expand_animations=False)
-        img = tf.image.resize(img, size, antialias=True)
-        out.append(tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8))
-    return tf.stack(out)
+def define_flags(flag_values):
+    cli.define("string", "model", None, "SavedModel directory from "
+               "ega_tf.train (its saved_model/).", flag_values)
+    cli.define("integer", "top_k", 5, "Classes to print per image.",
+               flag_values)
 
 
-def predict(model_dir, paths, top_k=5):
-    """Returns, per image, a list of (class name, probability)."""
-    import os
-    import tensorflow as tf
-    from ega_tf.export import load_class_names
-    if not os.path.isfile(os.path.join(model_dir, "saved_model.pb")):
-        raise FileNotFoundError(
-            f"{model_dir!r} is not a SavedModel directory (no "
-            "saved_model.pb); pass the saved_model/ folder of a training run.")
-    serve = tf.saved_model.load(model_dir).signatures["serving_default"]
-    size = serve.structured_input_signature[1]["images"].shape[1:3]
-    probs = serve(images=load_images(paths, size))["probabilities"].numpy()
-    names = load_class_names(model_dir)
-    top_k = min(top_k, probs.shape[1])
-    results = []
-    for p in probs:
-        order = p.argsort()[::-1][:top_k]
-        results.append([(names[i] if names else str(i), float(p[i]))
-                        for i in order])
-    return results
-
-
-@cli.friendly_errors
-def main(argv):
+def main(argv, flag_values):
+    from ega_tf.serving import predict_files
     paths = argv[1:]
-    if not FLAGS.model or not paths:
-        raise ValueError("usage: python -m ega_tf.predict --model=DIR "
-                         "IMAGE [IMAGE ...]")
-    for path, top in zip(paths, predict(FLAGS.model, paths, FLAGS.top_k)):
+    if not flag_values.model or not paths:
+        raise UserError("usage: python -m ega_tf.predict --model=DIR "
+                        "IMAGE [IMAGE ...]")
+    if flag_values.top_k < 1:
+        raise UserError(f"--top_k must be at least 1; got "
+                        f"{flag_values.top_k}.")
+    for path, top in zip(paths, predict_files(flag_values.model, paths,
+                                              flag_values.top_k)):
         print(path + ": " + ", ".join(f"{n} {100 * p:.1f}%" for n, p in top))
 
 
 if __name__ == "__main__":
-    cli.quiet_tensorflow()
-    app.run(main)
+    cli.run(define_flags, main)

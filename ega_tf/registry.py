@@ -1,19 +1,22 @@
-"""One small registry per kind of thing (students, teachers, datasets, losses).
+"""One small registry per kind of thing (students, datasets, losses, ...).
 
-A registry maps a name to a factory. Looking up an unknown name raises a
-``KeyError`` whose message lists every valid name; registering a name twice
-raises, so two modules can never silently shadow each other.
+A registry maps a name to a value (a factory or a spec). Looking up an
+unknown name raises a ``UserError`` whose message lists every valid name;
+registering a name twice is a programming error and raises ``ValueError``, so
+two modules can never silently shadow each other.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Generic, List, TypeVar
+from typing import Dict, Generic, Iterable, List, TypeVar
+
+from ega_tf.errors import UserError
 
 T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """A named table of factories of one kind (e.g. ``"student"``)."""
+    """A named table of values of one kind (e.g. ``"student"``)."""
 
     def __init__(self, kind: str):
         self.kind = kind
@@ -31,11 +34,10 @@ class Registry(Generic[T]):
         return add(value) if value is not None else add
 
     def get(self, name: str) -> T:
-        try:
-            return self._entries[name]
-        except KeyError:
-            raise KeyError(f"Unknown {self.kind} {name!r}. Valid names: "
-                           f"{', '.join(self.names())}.") from None
+        if name not in self._entries:
+            raise UserError(f"Unknown {self.kind} {name!r}. Valid names: "
+                            f"{', '.join(self.names())}.")
+        return self._entries[name]
 
     def names(self) -> List[str]:
         return sorted(self._entries)
@@ -47,8 +49,9 @@ class Registry(Generic[T]):
         return self.get(name)
 
 
-def check_choice(kind: str, value, choices) -> None:
-    """Raises ValueError naming ``kind`` and listing ``choices`` if needed."""
+def check_choice(kind: str, value, choices: Iterable) -> None:
+    """Raises ``UserError`` naming ``kind`` and listing ``choices``."""
+    choices = list(choices)
     if value not in choices:
-        raise ValueError(f"Unknown {kind} {value!r}. Valid values: "
-                         f"{', '.join(map(str, choices))}.")
+        raise UserError(f"Unknown {kind} {value!r}. Valid values: "
+                        f"{', '.join(map(str, choices))}.")

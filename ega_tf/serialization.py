@@ -16,11 +16,11 @@ from __future__ import annotations
 import importlib
 
 CUSTOM_OBJECT_MODULES = (
+    "ega_tf.layers",
     "ega_tf.optimizers",
     "ega_tf.ssl.augment",
-    "ega_tf.students.layers",
-    "ega_tf.teachers",
     "ega_tf.teachers.clip_resnet",
+    "ega_tf.teachers.preprocess",
     "ega_tf.teachers.vit",
 )
 

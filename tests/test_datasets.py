@@ -1,265 +1,315 @@
-"""The dataset readers on data in their real formats, with no network:
-TFDS's mock data for cifar100 and stl10, a Tiny ImageNet zip in the
-published layout run through the real builder, and image folders of PNG and
-JPEG files; each reaching `python -m ega_tf.train`."""
+"""Where images come from: the digits split, label masking, and the readers
+on data in their real formats with no network (TFDS's mock data for
+cifar100 and stl10, a Tiny ImageNet zip in the published layout through the
+real builder, image folders of PNG and JPEG files), each reaching
+training."""
 
 import json
-import os
 import re
-import subprocess
-import sys
+import shutil
 import zipfile
 
 import keras
 import numpy as np
-import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl.testing import parameterized
 
-from ega_tf import data, teachers, train
+from ega_tf import config as config_lib
+from ega_tf import data, teachers, training
 from ega_tf.config import default_config
 from ega_tf.data import augment, pipeline
-from ega_tf.data.synthetic import (WNIDS, jpeg, make_tiny_imagenet_zip,
-                                   write_image_folder)
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
-
-
-def run_cli(args):
-    return subprocess.run([sys.executable, "-m", "ega_tf.train", *args],
-                          cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=900)
+from ega_tf.errors import DatasetNotFoundError, UserError
+from tests.test_case import TestCase
+from tools.synthetic import (WNIDS, jpeg, make_tiny_imagenet_zip,
+                             write_image_folder)
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tfds")
-    manual = root / "downloads" / "manual"
-    manual.mkdir(parents=True)
-    val = make_tiny_imagenet_zip(manual / "tiny-imagenet-200.zip")
-    return root, val
-
-
-def test_tiny_imagenet_builder_reads_the_published_zip(tiny_dir):
-    root, val = tiny_dir
-    ds = data.load("tiny_imagenet", data_dir=str(root))
-    assert ds.num_classes == 3 and ds.image_size == (64, 64)
-    assert len(ds.train) == 12 and len(ds.test) == 7
-    assert ds.class_names == [f"{w}: thing {WNIDS.index(w)}, other name"
-                              for w in sorted(WNIDS)]
-    assert np.bincount(ds.train.labels).tolist() == [4, 4, 4]
-    # Labels of the validation split come from val_annotations.txt.
-    builder = tfds.builder("tiny_imagenet", data_dir=str(root))
-    names = builder.info.features["label"].names
-    assert names == sorted(WNIDS)
-    for ex in tfds.as_numpy(builder.as_dataset(split="validation",
-                                               shuffle_files=False)):
-        assert names[ex["label"]] == val[ex["id"].decode()]
-    test = list(tfds.as_numpy(builder.as_dataset(split="test")))
-    assert len(test) == 3 and all(ex["label"] == -1 for ex in test)
-    # Train labels follow the class folders; greyscale JPEGs decode to RGB.
-    greys = 0
-    for ex in tfds.as_numpy(builder.as_dataset(split="train")):
-        assert ex["image"].shape == (64, 64, 3)
-        assert ex["id"].decode().startswith(names[ex["label"]])
-        if ex["id"].decode().endswith("_0.JPEG"):
-            greys += 1
-            assert np.array_equal(ex["image"][..., 0], ex["image"][..., 2])
-    assert greys == 3
-    # The streamed Split gives images in the order of its labels.
-    images = ds.test.images
-    by_order = list(tfds.as_numpy(builder.as_dataset(
-        split="validation", shuffle_files=False)))
-    np.testing.assert_array_equal(images, [e["image"] for e in by_order])
-    np.testing.assert_array_equal(ds.test.labels,
-                                  [e["label"] for e in by_order])
-
-
-def test_tiny_imagenet_absent_or_broken_leaves_nothing_behind(tmp_path):
-    with pytest.raises(FileNotFoundError) as e:
-        data.load("tiny_imagenet", data_dir=str(tmp_path))
-    msg = str(e.value)
-    assert "tiny-imagenet-200.zip" in msg
-    assert str(tmp_path / "downloads" / "manual") in msg
-    assert "--download" not in msg  # nothing to download it from
-    # A zip whose annotations name an unknown class fails mid-preparation...
-    manual = tmp_path / "downloads" / "manual"
-    manual.mkdir(parents=True)
-    zpath = manual / "tiny-imagenet-200.zip"
-    make_tiny_imagenet_zip(zpath)
-    with zipfile.ZipFile(zpath, "a") as z:
-        z.writestr("tiny-imagenet-200/val/images/val_99.JPEG",
-                   jpeg(np.random.default_rng(1)))
-    with pytest.raises(Exception, match="val_99.JPEG"):
-        data.load("tiny_imagenet", data_dir=str(tmp_path))
-    # ... and leaves no prepared (or half-prepared) version behind.
-    version_dir = tmp_path / "tiny_imagenet"
-    left = [p.name for p in version_dir.iterdir()] if version_dir.exists() \
-        else []
-    assert left == []
-    assert not tfds.builder("tiny_imagenet",
-                            data_dir=str(tmp_path)).is_prepared()
-
-
-def test_image_folder_any_size_png_and_jpeg(tmp_path):
-    root = tmp_path / "pets"
-    write_image_folder(root, 5, 2)
-    (root / "train" / "cat" / "notes.txt").write_text("not an image")
-    ds = data.load(f"folder:{root}", image_size=24)
-    assert ds.class_names == ["cat", "dog", "eel"] and ds.num_classes == 3
-    assert ds.image_size == (24, 24)
-    assert len(ds.train) == 15 and len(ds.test) == 6
-    assert np.bincount(ds.train.labels).tolist() == [5, 5, 5]
-    images = ds.train.images
-    assert images.shape == (15, 24, 24, 3) and images.dtype == np.uint8
-    # Each image is its file, resized and centre-cropped, in label order.
-    builder = tfds.ImageFolder(str(root))
-    files = list(tfds.as_numpy(builder.as_dataset(split="train",
-                                                  shuffle_files=False)))
-    for ex, img, label in zip(files, images, ds.train.labels):
-        assert ex["label"] == label
-        ref = augment.resize_center_crop(tf.constant(ex["image"]), 24)
-        np.testing.assert_array_equal(img, ref.numpy())
-    # Default size: the shorter side of the first training image.
-    first = files[0]["image"]
-    assert data.load(f"folder:{root}").image_size == (min(first.shape[:2]),) * 2
-    # The test split may be called val.
-    (root / "test").rename(root / "val")
-    assert len(data.load(f"folder:{root}", image_size=24).test) == 6
-
-
-@pytest.mark.parametrize("setup,message", [
-    ("missing", "does not exist"),
-    ("no_test", "needs train/ and one of test/"),
-])
-def test_image_folder_errors(tmp_path, setup, message):
-    root = tmp_path / "imgs"
-    if setup == "no_test":
-        write_image_folder(root, 2, 1)
-        import shutil
-        shutil.rmtree(root / "test")
-    with pytest.raises(FileNotFoundError, match=message):
-        data.load(f"folder:{root}")
-
-
-def test_bad_dataset_names_and_options():
-    with pytest.raises(ValueError, match="Replace PATH"):
-        data.load("folder:PATH")
-    with pytest.raises(KeyError, match="folder:PATH, stl10, tiny_imagenet"):
-        data.load("stl-10")
-    with pytest.raises(ValueError, match="no unlabeled split"):
-        data.load("digits", unlabeled_split=True)
-
-
-@pytest.mark.parametrize("name,size,classes", [("cifar100", 32, 100),
-                                               ("stl10", 96, 10)])
-def test_tfds_datasets_with_mock_data(name, size, classes):
-    with tfds.testing.mock_data(num_examples=24):
-        ds = data.load(name, download=True)
-        assert (ds.num_classes, ds.image_size) == (classes, (size, size))
-        assert len(ds.train) == 24 and ds.train.num_labeled == 24
-        x, y = next(iter(pipeline.train_dataset(ds.train, 8, seed=0)))
-        assert x["student"].shape == (8, size, size, 3)
-        assert x["student"].dtype == tf.uint8
-        assert set(y.numpy()) <= set(range(classes))
-        # Streamed images come out in the order of the labels.
-        pairs = list(ds.train.dataset().as_numpy_iterator())
-        np.testing.assert_array_equal([p[1] for p in pairs], ds.train.labels)
-        if name == "stl10":
-            both = data.load(name, download=True, unlabeled_split=True)
-            assert len(both.train) == 48 and both.train.num_labeled == 24
-            assert (both.train.labels[24:] == -1).all()
-            labels = np.concatenate([b[1].numpy() for b in
-                                     pipeline.train_dataset(both.train, 8)])
-            assert (labels == -1).sum() == 24  # drawn from both splits
-
-
-def test_tfds_absent_datasets_say_what_to_put_where(tmp_path):
-    for name, archive in (("cifar100", "cifar-100-binary.tar.gz"),
-                          ("stl10", "stl10_binary.tar.gz")):
-        with pytest.raises(FileNotFoundError) as e:
-            data.load(name, data_dir=str(tmp_path))
-        assert archive in str(e.value) and "--download" in str(e.value)
-        assert str(tmp_path / "downloads" / "manual") in str(e.value)
-
-
-def _tiny_config(dataset, **kw):
+def tiny_config(dataset, **kw):
     c = default_config()
     c.dataset, c.distill, c.student = dataset, "none", "resnet8"
     c.epochs, c.batch_size, c.eval_batch_size = 1, 8, 16
     c.export = False
     for k, v in kw.items():
         setattr(c, k, v)
-    return train.resolve_config(c, {})
+    return config_lib.resolve(c)
 
 
-@pytest.mark.parametrize("name", ["cifar100", "stl10"])
-def test_train_reaches_training_on_mocked_tfds(name, tmp_path):
-    with tfds.testing.mock_data(num_examples=16):
-        res = train.run(_tiny_config(name, download=True,
-                                     unlabeled_split=name == "stl10"),
-                        str(tmp_path), verbose=0)
-    assert res["epochs"] == 1 and 0 <= res["test_top1_last"] <= 100
-    cfg = json.loads((tmp_path / "config.json").read_text())
-    assert cfg["dataset"] == name
+class DigitsAndMaskingTest(TestCase):
+
+    def test_digits_split(self):
+        digits = data.load("digits")
+        self.assertEqual((digits.num_classes, digits.image_size),
+                         (10, (32, 32)))
+        self.assertEqual((len(digits.train), len(digits.test)), (1347, 450))
+        self.assertEqual(digits.train.images.dtype, np.uint8)
+        # Stratified: every class has 25% +- 1 image of its examples in test.
+        for c in range(10):
+            n_tr = (digits.train.labels == c).sum()
+            n_te = (digits.test.labels == c).sum()
+            self.assertLessEqual(abs(n_te - 0.25 * (n_tr + n_te)), 1)
+        self.assertEqual(digits.train.images.max(), 255)  # full range
+        np.testing.assert_array_equal(digits.train.images[..., 0],
+                                      digits.train.images[..., 2])  # grey
+
+    def test_mask_labels_is_stratified_and_seeded(self):
+        labels = np.repeat(np.arange(4), [10, 20, 30, 40])
+        masked = data.mask_labels(labels, 0.1, seed=3)
+        self.assertEqual([(masked == c).sum() for c in range(4)],
+                         [1, 2, 3, 4])
+        self.assertEqual((masked == -1).sum(), 90)
+        kept = masked != -1
+        np.testing.assert_array_equal(masked[kept], labels[kept])
+        np.testing.assert_array_equal(masked, data.mask_labels(labels, 0.1,
+                                                               3))
+        self.assertFalse(np.array_equal(masked,
+                                        data.mask_labels(labels, 0.1, 4)))
+        with self.assertRaisesRegex(UserError, "labeled_fraction"):
+            data.mask_labels(labels, 0.0)
+
+    def test_bad_dataset_names_and_options(self):
+        with self.assertRaisesRegex(UserError, "Replace PATH"):
+            data.load("folder:PATH")
+        with self.assertRaisesRegex(
+                UserError, "Valid names: cifar100, digits, folder:PATH, "
+                "stl10, tiny_imagenet"):
+            data.load("cifar1000")
+        with self.assertRaisesRegex(UserError, "no unlabeled split"):
+            data.load("digits", unlabeled_split=True)
 
 
-def test_train_cli_tiny_imagenet_and_folder(tiny_dir, tmp_path):
-    root, _ = tiny_dir
-    common = ["--distill=none", "--student=resnet8", "--epochs=1",
-              "--batch_size=4", "--config.eval_batch_size=8",
-              "--config.export=false"]
-    r = run_cli([*common, "--dataset=tiny_imagenet", f"--data_dir={root}",
-                 f"--workdir={tmp_path}/ti"])
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "tiny_imagenet: 3 classes, 64x64 RGB, train 12" in r.stderr
-    res = json.loads((tmp_path / "ti" / "results.json").read_text())
-    assert res["epochs"] == 1
-    write_image_folder(tmp_path / "imgs", 4, 2)
-    r = run_cli([*common, f"--dataset=folder:{tmp_path}/imgs",
-                 f"--workdir={tmp_path}/f"])
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert re.search(r"imgs: 3 classes, (\d+)x\1 RGB, train 12 \(12 labeled,"
-                     r" 0 unlabeled\), test 6", r.stderr)
-    r = run_cli([*common, "--dataset=stl10", f"--data_dir={tmp_path}/no",
-                 f"--workdir={tmp_path}/s"])
-    assert r.returncode == 2 and "stl10_binary.tar.gz" in r.stderr
-    assert "Traceback" not in r.stderr
+class TinyImagenetTest(TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.root = cls.class_tempdir()
+        manual = cls.root / "downloads" / "manual"
+        manual.mkdir(parents=True)
+        cls.val = make_tiny_imagenet_zip(manual / "tiny-imagenet-200.zip")
+
+    def test_builder_reads_the_published_zip(self):
+        ds = data.load("tiny_imagenet", data_dir=str(self.root))
+        self.assertEqual((ds.num_classes, ds.image_size), (3, (64, 64)))
+        self.assertEqual((len(ds.train), len(ds.test)), (12, 7))
+        self.assertEqual(ds.class_names,
+                         [f"{w}: thing {WNIDS.index(w)}, other name"
+                          for w in sorted(WNIDS)])
+        self.assertEqual(np.bincount(ds.train.labels).tolist(), [4, 4, 4])
+        # Labels of the validation split come from val_annotations.txt.
+        builder = tfds.builder("tiny_imagenet", data_dir=str(self.root))
+        names = builder.info.features["label"].names
+        self.assertEqual(names, sorted(WNIDS))
+        for ex in tfds.as_numpy(builder.as_dataset(split="validation",
+                                                   shuffle_files=False)):
+            self.assertEqual(names[ex["label"]], self.val[ex["id"].decode()])
+        test = list(tfds.as_numpy(builder.as_dataset(split="test")))
+        self.assertLen(test, 3)
+        self.assertTrue(all(ex["label"] == -1 for ex in test))
+        # Train labels follow the class folders; greyscale JPEGs -> RGB.
+        greys = 0
+        for ex in tfds.as_numpy(builder.as_dataset(split="train")):
+            self.assertEqual(ex["image"].shape, (64, 64, 3))
+            self.assertTrue(ex["id"].decode().startswith(
+                names[ex["label"]]))
+            if ex["id"].decode().endswith("_0.JPEG"):
+                greys += 1
+                np.testing.assert_array_equal(ex["image"][..., 0],
+                                              ex["image"][..., 2])
+        self.assertEqual(greys, 3)
+        # The streamed Split gives images in the order of its labels.
+        by_order = list(tfds.as_numpy(builder.as_dataset(
+            split="validation", shuffle_files=False)))
+        np.testing.assert_array_equal(ds.test.images,
+                                      [e["image"] for e in by_order])
+        np.testing.assert_array_equal(ds.test.labels,
+                                      [e["label"] for e in by_order])
+
+    def test_absent_or_broken_leaves_nothing_behind(self):
+        tmp = self.tmp_path()
+        with self.assertRaises(DatasetNotFoundError) as e:
+            data.load("tiny_imagenet", data_dir=str(tmp))
+        msg = str(e.exception)
+        self.assertIn("tiny-imagenet-200.zip", msg)
+        self.assertIn(str(tmp / "downloads" / "manual"), msg)
+        self.assertNotIn("--download", msg)  # nothing to download it from
+        # A zip whose annotations name an unknown file fails mid-preparation
+        manual = tmp / "downloads" / "manual"
+        manual.mkdir(parents=True)
+        zpath = manual / "tiny-imagenet-200.zip"
+        make_tiny_imagenet_zip(zpath)
+        with zipfile.ZipFile(zpath, "a") as z:
+            z.writestr("tiny-imagenet-200/val/images/val_99.JPEG",
+                       jpeg(np.random.default_rng(1)))
+        with self.assertRaisesRegex(UserError, "val_99.JPEG"):
+            data.load("tiny_imagenet", data_dir=str(tmp))
+        # ... and leaves no prepared (or half-prepared) version behind.
+        version_dir = tmp / "tiny_imagenet"
+        left = ([p.name for p in version_dir.iterdir()]
+                if version_dir.exists() else [])
+        self.assertEqual(left, [])
+        self.assertFalse(tfds.builder("tiny_imagenet",
+                                      data_dir=str(tmp)).is_prepared())
+
+    def test_train_cli_on_tiny_imagenet(self):
+        out = self.tmp_path()
+        r = self.run_cli("train", "--distill=none", "--student=resnet8",
+                         "--epochs=1", "--batch_size=4",
+                         "--config.eval_batch_size=8",
+                         "--config.export=false", "--dataset=tiny_imagenet",
+                         f"--data_dir={self.root}", f"--workdir={out}/ti")
+        self.assertSucceeded(r)
+        self.assertIn("tiny_imagenet: 3 classes, 64x64 RGB, train 12",
+                      r.stderr)
+        res = json.loads((out / "ti" / "results.json").read_text())
+        self.assertEqual(res["epochs"], 1)
 
 
-def test_folder_of_thousands_trains_with_ega_and_exports(tmp_path):
-    """~3,100 PNG/JPEG files of varied sizes -> EGA -> SavedModel."""
-    digits = data.load("digits")
-    n = write_image_folder(tmp_path / "digits", 270, 45, source=digits)
-    assert n == 3150
-    # A teacher that knows something with no training: 8x8 average-pooled
-    # pixels (a k-NN on them separates digits well), standardised per
-    # feature as ega_tf.pretrain does.
-    inputs = keras.Input((32, 32, 3))
-    x = keras.layers.AveragePooling2D(4)(inputs)
-    backbone = keras.Model(inputs, keras.layers.Flatten()(x), name="backbone")
-    preprocess = teachers.TeacherPreprocess(
-        mean=(0.5,) * 3, std=(0.25,) * 3, image_size=(32, 32))
-    feats = backbone(preprocess(digits.train.images)).numpy()
-    teacher = teachers.assemble(backbone, preprocess,
-                                standardize=teachers.FeatureStandardize(
-                                    feats.mean(0), feats.std(0) + 1e-3))
-    teachers.save(teacher, str(tmp_path / "t.keras"))
-    c = _tiny_config(f"folder:{tmp_path / 'digits'}", distill="ega",
-                     teacher=str(tmp_path / "t.keras"), epochs=3,
-                     batch_size=64, export=True)
-    res = train.run(c, str(tmp_path / "run"), verbose=0)
-    assert res["epochs"] == 3
-    # Measured here: 41.6 (chance 10); the teacher head reads 81.6.
-    assert res["test_top1_best"] > 25
-    assert res["teacher_head_top1_last"] > 50
-    served = tf.saved_model.load(res["saved_model"])
-    ds = data.load(f"folder:{tmp_path / 'digits'}")
-    out = served.signatures["serving_default"](
-        images=tf.constant(ds.test.images[:64]))
-    pred = np.argmax(out["probabilities"].numpy(), -1)
-    assert (pred == ds.test.labels[:64]).mean() > 0.2
-    names = json.loads((tmp_path / "run" / "saved_model" /
-                        "class_names.json").read_text())
-    assert names == [str(i) for i in range(10)]
+class ImageFolderTest(TestCase):
+
+    def test_any_size_png_and_jpeg(self):
+        root = self.tmp_path() / "pets"
+        write_image_folder(root, 5, 2)
+        (root / "train" / "cat" / "notes.txt").write_text("not an image")
+        ds = data.load(f"folder:{root}", image_size=24)
+        self.assertEqual(ds.class_names, ["cat", "dog", "eel"])
+        self.assertEqual((ds.num_classes, ds.image_size), (3, (24, 24)))
+        self.assertEqual((len(ds.train), len(ds.test)), (15, 6))
+        self.assertEqual(np.bincount(ds.train.labels).tolist(), [5, 5, 5])
+        images = ds.train.images
+        self.assertEqual((images.shape, images.dtype),
+                         ((15, 24, 24, 3), np.uint8))
+        # Each image is its file, resized and centre-cropped, label order.
+        builder = tfds.ImageFolder(str(root))
+        files = list(tfds.as_numpy(builder.as_dataset(split="train",
+                                                      shuffle_files=False)))
+        for ex, img, label in zip(files, images, ds.train.labels):
+            self.assertEqual(ex["label"], label)
+            ref = augment.resize_center_crop(tf.constant(ex["image"]), 24)
+            np.testing.assert_array_equal(img, ref.numpy())
+        # The test split may be called val.
+        (root / "test").rename(root / "val")
+        self.assertLen(data.load(f"folder:{root}", image_size=24).test, 6)
+
+    @parameterized.named_parameters(
+        ("missing", "missing", "does not exist"),
+        ("no_test", "no_test", "needs train/ and one of test/"))
+    def test_errors(self, setup, message):
+        root = self.tmp_path() / "imgs"
+        if setup == "no_test":
+            write_image_folder(root, 2, 1)
+            shutil.rmtree(root / "test")
+        with self.assertRaisesRegex(DatasetNotFoundError, message):
+            data.load(f"folder:{root}")
+
+    def test_train_cli_on_a_folder(self):
+        out = self.tmp_path()
+        write_image_folder(out / "imgs", 4, 2)
+        r = self.run_cli("train", "--distill=none", "--student=resnet8",
+                         "--epochs=1", "--batch_size=4",
+                         "--config.eval_batch_size=8",
+                         "--config.export=false",
+                         f"--dataset=folder:{out}/imgs",
+                         f"--workdir={out}/f")
+        self.assertSucceeded(r)
+        self.assertRegex(r.stderr, r"imgs: 3 classes, (\d+)x\1 RGB, train 12"
+                         r" \(12 labeled, 0 unlabeled\), test 6")
+
+    def test_thousands_of_files_train_with_ega_and_export(self):
+        """~3,100 PNG/JPEG files of varied sizes -> EGA -> SavedModel."""
+        tmp = self.tmp_path()
+        digits = data.load("digits")
+        n = write_image_folder(tmp / "digits", 270, 45, source=digits)
+        self.assertEqual(n, 3150)
+        # A teacher that knows something with no training: 8x8 average-
+        # pooled pixels (a k-NN on them separates digits well),
+        # standardised per feature as ega_tf.pretrain does.
+        inputs = keras.Input((32, 32, 3))
+        x = keras.layers.AveragePooling2D(4)(inputs)
+        backbone = keras.Model(inputs, keras.layers.Flatten()(x),
+                               name="backbone")
+        preprocess = teachers.TeacherPreprocess(
+            mean=(0.5,) * 3, std=(0.25,) * 3, input_size=32)
+        feats = backbone(preprocess(digits.train.images)).numpy()
+        teacher = teachers.assemble(
+            backbone, preprocess, standardize=teachers.FeatureStandardize(
+                feats.mean(0), feats.std(0) + 1e-3))
+        teachers.save(teacher, str(tmp / "t.keras"))
+        c = tiny_config(f"folder:{tmp / 'digits'}", distill="ega",
+                        teacher=str(tmp / "t.keras"), epochs=3,
+                        batch_size=64, export=True)
+        res = training.run(c, str(tmp / "run"), verbose=0)
+        self.assertEqual(res["epochs"], 3)
+        # Measured: 41.6 (chance 10); the teacher head reads 81.6.
+        self.assertGreater(res["test_top1_best"], 25)
+        self.assertGreater(res["teacher_head_top1_last"], 50)
+        served = tf.saved_model.load(res["saved_model"])
+        ds = data.load(f"folder:{tmp / 'digits'}")
+        out = served.signatures["serving_default"](
+            images=tf.constant(ds.test.images[:64]))
+        pred = np.argmax(out["probabilities"].numpy(), -1)
+        self.assertGreater((pred == ds.test.labels[:64]).mean(), 0.2)
+        names = json.loads((tmp / "run" / "saved_model" /
+                            "class_names.json").read_text())
+        self.assertEqual(names, [str(i) for i in range(10)])
+
+
+class TfdsDatasetsTest(TestCase):
+
+    @parameterized.parameters(("cifar100", 32, 100), ("stl10", 96, 10))
+    def test_with_mock_data(self, name, size, classes):
+        with tfds.testing.mock_data(num_examples=24):
+            ds = data.load(name, download=True)
+            self.assertEqual((ds.num_classes, ds.image_size),
+                             (classes, (size, size)))
+            self.assertEqual((len(ds.train), ds.train.num_labeled), (24, 24))
+            x, y = next(iter(pipeline.train_dataset(ds.train, 8, seed=0)))
+            self.assertEqual(x["student"].shape, (8, size, size, 3))
+            self.assertEqual(x["student"].dtype, tf.uint8)
+            self.assertLessEqual(set(y.numpy()), set(range(classes)))
+            # Streamed images come out in the order of the labels.
+            pairs = list(ds.train.dataset().as_numpy_iterator())
+            np.testing.assert_array_equal([p[1] for p in pairs],
+                                          ds.train.labels)
+            if name == "stl10":
+                both = data.load(name, download=True, unlabeled_split=True)
+                self.assertEqual((len(both.train), both.train.num_labeled),
+                                 (48, 24))
+                self.assertTrue((both.train.labels[24:] == -1).all())
+                labels = np.concatenate([
+                    b[1].numpy() for b in pipeline.train_dataset(both.train,
+                                                                 8)])
+                self.assertEqual((labels == -1).sum(), 24)  # both splits
+
+    def test_absent_datasets_say_what_to_put_where(self):
+        tmp = self.tmp_path()
+        for name, archive in (("cifar100", "cifar-100-binary.tar.gz"),
+                              ("stl10", "stl10_binary.tar.gz")):
+            with self.assertRaises(DatasetNotFoundError) as e:
+                data.load(name, data_dir=str(tmp))
+            msg = str(e.exception)
+            self.assertIn(archive, msg)
+            self.assertIn("--download", msg)
+            self.assertIn(str(tmp / "downloads" / "manual"), msg)
+            # Nothing half-prepared is left that would confuse the next run.
+            self.assertFalse(any((tmp / name).rglob("*.tfrecord*"))
+                             if (tmp / name).exists() else False)
+        r = self.run_cli("train", "--distill=none", "--dataset=stl10",
+                         f"--data_dir={tmp}/no", f"--workdir={tmp}/s")
+        self.assertOneLineError(r, "stl10_binary.tar.gz")
+
+    @parameterized.parameters("cifar100", "stl10")
+    def test_training_runs_on_mocked_tfds(self, name):
+        tmp = self.tmp_path()
+        with tfds.testing.mock_data(num_examples=16):
+            res = training.run(tiny_config(name, download=True,
+                                           unlabeled_split=name == "stl10"),
+                               str(tmp), verbose=0)
+        self.assertEqual(res["epochs"], 1)
+        cfg = json.loads((tmp / "config.json").read_text())
+        self.assertEqual(cfg["dataset"], name)
+        history = (tmp / "history.csv").read_text().splitlines()
+        self.assertLen(history, 2)  # header + one epoch
+        self.assertEqual(float(history[1].split(",")[
+            history[0].split(",").index("val_top1")]) * 100,
+            res["test_top1_last"])

@@ -3,13 +3,14 @@ unlabeled examples, precision and XLA."""
 
 import keras
 import numpy as np
-import pytest
 import tensorflow as tf
+from absl.testing import parameterized
 
 from ega_tf import students
 from ega_tf.distiller import EGADistiller, build_student
 from ega_tf.optimizers import TorchSGD
-from tests.test_losses import np_ega
+from tests.references import np_ce, np_ega
+from tests.test_case import TestCase
 
 K, D, B, S = 5, 16, 8, 16
 
@@ -42,17 +43,6 @@ def batch(seed=0, labels=None):
     return x, y
 
 
-def np_ce(logits, y):
-    logits = np.asarray(logits, np.float64)
-    lse = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + (
-        logits.max(1))
-    keep = y >= 0
-    if not keep.any():
-        return 0.0
-    return float((lse - logits[np.arange(len(y)), np.maximum(y, 0)])[keep]
-                 .mean())
-
-
 def expected_terms(model, x, y):
     """The loss computed independently from the model's current weights."""
     out = model.student(x["student"], training=True)
@@ -65,110 +55,112 @@ def expected_terms(model, x, y):
             "teacher_ce": np_ce(z_t, y)}
 
 
-@pytest.mark.parametrize("labels", [None, [0, -1, 2, -1, 4, 1, -1, 3]])
-def test_train_step_known_answer(labels):
-    model = make()
-    x, y = batch(labels=labels)
-    want = expected_terms(model, x, y)
-    got = model.train_on_batch(x, y, return_dict=True)
-    for name, value in want.items():
-        np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6,
-                                   err_msg=name)
+class EGADistillerTest(TestCase):
 
-
-def test_all_unlabeled_batch_trains_on_ega_only():
-    model = make()
-    x, y = batch(labels=[-1] * B)
-    want = expected_terms(model, x, y)
-    got = model.train_on_batch(x, y, return_dict=True)
-    assert got["ce"] == 0.0 and got["teacher_ce"] == 0.0
-    np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
-    assert got["loss"] > 0
-    assert got["top1"] == 0.0  # no labeled example: nothing counted
-
-
-def test_teacher_frozen_and_head_trained_by_its_ce_alone():
-    model = make()
-    x, y = batch()
-    teacher_before = [w.numpy().copy() for w in model.teacher.weights]
-    head = model.teacher_head_variables
-    head_before = [v.numpy().copy() for v in head]
-    with tf.GradientTape() as tape:
-        f_t = model.teacher(x["teacher"], training=False)
-        z_t = model.teacher_classifier(model.teacher_embed(f_t))
-        ce = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
-            y, z_t, from_logits=True))
-    grads = tape.gradient(ce, head)
-    model.train_on_batch(x, y)
-    for before, after in zip(teacher_before, model.teacher.weights):
-        np.testing.assert_array_equal(before, after.numpy())
-    # First TorchSGD step: w - lr * (g + wd * w), lr 0.01, wd 5e-4.
-    for w0, g, v in zip(head_before, grads, head):
-        np.testing.assert_allclose(v.numpy(), w0 - 0.01 * (g.numpy()
-                                                           + 5e-4 * w0),
-                                   rtol=1e-5, atol=1e-7)
-
-
-def test_student_gets_ega_gradient():
-    """beta scales the student's update: EGA reaches the student."""
-    x, y = batch()
-    updates = []
-    for beta in (0.0, 1.0):
+    @parameterized.named_parameters(("all_labeled", None),
+                                    ("some_unlabeled",
+                                     [0, -1, 2, -1, 4, 1, -1, 3]))
+    def test_train_step_known_answer(self, labels):
         model = make()
-        model.beta = beta
-        w = model.student.get_layer("embed").kernel
-        before = w.numpy().copy()
-        model.train_on_batch(x, y)
-        updates.append(w.numpy() - before)
-    assert np.abs(updates[0] - updates[1]).max() > 1e-6
+        x, y = batch(labels=labels)
+        want = expected_terms(model, x, y)
+        self.assertTermsClose(model.train_on_batch(x, y, return_dict=True),
+                              want)
 
+    def test_all_unlabeled_batch_trains_on_ega_only(self):
+        model = make()
+        x, y = batch(labels=[-1] * B)
+        want = expected_terms(model, x, y)
+        got = model.train_on_batch(x, y, return_dict=True)
+        self.assertEqual((got["ce"], got["teacher_ce"]), (0.0, 0.0))
+        self.assertTermsClose(got, {"loss": want["loss"]})
+        self.assertGreater(got["loss"], 0)
+        self.assertEqual(got["top1"], 0.0)  # no labeled example counted
 
-def test_kd_term():
-    model = make(alpha=0.5)
-    x, y = batch()
-    got = model.train_on_batch(x, y, return_dict=True)
-    assert got["kd"] > 0
-    np.testing.assert_allclose(
-        got["loss"], got["ce"] + 0.8 * got["node"] + 0.24 * got["edge"]
-        + 0.5 * got["kd"], rtol=1e-5)
-
-
-def test_call_is_the_student_alone():
-    model = make()
-    x, _ = batch()
-    np.testing.assert_array_equal(
-        model(x["student"]).numpy(),
-        model.student(x["student"], training=False)["logits"].numpy())
-    assert model.predict(x["student"], verbose=0).shape == (B, K)
-
-
-def test_baseline_is_cross_entropy_alone():
-    model = make(teacher=False)
-    x, y = batch()
-    out = model.student(x["student"], training=True)
-    got = model.train_on_batch(x, y, return_dict=True)
-    assert set(got) == {"loss", "ce", "top1", "top5"}
-    np.testing.assert_allclose(got["loss"], np_ce(out["logits"].numpy(), y),
-                               rtol=1e-5)
-
-
-def test_xla_matches_eager():
-    x, y = batch()
-    eager = make(jit=False).train_on_batch(x, y, return_dict=True)
-    xla = make(jit=True).train_on_batch(x, y, return_dict=True)
-    for name in ("loss", "node", "edge", "ce"):
-        np.testing.assert_allclose(xla[name], eager[name], rtol=1e-4)
-
-
-@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-def test_mixed_precision_keeps_graph_in_float32(policy):
-    keras.mixed_precision.set_global_policy(policy)
-    try:
+    def test_teacher_frozen_and_head_trained_by_its_ce_alone(self):
         model = make()
         x, y = batch()
-        out = model.student(x["student"], training=True)
-        assert out["embedding"].dtype == tf.float32
+        teacher_before = [w.numpy().copy() for w in model.teacher.weights]
+        head = model.teacher_head_variables
+        head_before = [v.numpy().copy() for v in head]
+        with tf.GradientTape() as tape:
+            f_t = model.teacher(x["teacher"], training=False)
+            z_t = model.teacher_classifier(model.teacher_embed(f_t))
+            ce = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+                y, z_t, from_logits=True))
+        grads = tape.gradient(ce, head)
+        model.train_on_batch(x, y)
+        for before, after in zip(teacher_before, model.teacher.weights):
+            np.testing.assert_array_equal(before, after.numpy())
+        # First TorchSGD step: w - lr * (g + wd * w), lr 0.01, wd 5e-4.
+        for w0, g, v in zip(head_before, grads, head):
+            np.testing.assert_allclose(
+                v.numpy(), w0 - 0.01 * (g.numpy() + 5e-4 * w0),
+                rtol=1e-5, atol=1e-7)
+
+    def test_student_gets_ega_gradient(self):
+        """beta scales the student's update: EGA reaches the student."""
+        x, y = batch()
+        updates = []
+        for beta in (0.0, 1.0):
+            model = make()
+            model.beta = beta
+            w = model.student.get_layer("embed").kernel
+            before = w.numpy().copy()
+            model.train_on_batch(x, y)
+            updates.append(w.numpy() - before)
+        self.assertGreater(np.abs(updates[0] - updates[1]).max(), 1e-6)
+
+    def test_kd_term(self):
+        model = make(alpha=0.5)
+        x, y = batch()
         got = model.train_on_batch(x, y, return_dict=True)
-        assert all(np.isfinite(v) for v in got.values())
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+        self.assertGreater(got["kd"], 0)
+        np.testing.assert_allclose(
+            got["loss"], got["ce"] + 0.8 * got["node"] + 0.24 * got["edge"]
+            + 0.5 * got["kd"], rtol=1e-5)
+
+    def test_call_is_the_student_alone(self):
+        model = make()
+        x, _ = batch()
+        np.testing.assert_array_equal(
+            model(x["student"]).numpy(),
+            model.student(x["student"], training=False)["logits"].numpy())
+        self.assertEqual(model.predict(x["student"], verbose=0).shape, (B, K))
+
+    def test_baseline_is_cross_entropy_alone(self):
+        model = make(teacher=False)
+        x, y = batch()
+        out = model.student(x["student"], training=True)
+        got = model.train_on_batch(x, y, return_dict=True)
+        self.assertEqual(set(got), {"loss", "ce", "top1", "top5"})
+        self.assertTermsClose(got, {"loss": np_ce(out["logits"].numpy(), y)})
+
+    def test_checkpoint_items_name_the_whole_trainable_state(self):
+        model = make()
+        items = model.checkpoint_items()
+        self.assertCountEqual(items, ["student", "optimizer", "teacher_embed",
+                                      "teacher_classifier",
+                                      "teacher_head_optimizer"])
+        self.assertNotIn("teacher", items)  # frozen: its own file
+        self.assertTrue(model.optimizer.built)  # restorable before a step
+        self.assertCountEqual(make(teacher=False).checkpoint_items(),
+                              ["student", "optimizer"])
+
+    def test_xla_matches_eager(self):
+        x, y = batch()
+        eager = make(jit=False).train_on_batch(x, y, return_dict=True)
+        xla = make(jit=True).train_on_batch(x, y, return_dict=True)
+        self.assertTermsClose(xla, {k: eager[k] for k in
+                                    ("loss", "node", "edge", "ce")},
+                              rtol=1e-4)
+
+    def test_mixed_precision_keeps_graph_in_float32(self):
+        def check(policy):
+            model = make()
+            x, y = batch()
+            out = model.student(x["student"], training=True)
+            self.assertEqual(out["embedding"].dtype, tf.float32)
+            got = model.train_on_batch(x, y, return_dict=True)
+            self.assertTrue(all(np.isfinite(v) for v in got.values()))
+        self.run_precision_test(check)

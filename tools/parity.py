@@ -7,7 +7,7 @@
 
 It converts the checkpoint as ``python -m ega_tf.convert_teacher`` does,
 loads the same tensors strictly into the reference implementation of the
-family in its own framework (``ega_tf.teachers.reference``: PyTorch for the
+family in its own framework (``tools/reference``: PyTorch for the
 PyTorch families, raw ``tf.nn`` ops for SimCLR), and prints two differences
 separately, then end to end:
 
@@ -33,46 +33,50 @@ import numpy as np  # noqa: E402
 
 
 def torch_reference(family, arch, state):
-    """The family's PyTorch reference with ``state`` loaded strictly."""
+    """The family's PyTorch reference with ``state`` loaded strictly: every
+    tensor of the file's backbone is used, except those the family's own
+    head patterns drop (the Keras port drops the same), and the reference
+    has no parameter the file lacks (BatchNorm's batch counters aside)."""
+    import fnmatch
+
     import torch
-    from ega_tf.teachers.reference import torch_clip, torch_resnet, \
-        torch_vit
-    tensors = {k: torch.tensor(np.asarray(v)) for k, v in state.items()}
-    if family.arch == "resnet":
+    from tools.reference import torch_clip, torch_resnet, torch_vit
+    tensors = {k: torch.tensor(np.asarray(v)) for k, v in state.items()
+               if not any(fnmatch.fnmatchcase(k, p)
+                          for p in family.drop_heads)}
+    if family.architecture == "resnet":
         model = torch_resnet.ResNet(tuple(arch["blocks"]),
                                     arch["bottleneck"], arch["filters"][0])
-        forward = model.features
-        tensors = {k: v for k, v in tensors.items()
-                   if not k.startswith("fc.")}
         model.fc = torch.nn.Identity()
-    elif family.arch == "clip_resnet":
+        forward = model.features
+    elif family.architecture == "clip_resnet":
         model = torch_clip.ModifiedResNet(
             tuple(arch["blocks"]), arch["output_dim"], arch["width"],
             arch["resolution"])
         forward = model
-    elif family.arch == "clip_vit":
+    elif family.architecture == "clip_vit":
         model = torch_vit.CLIPViT(arch["resolution"], arch["patch"],
                                   arch["width"], arch["depth"],
                                   arch["output_dim"],
                                   arch["activation"] == "quick_gelu")
         forward = model
-    elif family.arch == "vit":
+    elif family.architecture == "vit":
         model = torch_vit.TimmViT(arch["resolution"], arch["patch"],
                                   arch["width"], arch["depth"],
                                   arch["heads"],
                                   arch["mlp_dim"] / arch["width"])
+        model.head = torch.nn.Identity()
         forward = model
-        tensors = {k: v for k, v in tensors.items()
-                   if not k.startswith("head.")}
     else:
-        raise ValueError(f"No PyTorch reference for {family.name}.")
-    tensors = {k: v for k, v in tensors.items()
-               if not k.endswith("num_batches_tracked")}
-    model.load_state_dict(tensors, strict=False)
-    missing = set(model.state_dict()) - set(tensors)
-    missing = {k for k in missing if not k.endswith("num_batches_tracked")}
-    if missing:
-        raise SystemExit(f"Reference is missing tensors: {sorted(missing)}")
+        raise SystemExit(f"No PyTorch reference for {family.name}.")
+    for key, value in model.state_dict().items():
+        if key.endswith("num_batches_tracked") and key not in tensors:
+            tensors[key] = value  # counters only; not used in eval mode
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        raise SystemExit(f"The reference does not hold the file strictly: "
+                         f"{str(e).splitlines()[0]}")
     model.eval()
 
     def run(x):
@@ -89,28 +93,29 @@ def main():
     p.add_argument("--allow_pickle", action="store_true")
     args = p.parse_args()
 
-    import tensorflow as tf
+    from ega_tf import cli
+    from ega_tf.errors import UserError
+    tf = cli.import_tensorflow()
     from ega_tf import teachers
     from ega_tf.teachers import convert
-    from ega_tf.teachers.reference import tf_simclr
-    from ega_tf.teachers.reference.pil_pipeline import torchvision_eval
+    from tools.reference import tf_simclr
+    from tools.reference.pil_pipeline import torchvision_eval
 
-    teacher = convert.convert(args.checkpoint, args.format,
-                              args.allow_pickle)
+    try:
+        family, arch, kept = convert.load_backbone(
+            args.checkpoint, args.format, args.allow_pickle)
+        teacher = convert.build_teacher(args.checkpoint, family, arch, kept,
+                                        log=lambda _: None)
+    except UserError as e:
+        raise SystemExit(f"error: {e}") from None
     meta = teachers.metadata(teacher)
-    family = convert.FAMILIES[meta["family"]]
-    state, hint = convert.find_state_dict(convert.read_checkpoint(
-        args.checkpoint, args.allow_pickle))
-    kept = convert.backbone_state(state, family)
-    arch = {k: meta[k] for k in meta if k not in (
-        "family", "source_file", "source_sha256", "architecture")}
     image = tf.io.decode_image(tf.io.read_file(args.image), channels=3,
                                expand_animations=False).numpy()
 
-    if family.arch == "simclr":
+    if family.architecture == "simclr":
         ref_pixels = tf_simclr.eval_preprocess(image,
                                                meta["input_resolution"],
-                                               family.crop_fraction)
+                                               family.crop_pct)
         weights = {f"base_model/{k}": v for k, v in kept.items()}
 
         def reference(x):
@@ -119,7 +124,7 @@ def main():
     else:
         res = meta["input_resolution"]
         ref_pixels = torchvision_eval(
-            image[None], family.resize_shorter or res, res,
+            image[None], int(res / family.crop_pct + 1e-6), res,
             "bicubic" if "bicubic" in family.interpolation else "bilinear",
             family.mean, family.std)
         reference = torch_reference(family, arch, kept)

@@ -9,14 +9,15 @@
 - ``pipeline.py``: the tf.data streams for training and evaluation.
 
 Images stay uint8 all the way into the models: each model resizes and
-normalises for itself (DESIGN.md §3), so this package never needs to know
-which teacher is used.
+normalises for itself (docs/architecture.md), so this package never needs
+to know which teacher is used.
 """
 
 from __future__ import annotations
 
 from ega_tf.data.base import UNLABELED, Dataset, Split, mask_labels
-from ega_tf.data.sources import DATASETS, DatasetNotFoundError, load
+from ega_tf.data.sources import DATASETS, check_name, load
+from ega_tf.errors import DatasetNotFoundError
 
 __all__ = ["DATASETS", "UNLABELED", "Dataset", "DatasetNotFoundError",
-           "Split", "load", "mask_labels"]
+           "Split", "check_name", "load", "mask_labels"]

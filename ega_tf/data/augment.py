@@ -8,7 +8,8 @@ before cropping (those layers do not pad) and samples every image
 independently (inside ``tf.data.map`` the Keras layers drew one decision per
 batch when this was checked, see ``ega_tf/ssl/augment.py``).
 
-Views stay uint8: a model resizes and normalises its own input (DESIGN.md §3).
+Views stay uint8: a model resizes and normalises its own input
+(docs/architecture.md, "Data flow").
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from ega_tf.registry import check_choice
 
 TEACHER_VIEWS = ("independent", "same", "clean")
 _PADDING_AT_32 = 4  # the published CIFAR policy
+
+
+def check_teacher_view(teacher_view):
+    check_choice("teacher_view", teacher_view, TEACHER_VIEWS)
 
 
 def default_padding(image_size) -> int:
@@ -43,11 +48,12 @@ def pad_crop_flip(image, padding, seed):
 def make_views(image, seed, padding, teacher_view="independent"):
     """The student's and the teacher's views of one image, as a dict.
 
-    ``independent``: two crops/flips from independent seeds (DESIGN.md §2);
+    ``independent``: two crops/flips from independent seeds (the published
+    recipe);
     ``same``: the teacher sees the student's view; ``clean``: the teacher
     sees the image as it is.
     """
-    check_choice("teacher_view", teacher_view, TEACHER_VIEWS)
+    check_teacher_view(teacher_view)
     seeds = tf.random.experimental.stateless_split(seed, 2)
     student = pad_crop_flip(image, padding, seeds[0])
     if teacher_view == "independent":

@@ -142,7 +142,8 @@ def mask_labels(labels, fraction, seed=0):
     stay -1. The same seed gives the same subset.
     """
     if not 0.0 < fraction <= 1.0:
-        raise ValueError(
+        from ega_tf.errors import UserError
+        raise UserError(
             f"labeled_fraction must be in (0, 1], got {fraction}.")
     labels = np.asarray(labels, np.int64)
     if fraction == 1.0:

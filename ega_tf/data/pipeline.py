@@ -18,19 +18,23 @@ from __future__ import annotations
 import tensorflow as tf
 
 from ega_tf.data import augment
+from ega_tf.errors import UserError
 from ega_tf.registry import check_choice
 
-TEACHER_VIEWS = augment.TEACHER_VIEWS
 CACHE_POLICIES = ("auto", "memory", "none")
 DEFAULT_SHUFFLE_BUFFER = 16384  # for streamed splits that are not cached
 AUTOTUNE = tf.data.AUTOTUNE
 GiB = 1 << 30
 
 
+def check_cache_policy(cache):
+    check_choice("input.cache", cache, CACHE_POLICIES)
+
+
 def _cached(split, ds, cache, cache_limit_gb):
     """Caches the decoded images of a streamed split in memory, if asked to
     or (``auto``) if they take at most ``cache_limit_gb``."""
-    check_choice("cache", cache, CACHE_POLICIES)
+    check_cache_policy(cache)
     if split.in_memory or cache == "none":
         return ds, split.in_memory
     if cache == "memory" or split.nbytes <= cache_limit_gb * GiB:
@@ -38,7 +42,7 @@ def _cached(split, ds, cache, cache_limit_gb):
     return ds, False
 
 
-def train_dataset(split, batch_size, seed=0, padding=None,
+def train_dataset(split, batch_size, *, seed=0, padding=None,
                   teacher_view="independent", deterministic=True,
                   cache="auto", cache_limit_gb=8.0, shuffle_buffer=None):
     """Shuffled, augmented, batched training stream (drops the last partial
@@ -48,10 +52,10 @@ def train_dataset(split, batch_size, seed=0, padding=None,
     (``augment.default_padding``). ``shuffle_buffer=None`` shuffles over the
     whole split when it is in memory, else over ``DEFAULT_SHUFFLE_BUFFER``.
     """
-    check_choice("teacher_view", teacher_view, TEACHER_VIEWS)
+    augment.check_teacher_view(teacher_view)
     if len(split) < batch_size:
-        raise ValueError(f"batch_size {batch_size} exceeds the {len(split)} "
-                         "training images; lower --batch_size.")
+        raise UserError(f"batch_size {batch_size} exceeds the {len(split)} "
+                        "training images; lower --batch_size.")
     if padding is None:
         padding = augment.default_padding(split.image_size)
 
@@ -72,7 +76,8 @@ def train_dataset(split, batch_size, seed=0, padding=None,
     return ds.prefetch(AUTOTUNE)
 
 
-def eval_dataset(split, batch_size, cache="auto", cache_limit_gb=8.0):
+def eval_dataset(split, batch_size, *, cache="auto", cache_limit_gb=8.0,
+                 **_):
     """The plain images for both models, in order."""
     ds, _ = _cached(split, split.dataset(), cache, cache_limit_gb)
     ds = ds.map(lambda x, y: ({"student": x, "teacher": x}, y))

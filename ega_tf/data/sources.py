@@ -32,6 +32,7 @@ from typing import Optional
 import numpy as np
 
 from ega_tf.data.base import UNLABELED, Dataset, Split
+from ega_tf.errors import DatasetNotFoundError, UserError
 from ega_tf.registry import Registry
 
 DATASETS: Registry = Registry("dataset")
@@ -41,16 +42,12 @@ FOLDER_PREFIX = "folder:"
 _TEST_SPLITS = ("test", "val", "validation")
 
 
-class DatasetNotFoundError(FileNotFoundError):
-    """A dataset is neither prepared nor obtainable offline."""
-
-
 @DATASETS.register("digits")
 def load_digits(image_size=None, unlabeled_split=False, **_) -> Dataset:
     _no_unlabeled_split("digits", unlabeled_split)
     if image_size not in (None, DIGITS_SIZE):
-        raise ValueError(f"digits is fixed at {DIGITS_SIZE}x{DIGITS_SIZE}; "
-                         "leave image_size unset.")
+        raise UserError(f"digits is fixed at {DIGITS_SIZE}x{DIGITS_SIZE}; "
+                        "leave image_size unset.")
     import tensorflow as tf
     from sklearn.datasets import load_digits as sk_digits
     from sklearn.model_selection import train_test_split
@@ -71,8 +68,8 @@ def load_digits(image_size=None, unlabeled_split=False, **_) -> Dataset:
 
 def _no_unlabeled_split(name, unlabeled_split):
     if unlabeled_split:
-        raise ValueError(f"{name} has no unlabeled split; unlabeled_split "
-                         "is for stl10. Use labeled_fraction to hide labels.")
+        raise UserError(f"{name} has no unlabeled split; unlabeled_split "
+                        "is for stl10. Use labeled_fraction to hide labels.")
 
 
 def _default_data_dir(data_dir):
@@ -99,8 +96,16 @@ def _prepared_builder(name, archive, data_dir, download, downloadable=True):
             f"(from the dataset's publisher) in {manual}/ and run again,{how}"
             f" or copy a prepared {os.path.join(data_dir, name)} from another"
             " machine. See BUILD.md, 'Datasets'.")
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual))
+    try:
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=manual))
+    except Exception as e:  # TFDS re-raises the generator's error as is
+        first = str(e).strip().splitlines()[0] if str(e).strip() else \
+            type(e).__name__
+        raise UserError(
+            f"Preparing {name!r} from {os.path.join(manual, archive)} failed"
+            f": {first[:300]}. Is the archive complete and the published "
+            "one? Nothing was prepared; fix it and run again.") from None
     return builder
 
 
@@ -229,14 +234,22 @@ def load_folder(path, image_size=None, unlabeled_split=False,
                    _tfds_split(builder, tests[0], image_size, native), names)
 
 
+def check_name(name: str) -> None:
+    """Raises UserError unless ``name`` is a registered dataset or
+    ``folder:`` followed by a path."""
+    if name == FOLDER_PREFIX + "PATH" or name == FOLDER_PREFIX:
+        raise UserError("Replace PATH in folder:PATH by your image folder.")
+    if not name.startswith(FOLDER_PREFIX):
+        DATASETS.get(name)
+
+
 def load(name: str, data_dir: Optional[str] = None, download=False,
          image_size: Optional[int] = None, unlabeled_split=False) -> Dataset:
     """Dataset ``name`` (see ``DATASETS.names()``; ``folder:PATH`` for a
     local image folder), its splits streamed or in memory."""
+    check_name(name)
     kwargs = dict(data_dir=data_dir, download=download,
                   image_size=image_size, unlabeled_split=unlabeled_split)
-    if name == FOLDER_PREFIX + "PATH":
-        raise ValueError("Replace PATH in folder:PATH by your image folder.")
-    if name.startswith(FOLDER_PREFIX) and len(name) > len(FOLDER_PREFIX):
+    if name.startswith(FOLDER_PREFIX):
         return load_folder(name[len(FOLDER_PREFIX):], **kwargs)
     return DATASETS.get(name)(**kwargs)

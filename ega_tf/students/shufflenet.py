@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from keras import layers
 
-from ega_tf.students.layers import (ChannelShuffle, ChannelSlice, bn,
+from ega_tf.layers import (ChannelShuffle, ChannelSlice, bn,
                                     conv_bn, depthwise, relu)
 
 

@@ -23,6 +23,7 @@ import re
 import keras
 import numpy as np
 
+from ega_tf.errors import ConversionError
 from ega_tf.teachers.porting import WeightPorter, torch_conv_kernel
 from ega_tf.teachers.vit import (ClassToken, port_attention, port_dense,
                                  port_layer_norm)
@@ -34,7 +35,7 @@ def infer_arch(state, activation="quick_gelu"):
     """Width, depth, patch, resolution and output width from CLIP ``visual.``
     keys (prefix stripped)."""
     if "class_embedding" not in state or "conv1.weight" not in state:
-        raise ValueError("Not a CLIP ViT: expected visual.conv1, "
+        raise ConversionError("Not a CLIP ViT: expected visual.conv1, "
                          "visual.class_embedding and visual.transformer.*.")
     width, _, patch, _ = state["conv1.weight"].shape
     depth = 1 + max(int(_BLOCK.match(k).group(1)) for k in state

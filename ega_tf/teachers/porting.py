@@ -12,9 +12,10 @@ import fnmatch
 
 import numpy as np
 
+from ega_tf.errors import ConversionError
 
-class ConversionError(ValueError):
-    """The checkpoint does not fit the architecture it was converted into."""
+__all__ = ["ConversionError", "WeightPorter", "port_batchnorm",
+           "torch_conv_kernel", "torch_dense_kernel"]
 
 
 def torch_conv_kernel(w):

@@ -15,6 +15,7 @@ import re
 
 import keras
 
+from ega_tf.errors import ConversionError
 from ega_tf.teachers.porting import (WeightPorter, port_batchnorm,
                                      torch_conv_kernel)
 
@@ -30,7 +31,7 @@ def infer_arch(state):
             stage, idx = int(m.group(1)) - 1, int(m.group(2))
             blocks[stage] = max(blocks[stage], idx + 1)
     if "conv1.weight" not in state or not all(blocks):
-        raise ValueError("Not a torchvision-layout ResNet: expected keys "
+        raise ConversionError("Not a torchvision-layout ResNet: expected keys "
                          "conv1.weight and layer1..layer4.N.*; found e.g. "
                          + ", ".join(sorted(state)[:5]))
     bottleneck = "layer1.0.conv3.weight" in state
@@ -88,9 +89,9 @@ def _build_wide(arch):
     """torchvision's bottleneck ResNet at any widths; layer ``a_b_c`` holds
     the checkpoint's ``a.b.c.*``."""
     if not arch["bottleneck"]:
-        raise ValueError("Widened ResNets are bottleneck networks; this "
+        raise ConversionError("Widened ResNets are bottleneck networks; this "
                          "checkpoint has basic blocks with non-64 widths.")
-    from ega_tf.students.layers import bn, conv
+    from ega_tf.layers import bn, conv
 
     def conv_bn(x, filters, kernel, stride, relu, where):
         s, b, part = where

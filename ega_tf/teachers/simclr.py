@@ -27,8 +27,9 @@ import re
 import keras
 from keras import layers
 
-from ega_tf.students.layers import bn as _bn
-from ega_tf.students.layers import conv as _conv
+from ega_tf.errors import ConversionError
+from ega_tf.layers import bn as _bn
+from ega_tf.layers import conv as _conv
 from ega_tf.teachers.porting import WeightPorter
 from ega_tf.teachers.resnet import bottleneck_stages
 
@@ -43,13 +44,13 @@ def infer_arch(state):
     ``base_model/`` stripped)."""
     convs = [k for k in state if _CONV.match(k)]
     if "conv2d/kernel" not in state or len(convs) not in _DEPTHS:
-        raise ValueError(
+        raise ConversionError(
             f"Not a SimCLR ResNet-50/101/152/200 encoder ({len(convs)} conv "
             "layers under base_model/; selective-kernel variants are not "
             "supported).")
     stem = state["conv2d/kernel"]
     if tuple(stem.shape[:3]) != (7, 7, 3):
-        raise ValueError("SimCLR stem conv2d/kernel is "
+        raise ConversionError("SimCLR stem conv2d/kernel is "
                          f"{tuple(stem.shape)}, expected (7, 7, 3, 64*w).")
     return {"blocks": _DEPTHS[len(convs)], "width": int(stem.shape[-1]) // 64}
 

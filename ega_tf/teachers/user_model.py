@@ -1,74 +1,139 @@
 """A teacher from a model the user already has: a ``.keras`` file or a
 TensorFlow SavedModel directory, with the preprocessing the user declares.
 
-The model must map float32 NHWC images (already resized and normalised as
-declared) to one ``[N, F]`` embedding. It becomes the teacher's ``backbone``
-sub-model; ``TeacherPreprocess`` in front of it applies the declared resize,
-crop and normalisation to uint8 images. A SavedModel is called through
-``keras.layers.TFSMLayer`` (its ``serving_default`` signature), which refers
-to the directory by path: keep the directory where it is.
+The model must map float32 NHWC RGB images (already resized and normalised
+as declared) to one ``[N, F]`` embedding. It becomes the teacher's
+``backbone`` sub-model; ``TeacherPreprocess`` in front of it applies the
+declared resize, crop and normalisation to uint8 images. A SavedModel is
+called through ``keras.layers.TFSMLayer`` (its ``serving_default``
+signature), which refers to the directory by path: keep the directory where
+it is.
+
+Before anything is written, the wrapped teacher is run once on a dummy
+batch of uint8 images, so a model that cannot take RGB images at the
+declared size, or that outputs class probabilities instead of features, is
+refused here and not halfway through a training run.
 """
 
 from __future__ import annotations
 
 import os
 
-import keras
+import numpy as np
+
+from ega_tf.errors import UserError
+
+
+def _first_line(e):
+    text = str(e).strip()
+    # Keras colours some messages; keep the text only.
+    for code in ("\x1b[1m", "\x1b[0m"):
+        text = text.replace(code, "")
+    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 def _load_inner(path, endpoint):
+    import keras
     if path.endswith(".keras"):
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"Model file {path!r} does not exist.")
+            raise UserError(f"Model file {path!r} does not exist.")
         from ega_tf import serialization
-        return serialization.load_model(path, compile=False)
+        try:
+            return serialization.load_model(path, compile=False)
+        except Exception as e:
+            raise UserError(f"{path!r} is not a valid Keras file "
+                            f"({_first_line(e)}).") from None
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
         return keras.layers.TFSMLayer(os.path.abspath(path),
                                       call_endpoint=endpoint,
                                       name="saved_model")
-    raise FileNotFoundError(
+    raise UserError(
         f"{path!r} is neither a .keras file nor a SavedModel directory "
         "(one holding saved_model.pb).")
 
 
-def wrap(path, *, image_size=None, resize_shorter=None, crop_size=None,
+def _check_runs(teacher, size):
+    """Runs ``teacher`` on a dummy uint8 batch; refuses what cannot work."""
+    images = np.random.default_rng(0).integers(0, 256, (2, size, size, 3),
+                                               np.uint8)
+    try:
+        out = np.asarray(teacher(images, training=False))
+    except Exception as e:
+        raise UserError(
+            "The model cannot run on RGB images of the declared size "
+            f"{size}x{size}x3: {_first_line(e)}. Declare the input size the "
+            "model was built for (--input_size), and use a model that takes "
+            "3-channel images.") from None
+    if not np.all(np.isfinite(out)):
+        raise UserError("The model gives non-finite outputs on a test "
+                        "batch; it cannot serve as a teacher.")
+    rows = out.sum(axis=1)
+    if out.shape[1] > 1 and np.all(out >= 0) and np.allclose(rows, 1.0,
+                                                             atol=1e-3):
+        raise UserError(
+            "The model outputs class probabilities (non-negative rows that "
+            "sum to 1), not features: export the layer before the softmax "
+            "(the embedding) and wrap that model instead.")
+
+
+def wrap(path, *, input_size=None, crop_pct=1.0, crop_mode="center",
          interpolation="bilinear", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
          output=None, endpoint="serving_default"):
     """The teacher ``keras.Model`` around the model at ``path``.
 
-    Declare either ``image_size`` (resize to it) or ``resize_shorter`` and
-    ``crop_size`` (torchvision style); ``output`` names the embedding when
-    the model returns a dict of several tensors.
+    ``input_size`` is the side of the square the model takes; ``crop_pct``
+    and ``crop_mode`` say how an image gets there (``preprocess``);
+    ``output`` names the embedding when the model returns a dict.
     """
-    from ega_tf import teachers
-    from ega_tf.teachers.convert import sha256
+    import keras
 
-    side = crop_size or image_size
-    if not side or (resize_shorter and not crop_size):
-        raise ValueError("Declare the model's input: --image_size=S, or "
-                         "--resize_shorter=R with --crop_size=S.")
-    inner = _load_inner(os.fspath(path), endpoint)
-    inputs = keras.Input((side, side, 3), name="pixels")
-    out = inner(inputs)
+    from ega_tf.teachers import checkpoint_io
+    from ega_tf.teachers.preprocess import CROP_MODES, TeacherPreprocess
+    from ega_tf.teachers.teacher_file import assemble
+
+    if not input_size or input_size < 1:
+        raise UserError("Declare the model's input size: --input_size=S "
+                        "(the side of the square images it takes).")
+    if crop_mode not in CROP_MODES:
+        raise UserError(f"Unknown crop mode {crop_mode!r}. Valid values: "
+                        f"{', '.join(CROP_MODES)}.")
+    if not 0.0 < crop_pct <= 1.0:
+        raise UserError(f"--crop_pct must be in (0, 1]; got {crop_pct}.")
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise UserError("--mean and --std take three values each (one per "
+                        "RGB channel), std > 0.")
+    path = os.fspath(path)
+    inner = _load_inner(path, endpoint)
+    inputs = keras.Input((input_size, input_size, 3), name="pixels")
+    try:
+        out = inner(inputs)
+    except Exception as e:
+        raise UserError(
+            f"The model cannot take {input_size}x{input_size}x3 images: "
+            f"{_first_line(e)}.") from None
     if isinstance(out, dict):
         if output is None and len(out) == 1:
             output = next(iter(out))
         if output not in out:
-            raise ValueError(f"The model returns {sorted(out)}; pass "
-                             "--output with the embedding's name.")
+            raise UserError(f"The model returns {sorted(out)}; pass "
+                            "--output with the embedding's name.")
         out = out[output]
     if len(out.shape) != 2:
-        raise ValueError(
+        raise UserError(
             f"The model returns shape {tuple(out.shape)}; a teacher needs "
             "[N, F]. Add global pooling to the model, or export the layer "
             "that gives the embedding.")
     backbone = keras.Model(inputs, out, name="backbone")
-    preprocess = teachers.TeacherPreprocess(
-        mean, std, image_size=(side, side) if image_size else None,
-        resize_shorter=resize_shorter, crop_size=crop_size,
-        interpolation=interpolation, antialias=True, name="preprocess",
-        metadata={"family": "user", "source_file": os.path.basename(
-            os.path.normpath(path)),
-            "source_sha256": sha256(path) if os.path.isfile(path) else None,
-            "embedding_dim": int(out.shape[-1]), "input_resolution": side})
-    return teachers.assemble(backbone, preprocess, name="user_teacher")
+    preprocess = TeacherPreprocess(
+        mean, std, input_size=input_size, crop_pct=crop_pct,
+        crop_mode=crop_mode, interpolation=interpolation, antialias=True,
+        name="preprocess", metadata={
+            "family": "user", "source_file": os.path.basename(
+                os.path.normpath(path)),
+            "source_sha256": (checkpoint_io.sha256(path)
+                              if os.path.isfile(path) else None),
+            "embedding_dim": int(out.shape[-1]),
+            "input_resolution": input_size})
+    teacher = assemble(backbone, preprocess, name="user_teacher")
+    _check_runs(teacher, input_size)
+    return teacher

@@ -23,6 +23,7 @@ import re
 import keras
 from keras import layers
 
+from ega_tf.errors import ConversionError
 from ega_tf.teachers.porting import (WeightPorter, torch_conv_kernel,
                                      torch_dense_kernel)
 
@@ -44,7 +45,7 @@ def infer_arch(state, num_heads=None, head_dim=None):
     """Width, depth, MLP width, patch size and resolution from timm keys;
     heads from ``num_heads`` or ``width // head_dim``."""
     if "patch_embed.proj.weight" not in state or "pos_embed" not in state:
-        raise ValueError("Not a timm-style ViT: expected patch_embed.proj.*,"
+        raise ConversionError("Not a timm-style ViT: expected patch_embed.proj.*,"
                          " pos_embed, cls_token and blocks.* keys.")
     width, _, patch, _ = state["patch_embed.proj.weight"].shape
     depth = 1 + max(int(_BLOCK.match(k).group(1)) for k in state

@@ -1,16 +1,23 @@
-"""Building blocks shared by the student architectures.
+"""PyTorch-compatible building blocks, shared by students, teachers and the
+distiller.
 
 The students reproduce the RepDistiller (Tian et al., ICLR 2020) CIFAR models
-that EGA's published code trains, layer for layer, so their parameter counts
-match the PyTorch reference exactly (DESIGN.md §5) and PyTorch weights could be
-ported one to one. Two PyTorch behaviours are kept on purpose:
+that EGA's published code trains, layer for layer, and the teachers hold
+PyTorch checkpoints, so these blocks keep PyTorch's behaviour where Keras's
+defaults differ:
 
 * strided convolutions pad symmetrically (``ZeroPadding2D(k // 2)`` then a
   ``'valid'`` convolution); TF's ``'same'`` puts the extra pixel at the end
   and would shift every feature map by one pixel;
-* BatchNorm uses PyTorch's epsilon (1e-5) and momentum (0.1, i.e. Keras 0.9),
-  convolutions are initialised as RepDistiller does (Kaiming normal, fan-out)
+* BatchNorm uses PyTorch's epsilon (1e-5) and momentum (0.1, i.e. Keras 0.9);
+* convolutions are initialised as RepDistiller does (Kaiming normal, fan-out)
   and linear layers as ``torch.nn.Linear`` does.
+
+Every layer gets its own initializer object. A Keras initializer created
+without a seed draws one when it is constructed (from Python's ``random``,
+which ``keras.utils.set_random_seed`` seeds), so one shared instance would
+give every kernel of the same shape the same values, and a module-level one
+would ignore the run's seed.
 """
 
 from __future__ import annotations
@@ -20,8 +27,11 @@ import math
 import keras
 from keras import layers
 
-CONV_INIT = keras.initializers.VarianceScaling(2.0, "fan_out",
-                                               "untruncated_normal")
+
+def conv_initializer():
+    """Kaiming normal, fan-out (RepDistiller's ``kaiming_normal_``)."""
+    return keras.initializers.VarianceScaling(2.0, "fan_out",
+                                              "untruncated_normal")
 
 
 def conv(x, filters, kernel, stride=1, groups=1, use_bias=False, name=None):
@@ -34,16 +44,17 @@ def conv(x, filters, kernel, stride=1, groups=1, use_bias=False, name=None):
         padding = "same"
     return layers.Conv2D(filters, kernel, strides=stride, padding=padding,
                          groups=groups, use_bias=use_bias,
-                         kernel_initializer=CONV_INIT, name=name)(x)
+                         kernel_initializer=conv_initializer(), name=name)(x)
 
 
 def depthwise(x, kernel, stride=1, name=None):
-    """A depthwise 3x3 convolution with PyTorch padding, no bias."""
+    """A depthwise convolution with PyTorch padding, no bias."""
     if stride > 1:
         x = layers.ZeroPadding2D(kernel // 2, name=name and f"{name}_pad")(x)
     return layers.DepthwiseConv2D(
         kernel, strides=stride, padding="valid" if stride > 1 else "same",
-        use_bias=False, depthwise_initializer=CONV_INIT, name=name)(x)
+        use_bias=False, depthwise_initializer=conv_initializer(),
+        name=name)(x)
 
 
 def bn(x, name=None):
@@ -68,6 +79,22 @@ def torch_dense(units, fan_in, name=None, dtype=None):
         kernel_initializer=keras.initializers.VarianceScaling(
             1.0 / 3.0, "fan_in", "uniform"),
         bias_initializer=keras.initializers.RandomUniform(-bound, bound))
+
+
+def batchnorm_layers(model):
+    """Every BatchNormalization layer inside ``model``, nested ones too."""
+    return [layer for layer in model._flatten_layers(include_self=False)
+            if isinstance(layer, layers.BatchNormalization)]
+
+
+def synchronize_batchnorm(model, synchronized=True):
+    """Makes the BatchNorm layers of ``model`` use statistics over all
+    replicas of a ``tf.distribute`` strategy (the single-device recipe on N
+    devices), or per replica; returns how many layers were set."""
+    found = batchnorm_layers(model)
+    for layer in found:
+        layer.synchronized = bool(synchronized)
+    return len(found)
 
 
 @keras.saving.register_keras_serializable(package="ega_tf")

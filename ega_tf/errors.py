@@ -1,0 +1,23 @@
+"""The errors a user can fix, told apart from bugs.
+
+A ``UserError`` means the input is wrong (a flag, a file, a missing dataset)
+and its message says what to do. The command-line entry points print such an
+error as one line and exit with status 2; every other exception is a bug and
+keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """Bad input; the message names the problem and the fix."""
+
+
+class ConfigError(UserError):
+    """One or more configuration fields are invalid (all are listed)."""
+
+
+class ConversionError(UserError):
+    """A checkpoint does not fit the architecture it is converted into."""
+
+
+class DatasetNotFoundError(UserError):
+    """A dataset is neither prepared nor obtainable offline."""

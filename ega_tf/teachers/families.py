@@ -1,0 +1,123 @@
+"""Checkpoint families: how each published file is laid out, which network
+holds it, and how its images are preprocessed.
+
+A family names the key prefix of the backbone, the keys it may drop (heads,
+momentum encoders, queues, text towers; each by an explicit pattern, so a
+stray key stops the conversion), the architecture module that builds and
+fills the Keras network, and the evaluation transform in timm's vocabulary.
+docs/checkpoints.md describes every family's published layout.
+
+Every architecture module offers the same three functions::
+
+    infer_arch(state, **family.arch_options) -> dict   # sizes read off the file
+    build(arch) -> keras.Model named "backbone"          # float NHWC -> [N, F]
+    port(model, state, ignore=patterns) -> [keys used]   # strict copy
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from types import ModuleType
+from typing import Dict, Tuple
+
+from ega_tf.constants import (CLIP_MEAN, CLIP_STD, IMAGENET_MEAN,
+                              IMAGENET_STD, SWAV_STD)
+from ega_tf.teachers import clip_resnet, clip_vit, resnet, simclr, vit
+
+ARCHITECTURES: Dict[str, ModuleType] = {
+    "resnet": resnet,            # torchvision-layout ResNets (keras-hub)
+    "clip_resnet": clip_resnet,  # OpenAI CLIP's ModifiedResNet
+    "vit": vit,                  # timm-layout ViTs (keras-hub)
+    "clip_vit": clip_vit,        # CLIP / open_clip ViTs (keras-hub)
+    "simclr": simclr,            # SimCLR v1/v2 TF1 ResNets
+}
+
+# CLIP's text tower and the scalars OpenAI's TorchScript files carry.
+CLIP_TEXT_TOWER = ("transformer.*", "token_embedding.*",
+                   "positional_embedding", "ln_final.*", "text_projection",
+                   "logit_scale", "logit_bias", "attn_mask",
+                   "input_resolution", "context_length", "vocab_size")
+OPENAI_MARKERS = ("input_resolution", "context_length", "vocab_size")
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    name: str
+    # Keys of the backbone start with this; it is stripped before porting.
+    backbone_prefix: str
+    # Keys outside the prefix that may be dropped (momentum encoders, ...).
+    drop_outside: Tuple[str, ...]
+    # Keys inside the prefix (stripped) that may be dropped (heads).
+    drop_heads: Tuple[str, ...]
+    # The module in ARCHITECTURES that builds and ports the network.
+    architecture: str = "resnet"
+    # Keyword arguments for that module's infer_arch.
+    arch_options: Tuple[Tuple[str, object], ...] = ()
+    # The evaluation transform (timm's PretrainedCfg vocabulary).
+    crop_pct: float = 0.875            # 224 / 256
+    crop_mode: str = "center"
+    interpolation: str = "pil_bilinear"  # torchvision's Resize on PIL
+    mean: Tuple[float, ...] = IMAGENET_MEAN
+    std: Tuple[float, ...] = IMAGENET_STD
+    clip: bool = False
+    antialias: bool = True  # tf.image.resize methods only; PIL's always is
+
+    @property
+    def module(self) -> ModuleType:
+        return ARCHITECTURES[self.architecture]
+
+    def preprocessing(self, input_size) -> dict:
+        """Keyword arguments of ``TeacherPreprocess`` for this family."""
+        return dict(input_size=input_size, crop_pct=self.crop_pct,
+                    crop_mode=self.crop_mode,
+                    interpolation=self.interpolation, mean=self.mean,
+                    std=self.std, clip=self.clip, antialias=self.antialias)
+
+
+_CLIP = dict(backbone_prefix="visual.", drop_outside=CLIP_TEXT_TOWER,
+             drop_heads=(), mean=CLIP_MEAN, std=CLIP_STD, crop_pct=1.0,
+             interpolation="pil_bicubic")
+
+FAMILIES: Dict[str, Family] = {f.name: f for f in [
+    Family("torchvision", "", (), ("fc.*",)),
+    Family("barlow_twins", "", (), ()),
+    Family("vicreg", "", (), ()),
+    # Saved from a DistributedDataParallel model: every key, the queue
+    # included, starts with "module.".
+    Family("moco", "module.encoder_q.",
+           ("module.encoder_k.*", "module.queue", "module.queue_ptr"),
+           ("fc.*",)),
+    Family("mocov3", "module.base_encoder.",
+           ("module.momentum_encoder.*", "module.predictor.*"), ("fc.*",)),
+    Family("swav", "module.", (), ("projection_head.*", "prototypes.*"),
+           std=SWAV_STD),
+    Family("dino", "", (), ("head.*",), interpolation="pil_bicubic"),
+    Family("simclr", "base_model/",
+           ("head_supervised/*", "head_contrastive/*", "global_step",
+            "ema_model/*", "*/Momentum"), ("*/Momentum",),
+           architecture="simclr", crop_mode="crop_first",
+           interpolation="bicubic", antialias=False, mean=(0.0, 0.0, 0.0),
+           std=(1.0, 1.0, 1.0), clip=True),
+    Family("dino_vit", "", (), ("head.*",), architecture="vit",
+           arch_options=(("head_dim", 64),), interpolation="pil_bicubic"),
+    Family("mocov3_vit", "module.base_encoder.",
+           ("module.momentum_encoder.*", "module.predictor.*"), ("head.*",),
+           architecture="vit", arch_options=(("num_heads", 12),)),
+    Family("clip", architecture="clip_resnet", **_CLIP),
+    Family("clip_vit", architecture="clip_vit",
+           arch_options=(("activation", "quick_gelu"),), **_CLIP),
+    Family("open_clip_gelu", architecture="clip_vit",
+           arch_options=(("activation", "gelu"),), **_CLIP),
+]}
+
+
+def get(name) -> Family:
+    from ega_tf.registry import check_choice
+    check_choice("checkpoint format", name, list(FAMILIES))
+    return FAMILIES[name]
+
+
+def default_input_size(arch: dict) -> int:
+    """The network's resolution when the file fixes it, else 224."""
+    return int(arch.get("resolution", 224))
+

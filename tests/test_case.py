@@ -1,0 +1,227 @@
+"""The shared test harness: every test class derives from ``TestCase``.
+
+``TestCase`` is a ``tf.test.TestCase`` with absl's parameterisation, run by
+pytest. Its harness methods are what the test modules repeat:
+
+- ``rel_err`` / ``assertParity``: a converted network against its source
+  framework, the plain relative error and the image-dependent one (outputs
+  centred on their mean over the batch) side by side;
+- ``assertTermsClose``: loss terms against an independent computation;
+- ``run_model_saving_test``: save, reload, same function;
+- ``run_precision_test``: the same check under each mixed-precision policy;
+- ``run_cli``: a command line in this process (flags on a fresh
+  ``FlagValues``), its exit status, output and log lines;
+- ``run_subprocess``: a command in a fresh process (one per command line in
+  the suite, and where a fresh process is the point of the test);
+- ``assertOneLineError``: exit status 2, one ``error:`` line naming the
+  problem, no traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import io
+import logging
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import flags
+from absl.testing import parameterized
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# absl log lines ("I1122 17:00:00.0 ...", in-process "I] ...") and warnings.
+_LOG_LINE = re.compile(r"^([IWE]\d{4} |[IW]\] )|Warning:")
+SUBPROCESS_ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+                  "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
+
+
+@dataclasses.dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str  # what the command printed to stderr, then its log lines
+
+    @property
+    def output_lines(self):
+        """stderr lines other than log lines and warnings."""
+        return [line for line in self.stderr.splitlines()
+                if line.strip() and not _LOG_LINE.search(line)]
+
+
+class _Capture(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def make_tempdir(owner=None):
+    """A temporary directory removed when ``owner`` (a test) ends, or at
+    class cleanup when called from ``setUpClass``."""
+    path = tempfile.mkdtemp(prefix="ega_tf_test_")
+    if owner is not None:
+        owner.addCleanup(shutil.rmtree, path, ignore_errors=True)
+    return pathlib.Path(path)
+
+
+class TestCase(tf.test.TestCase, parameterized.TestCase):
+    """Base class of every test in the suite."""
+
+    # tf.test.TestCase's deprecated session helper is not a test.
+    test_session = None
+
+    def setUp(self):
+        super().setUp()
+        keras.utils.set_random_seed(0)
+
+    def tearDown(self):
+        keras.mixed_precision.set_global_policy("float32")
+        super().tearDown()
+
+    @classmethod
+    def class_tempdir(cls):
+        path = tempfile.mkdtemp(prefix="ega_tf_test_")
+        cls.addClassCleanup(shutil.rmtree, path, ignore_errors=True)
+        return pathlib.Path(path)
+
+    def tmp_path(self):
+        return make_tempdir(self)
+
+    # ------------------------------------------------------------ numbers
+    @staticmethod
+    def rel_err(got, want):
+        got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+        return float(np.abs(got - want).max() / np.abs(want).max())
+
+    def assertParity(self, got, want, tol, label="", source=None):
+        """``got`` equals ``want`` to ``tol`` relative error, both as they
+        are and after removing their mean over the batch (rows): a network
+        whose output is nearly the same for every image would otherwise be
+        checked only on its constant part.
+
+        With ``source`` (the source framework's own float32 result; ``want``
+        then being its float64 result), the bound is the larger of ``tol``
+        and three times the source's own error: the port must be as exact as
+        the framework it came from. Returns (plain, image-dependent)."""
+        got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+        self.assertGreaterEqual(len(want), 2, "need several images")
+
+        def errors(a):
+            return (self.rel_err(a, want),
+                    self.rel_err(a - a.mean(0), want - want.mean(0)))
+        plain, centred = errors(got)
+        spread = np.abs(want - want.mean(0)).max() / np.abs(want).max()
+        bound = (tol, tol)
+        text = (f"{label} parity: rel err {plain:.2e}, image-dependent part "
+                f"{centred:.2e} ({spread:.0%} of the output's scale)")
+        if source is not None:
+            noise = errors(np.asarray(source, np.float64))
+            bound = tuple(max(tol, 3 * n) for n in noise)
+            text += (f"; the source framework's own float32: {noise[0]:.2e},"
+                     f" {noise[1]:.2e}")
+        print(text)
+        self.assertLessEqual(plain, bound[0], f"{label}: plain")
+        self.assertLessEqual(centred, bound[1], f"{label}: image-dependent")
+        return plain, centred
+
+    def assertPublishedParity(self, backbone, published, x, tol=1e-4):
+        """The Keras backbone against the published file's reference
+        network on normalised pixels ``x``, in float64 when the reference
+        can run so."""
+        got = np.asarray(backbone(x))
+        if published.reference64 is None:
+            return self.assertParity(got, published.reference(x), tol,
+                                     published.family)
+        return self.assertParity(got, published.reference64(x), tol,
+                                 published.family,
+                                 source=published.reference(x))
+
+    def assertTermsClose(self, got, want, rtol=1e-5, atol=1e-6):
+        """Every term of ``want`` (a dict) equals the same key of ``got``."""
+        for name, value in want.items():
+            self.assertIn(name, got)
+            np.testing.assert_allclose(np.asarray(got[name]), value,
+                                       rtol=rtol, atol=atol, err_msg=name)
+
+    # ------------------------------------------------------------ harness
+    def run_model_saving_test(self, model, inputs, save, load, path,
+                              rtol=1e-5, atol=1e-6):
+        """``save(model, path)`` then ``load(path)`` gives the same outputs
+        on ``inputs``; returns the reloaded model."""
+        want = np.asarray(model(inputs))
+        save(model, path)
+        again = load(path)
+        np.testing.assert_allclose(np.asarray(again(inputs)), want,
+                                   rtol=rtol, atol=atol)
+        return again
+
+    def run_precision_test(self, check,
+                           policies=("mixed_float16", "mixed_bfloat16")):
+        """Runs ``check(policy)`` under each global dtype policy."""
+        for policy in policies:
+            keras.mixed_precision.set_global_policy(policy)
+            try:
+                with self.subTest(policy=policy):
+                    check(policy)
+            finally:
+                keras.mixed_precision.set_global_policy("float32")
+
+    def run_cli(self, module, *args):
+        """Runs ``python -m ega_tf.<module> args`` in this process."""
+        from ega_tf import cli
+        mod = importlib.import_module(f"ega_tf.{module}")
+        out, err = io.StringIO(), io.StringIO()
+        capture = _Capture()
+        absl_logger = logging.getLogger("absl")
+        old_level = absl_logger.level
+        absl_logger.addHandler(capture)
+        absl_logger.setLevel(logging.INFO)
+        try:
+            with contextlib.redirect_stdout(out), \
+                    contextlib.redirect_stderr(err):
+                code = cli.run_main(
+                    mod.define_flags, mod.main,
+                    [f"ega_tf.{module}", *map(str, args)], flags.FlagValues(),
+                    getattr(mod, "help_extra", None))
+        finally:
+            absl_logger.removeHandler(capture)
+            absl_logger.setLevel(old_level)
+            keras.mixed_precision.set_global_policy("float32")
+        stderr = err.getvalue() + "".join(f"I] {m}\n" for m in capture.lines)
+        return CliResult(code, out.getvalue(), stderr)
+
+    @staticmethod
+    def run_subprocess(args, env=None, timeout=900, cwd=ROOT):
+        """``python args`` in a fresh process (cwd: the repository)."""
+        return subprocess.run([sys.executable, *map(str, args)], cwd=cwd,
+                              env={**SUBPROCESS_ENV, **(env or {})},
+                              capture_output=True, text=True,
+                              timeout=timeout)
+
+    def assertSucceeded(self, result):
+        code = getattr(result, "code", getattr(result, "returncode", None))
+        self.assertEqual(code, 0, result.stderr[-3000:])
+
+    def assertOneLineError(self, result, message):
+        """Exit 2, ``message`` on one ``error:`` line, nothing else but
+        log lines and warnings, no traceback."""
+        code = getattr(result, "code", getattr(result, "returncode", None))
+        self.assertEqual(code, 2, result.stderr[-3000:])
+        self.assertNotIn("Traceback", result.stderr)
+        lines = [line for line in result.stderr.splitlines()
+                 if line.strip() and not _LOG_LINE.search(line)]
+        self.assertLen(lines, 1, result.stderr[-3000:])
+        self.assertTrue(lines[0].startswith("error: "), lines[0])
+        self.assertIn(message, lines[0])

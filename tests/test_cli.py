@@ -1,0 +1,119 @@
+"""The command lines end to end on digits: pretrain -> train -> predict,
+each once as a real program (python -m) and otherwise in this process."""
+
+import json
+
+import numpy as np
+import tensorflow as tf
+
+from ega_tf import data
+from tests.test_case import TestCase
+
+# TensorFlow's C++ start-up notices that the commands must not show.
+_NOISE = ("oneDNN custom operations", "cuInit", "Could not find cuda",
+          "absl::InitializeLog")
+
+
+class EndToEndTest(TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.dir = cls.class_tempdir()
+
+    def pretrained_teacher(self):
+        path = self.dir / "teacher.keras"
+        if not path.exists():
+            r = self.run_cli("pretrain", "--dataset=digits", "--arch=resnet8",
+                             "--epochs=2", "--batch_size=128",
+                             f"--out={path}")
+            self.assertSucceeded(r)
+            summary = json.loads(r.stdout.strip().splitlines()[-1])
+            self.assertGreater(summary["knn_top1"], 0.5)  # chance is 0.1
+        return path
+
+    def test_train_ega_writes_the_workdir_and_resumes(self):
+        teacher = self.pretrained_teacher()
+        work = self.tmp_path() / "run"
+        args = ["--dataset=digits", "--student=resnet8", f"--teacher={teacher}",
+                "--epochs=2", "--labeled_fraction=0.5", f"--workdir={work}",
+                "--config.optim.lr=0.01"]
+        r = self.run_cli("train", *args)
+        self.assertSucceeded(r)
+        res = json.loads((work / "results.json").read_text())
+        history = (work / "history.csv").read_text().splitlines()
+        header = history[0].split(",")
+        rows = [dict(zip(header, map(float, h.split(","))))
+                for h in history[1:]]
+        self.assertLen(rows, 2)
+        self.assertEqual(res["epochs"], 2)
+        self.assertAlmostEqual(res["test_top1_last"],
+                               100 * rows[-1]["val_top1"], places=4)
+        self.assertAlmostEqual(res["test_top1_best"],
+                               100 * max(r["val_top1"] for r in rows),
+                               places=4)
+        self.assertIsNotNone(res["teacher_head_top1_last"])
+        cfg = json.loads((work / "config.json").read_text())
+        self.assertEqual((cfg["optim"]["lr"], cfg["labeled_fraction"]),
+                         (0.01, 0.5))
+        self.assertTrue((work / "saved_model" / "saved_model.pb").exists())
+        for name in ("ce", "node", "edge", "top1", "top5", "teacher_top1",
+                     "val_top1"):
+            self.assertIn(name, header)
+        # The same command again: the run is complete; its checkpoint is
+        # found and nothing is trained.
+        r = self.run_cli("train", *args)
+        self.assertSucceeded(r)
+        self.assertIn("Resumed from", r.stderr)
+
+    def test_commands_run_as_programs_without_startup_noise(self):
+        """pretrain -> train -> predict, each as `python -m`."""
+        tmp = self.tmp_path()
+        r = self.run_subprocess(["-m", "ega_tf.pretrain",
+                                 "--config=ega_tf/ssl/config.py:smoke",
+                                 "--arch=resnet8", f"--out={tmp}/t.keras"])
+        self.assertSucceeded(r)
+        r = self.run_subprocess(["-m", "ega_tf.train",
+                                 "--config=configs/digits.py:smoke",
+                                 f"--teacher={tmp}/t.keras",
+                                 f"--workdir={tmp}/run"],
+                                env={"TF_CPP_MIN_LOG_LEVEL": ""})
+        self.assertSucceeded(r)
+        for noise in _NOISE:
+            self.assertNotIn(noise, r.stderr)
+        self.assertIn("test top-1: best", r.stdout)
+        digits = data.load("digits")
+        paths = []
+        for i in range(3):
+            p = tmp / f"d{i}.png"
+            p.write_bytes(tf.io.encode_png(digits.test.images[i]).numpy())
+            paths.append(p)
+        r = self.run_subprocess(["-m", "ega_tf.predict",
+                                 f"--model={tmp / 'run' / 'saved_model'}",
+                                 "--top_k=2", *paths])
+        self.assertSucceeded(r)
+        lines = r.stdout.strip().splitlines()
+        self.assertLen(lines, 3)
+        self.assertTrue(all(line.count("%") == 2 for line in lines))
+        r = self.run_subprocess(["-m", "ega_tf.train", "--helpshort"])
+        self.assertEqual(r.returncode, 0)
+        self.assertIn("Config fields", r.stdout)
+        self.assertEqual(r.stderr.strip(), "")
+
+    def test_bad_input_one_clear_line(self):
+        work = self.tmp_path() / "w"
+        for args, message in (
+                (["--dataset=digits", "--student=resnet9", "--distill=none"],
+                 "Valid names: MobileNetV2"),
+                (["--dataset=digits"], "--distill=ega needs a teacher"),
+                (["--dataset=digits", "--teacher=/nonexistent.keras"],
+                 "does not exist"),
+                (["--dataset=digits", "--distill=none",
+                  "--config.precision=fp8"], "Valid values: float32")):
+            with self.subTest(args=args):
+                self.assertOneLineError(
+                    self.run_cli("train", f"--workdir={work}", *args),
+                    message)
+        r = self.run_cli("pretrain", "--out=x.h5", "--epochs=1")
+        self.assertOneLineError(r, "must end in .keras")
+        np.testing.assert_equal(r.stdout, "")  # nothing trained

@@ -1,0 +1,234 @@
+"""Teacher files read by a process other than the one that wrote them.
+
+Every family's converted file (and the locally pretrained and user-wrapped
+kinds) is loaded and run in a fresh process and must give the in-process
+outputs; every Keras class the project defines must be registered by the
+loader alone; BUILD.md's convert -> train commands run as written, each in
+its own process; and a checkpoint passed straight to ``train`` is converted
+once, then read from the cache by the next process.
+"""
+
+import ast
+import json
+import os
+import shlex
+
+import keras
+import numpy as np
+import pytest
+
+from ega_tf import teachers
+from ega_tf.teachers import checkpoint_io, convert
+from ega_tf.teachers.families import FAMILIES
+from tests import checkpoints
+from tests.test_case import ROOT, TestCase
+
+# A fresh process: which classes the loader registers before any file is
+# read, then every teacher file loaded and run.
+_FRESH_PROCESS = """
+import json, sys
+import keras
+import numpy as np
+from ega_tf import serialization, teachers  # nothing else of the project
+serialization.register_custom_objects()
+registered = sorted(k for k in keras.saving.get_custom_objects()
+                    if k.startswith("ega_tf>"))
+images = np.load(sys.argv[1])
+outputs = {}
+for name, path in json.loads(sys.argv[2]).items():
+    outputs[name] = np.asarray(teachers.load(path)(images))
+np.savez(sys.argv[3], **outputs)
+print(json.dumps(registered))
+"""
+
+
+def registered_in_source():
+    """The classes the package's source registers with Keras."""
+    names = set()
+    for path in (ROOT / "ega_tf").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and any(
+                    "register_keras_serializable" in ast.unparse(d)
+                    for d in node.decorator_list):
+                names.add(f"ega_tf>{node.name}")
+    return names
+
+
+def uint8_images(seed=0, n=3, size=40):
+    return np.clip(checkpoints.random_pixels(seed, n, size) * 50 + 128, 0,
+                   255).astype(np.uint8)
+
+
+def local_teachers(directory):
+    """A SimCLR-style local teacher (with its standardisation) and a user's
+    encoder wrapped with declared preprocessing, as .keras files."""
+    from ega_tf import students
+    from ega_tf.teachers.user_model import wrap
+    backbone = students.create("resnet8")
+    backbone.name = "backbone"
+    local = teachers.assemble(
+        backbone, teachers.TeacherPreprocess(input_size=32),
+        standardize=teachers.FeatureStandardize(np.arange(64) / 64,
+                                                np.ones(64) * 2))
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.GlobalAveragePooling2D()(
+        keras.layers.Conv2D(6, 3, activation="relu")(inputs))
+    keras.Model(inputs, x).save(directory / "encoder.keras")
+    user = wrap(str(directory / "encoder.keras"), input_size=24,
+                crop_pct=0.875, interpolation="pil_bicubic")
+    return {"simclr_local": local, "user": user}
+
+
+class FreshProcessTest(TestCase):
+    """Every family's file, written here, read by one fresh process."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        tmp = cls.class_tempdir()
+        images = uint8_images()
+        made = {}
+        for family in FAMILIES:
+            directory = tmp / family
+            directory.mkdir()
+            published = checkpoints.write(family, directory)
+            made[family] = convert.convert(str(published.path),
+                                           log=lambda s: None,
+                                           **published.convert_args())
+        made.update(local_teachers(tmp))
+        paths, cls.want = {}, {}
+        for name, teacher in made.items():
+            paths[name] = str(tmp / f"{name}.keras")
+            teachers.save(teacher, paths[name])
+            cls.want[name] = teacher(images).numpy()
+        np.save(tmp / "images.npy", images)
+        cls.result = cls.run_subprocess(
+            ["-c", _FRESH_PROCESS, tmp / "images.npy", json.dumps(paths),
+                  tmp / "out.npz"])
+        cls.outputs = (np.load(tmp / "out.npz")
+                       if cls.result.returncode == 0 else None)
+
+    def test_the_loader_registers_every_class_the_project_defines(self):
+        self.assertSucceeded(self.result)
+        found = set(json.loads(self.result.stdout.strip().splitlines()[-1]))
+        want = registered_in_source()
+        self.assertGreaterEqual(len(want), 8)
+        self.assertEqual(found, want)
+
+    def test_every_family_loads_and_runs_in_a_fresh_process(self):
+        self.assertSucceeded(self.result)
+        self.assertCountEqual(self.outputs.files, list(self.want))
+        for name, want in self.want.items():
+            with self.subTest(family=name):
+                np.testing.assert_allclose(self.outputs[name], want,
+                                           rtol=1e-5,
+                                           atol=1e-5 * np.abs(want).max())
+
+
+def build_md_commands():
+    """BUILD.md's convert -> train block: [(convert line, train line)]."""
+    text = (ROOT / "BUILD.md").read_text()
+    block = text.split("<!-- convert-then-train: begin -->")[1].split(
+        "<!-- convert-then-train: end -->")[0]
+    lines = [line.strip() for line in block.splitlines()
+             if line.strip().startswith("python -m ega_tf.")]
+    return list(zip(lines[::2], lines[1::2]))
+
+
+def _checkpoint_of(command):
+    return shlex.split(command)[3].split("=", 1)[1]
+
+
+# The files BUILD.md's commands name, written small in published layouts;
+# the teachers take 64-px images so one epoch on digits takes seconds.
+_FIXTURES = {
+    "RN50.pt": lambda d: checkpoints.write_clip_resnet(
+        d, checkpoints.clip_resnet(layers=(1, 1, 1, 1), resolution=64)),
+    "dino_deitsmall16_full.pth": lambda d: checkpoints.write_dino_vit(
+        d, checkpoints.timm_vit(image=64)),
+    "moco_v2_800ep_pretrain.pth.tar": lambda d: checkpoints.write_resnet(
+        "moco", d),
+}
+
+
+class ConvertThenTrainTest(TestCase):
+    """Separate programs: convert_teacher writes the file, train reads it."""
+
+    def run_pair(self, convert_line, train_line, tmp, rename=None):
+        """Runs the two command lines as written, in ``tmp``."""
+        for line in (convert_line, train_line):
+            args = shlex.split(line)
+            self.assertEqual(args[0], "python")
+            r = self.run_subprocess(args[1:], cwd=tmp, timeout=1200)
+            self.assertSucceeded(r)
+        workdir = [a for a in shlex.split(train_line)
+                   if a.startswith("--workdir=")][0].split("=", 1)[1]
+        res = json.loads((tmp / workdir / "results.json").read_text())
+        self.assertEqual(res["epochs"], 1)
+        self.assertIsNotNone(res["teacher_head_top1_last"])
+        return res
+
+    def write_fixture(self, name, tmp):
+        published = _FIXTURES[name](tmp)
+        published.path.rename(tmp / name)
+
+    def test_build_md_lists_a_clip_a_vit_and_a_resnet_family(self):
+        names = [_checkpoint_of(c) for c, _ in build_md_commands()]
+        self.assertEqual(names, list(_FIXTURES))
+
+    def test_build_md_clip_commands_as_written(self):
+        tmp = self.tmp_path()
+        convert_line, train_line = build_md_commands()[0]
+        self.write_fixture(_checkpoint_of(convert_line), tmp)
+        self.run_pair(convert_line, train_line, tmp)
+
+    @pytest.mark.slow
+    def test_build_md_vit_and_resnet_commands_as_written(self):
+        for convert_line, train_line in build_md_commands()[1:]:
+            tmp = self.tmp_path()
+            self.write_fixture(_checkpoint_of(convert_line), tmp)
+            self.run_pair(convert_line, train_line, tmp)
+
+    @pytest.mark.slow
+    def test_clip_vit_and_mocov3_vit_files(self):
+        for family, writer in (
+                ("clip_vit", lambda d: checkpoints.write_clip_vit(
+                    d, image=64)),
+                ("mocov3_vit", lambda d: checkpoints.write_mocov3_vit(
+                    d, checkpoints.timm_vit(seed=1, image=64, dim=96,
+                                            heads=12)))):
+            tmp = self.tmp_path()
+            name = writer(tmp).path.name
+            self.run_pair(
+                f"python -m ega_tf.convert_teacher --checkpoint={name} "
+                f"--out={family}.keras",
+                f"python -m ega_tf.train --dataset=digits --student=resnet8 "
+                f"--teacher={family}.keras --epochs=1 --labeled_fraction=0.1"
+                f" --workdir=runs/{family}", tmp)
+
+
+class ConversionCacheTest(TestCase):
+
+    def test_a_checkpoint_is_converted_once_and_the_next_process_trains_from_the_cache(self):  # noqa: E501
+        tmp = self.tmp_path()
+        cache = tmp / "cache"
+        published = _FIXTURES["RN50.pt"](tmp)
+        os.environ["EGA_TF_CACHE"] = str(cache)
+        try:
+            teachers.load_or_convert(str(published.path))
+        finally:
+            del os.environ["EGA_TF_CACHE"]
+        cached = cache / f"{checkpoint_io.sha256(published.path)}.keras"
+        self.assertEqual(list(cache.iterdir()), [cached])
+        stamp = cached.stat().st_mtime_ns
+        r = self.run_subprocess(
+            ["-m", "ega_tf.train", "--dataset=digits", "--student=resnet8",
+             f"--teacher={published.path}", "--epochs=1",
+             "--labeled_fraction=0.1", "--config.export=false",
+             f"--workdir={tmp / 'run'}"], env={"EGA_TF_CACHE": str(cache)})
+        self.assertSucceeded(r)
+        self.assertIn("using the cached conversion", r.stderr)
+        self.assertEqual(cached.stat().st_mtime_ns, stamp)  # not redone
+        self.assertEqual(list(cache.iterdir()), [cached])
+        res = json.loads((tmp / "run" / "results.json").read_text())
+        self.assertEqual(res["epochs"], 1)
