@@ -15,7 +15,9 @@ side in one process, and a test can run a command in-process on a fresh
 - ``--help`` / ``--helpshort`` / ``-h`` print the command's flags with their
   defaults (and the config fields, for commands with ``--config``) and exit 0.
 - A ``UserError`` (bad input) is printed as one ``error: ...`` line, exit
-  status 2. Any other exception is a bug and keeps its traceback.
+  status 2; a ``RunStopped`` (a run that diverged) as one ``stopped: ...``
+  line, exit status 3. Any other exception is a bug and keeps its
+  traceback.
   ``EGA_TF_DEBUG=1`` shows the traceback of user errors too.
 """
 
@@ -28,9 +30,10 @@ import tempfile
 
 from absl import flags
 
-from ega_tf.errors import UserError
+from ega_tf.errors import RunStopped, UserError
 
 EXIT_USER_ERROR = 2
+EXIT_STOPPED = 3
 HELP_FLAGS = ("-h", "--help", "--helpshort", "--helpfull", "-?")
 
 # Lines TensorFlow prints at start-up that say nothing about the run.
@@ -187,6 +190,9 @@ def run_main(define_flags, main, argv, flag_values, help_extra=None):
             raise
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except RunStopped as e:
+        print(f"stopped: {_one_line(e)}", file=sys.stderr)
+        return EXIT_STOPPED
 
 
 def run(define_flags, main, help_extra=None):

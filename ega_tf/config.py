@@ -33,6 +33,8 @@ def default_config(arg=None):
     # Side of the square training images; None: the dataset's own (folder:
     # chosen from the images' sizes).
     c.data.image_size = config_dict.placeholder(int)
+    # folder: files that cannot be decoded: skip (one warning) | error.
+    c.data.on_bad_image = "skip"
 
     # The two networks.
     c.student = "resnet8x4"
@@ -57,6 +59,8 @@ def default_config(arg=None):
     c.optim.decay_fractions = (150 / 240, 180 / 240, 210 / 240)
     c.optim.decay_factor = 0.1
     c.optim.teacher_head_lr = 0.01
+    # The linear rule: lr * batch_size / 64 (the published rate is for 64).
+    c.optim.scale_lr_with_batch = False
 
     c.epochs = 240
     c.batch_size = 64
@@ -71,12 +75,23 @@ def default_config(arg=None):
     c.input.cache = "auto"       # auto | memory | none
     c.input.cache_limit_gb = 8.0  # auto caches splits up to this size
     c.input.shuffle_buffer = config_dict.placeholder(int)  # None: whole split
-    c.input.deterministic = True  # seeded, reproducible order
+
+    # Devices: the strategy and the batch statistics across replicas.
+    c.distribute = ml_collections.ConfigDict()
+    c.distribute.strategy = "auto"   # auto | none | mirrored | multi_worker
+    c.distribute.cpu_replicas = 1    # >1: that many logical CPU devices
+    c.distribute.sync_batchnorm = True  # BatchNorm over the global batch
 
     c.seed = 0
+    # Deterministic TF ops and input order: the same seed gives the same
+    # numbers, and a resumed run ends where an uninterrupted one would.
+    c.deterministic = True
     c.precision = "float32"     # float32 | mixed_float16 | mixed_bfloat16
     c.jit_compile = "auto"      # auto | true | false
     c.checkpoint_every = 1      # epochs between checkpoints
+    # Also checkpoint every N steps within long epochs (None: at epoch ends).
+    c.checkpoint_every_steps = config_dict.placeholder(int)
+    c.resume = True             # false: start the workdir over
     c.export = True             # write <workdir>/saved_model at the end
 
     if arg == "smoke":
@@ -112,8 +127,8 @@ def resolve(config):
 def _problems(config):
     """Every problem of ``config``, as messages, in the order of the
     fields (the dataset first, the teacher last)."""
-    from ega_tf import data, students
-    from ega_tf.data import augment, pipeline
+    from ega_tf import data, distribute, students
+    from ega_tf.data import augment, folder, pipeline
     from ega_tf.registry import check_choice
     from ega_tf.runtime import check_precision
 
@@ -134,6 +149,7 @@ def _problems(config):
          f"labeled_fraction must be in (0, 1]; got {config.labeled_fraction}.")
     need(config.data.image_size is None or config.data.image_size >= 8,
          f"data.image_size must be at least 8; got {config.data.image_size}.")
+    check(folder.check_on_bad_image, config.data.on_bad_image)
     check(students.STUDENTS.get, config.student)
     check(check_choice, "distill", config.distill, ("ega", "none"))
     need(config.embed_dim >= 1,
@@ -176,6 +192,12 @@ def _problems(config):
     need(config.checkpoint_every >= 1,
          f"checkpoint_every must be at least 1; got "
          f"{config.checkpoint_every}.")
+    need(config.checkpoint_every_steps is None
+         or config.checkpoint_every_steps >= 1,
+         "checkpoint_every_steps must be at least 1 (or None).")
+    check(distribute.check_strategy, config.distribute.strategy)
+    need(config.distribute.cpu_replicas >= 1,
+         "distribute.cpu_replicas must be at least 1.")
     if config.distill != "none" and not config.teacher:
         problems.append(
             f"--distill={config.distill} needs a teacher: pass "

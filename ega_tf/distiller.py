@@ -164,18 +164,50 @@ class EGADistiller(keras.Model):
         return self.student(images, training=training)["logits"]
 
     # ----------------------------------------------------------- the steps
-    @staticmethod
-    def _split_labels(y):
-        """(safe labels with -1 -> 0, float mask of labeled examples)."""
-        y = ops.reshape(ops.cast(y, "int32"), (-1,))
-        mask = ops.cast(y >= 0, "float32")
-        return ops.maximum(y, 0), mask
+    # Under a tf.distribute strategy each replica runs these steps on its
+    # slice of the global batch. Every logged term is a global-batch value,
+    # and each replica's objective is its share of the single-device one:
+    # Keras sums the replicas' gradients, so the update equals the
+    # single-device update (docs/architecture.md, "Several devices").
 
     @staticmethod
-    def _masked_ce(labels, mask, logits):
-        ce = keras.losses.sparse_categorical_crossentropy(
+    def _replicas():
+        ctx = tf.distribute.get_replica_context()
+        return ctx, (ctx.num_replicas_in_sync if ctx is not None else 1)
+
+    def sum_over_replicas(self, x):
+        """``x`` summed over every replica (identity on one)."""
+        ctx, n = self._replicas()
+        return ctx.all_reduce(tf.distribute.ReduceOp.SUM, x) if n > 1 else x
+
+    def gather_global(self, x):
+        """The global batch's rows of ``x``, in replica order (identity on
+        one replica). Its gradient sums every replica's upstream gradient
+        into the local rows."""
+        ctx, n = self._replicas()
+        return ctx.all_gather(x, axis=0) if n > 1 else x
+
+    @staticmethod
+    def _masks(y, weight):
+        """(labels with -1 -> 0, labeled mask, valid mask). ``weight`` is 0
+        for padding rows (evaluation), which take part in nothing."""
+        y = ops.reshape(ops.cast(y, "int32"), (-1,))
+        valid = (ops.ones_like(y, "float32") if weight is None else
+                 ops.reshape(ops.cast(weight, "float32"), (-1,)))
+        labeled = ops.cast(y >= 0, "float32") * valid
+        return ops.maximum(y, 0), labeled, valid
+
+    def _mean_over_global(self, per_example, weights):
+        """(global weighted mean for logging, this replica's share of it:
+        its weighted sum over the global weight)."""
+        count = ops.maximum(self.sum_over_replicas(ops.sum(weights)), 1.0)
+        local = ops.sum(per_example * weights)
+        return self.sum_over_replicas(local) / count, local / count
+
+    @staticmethod
+    def _ce(labels, logits):
+        return keras.losses.sparse_categorical_crossentropy(
             labels, ops.cast(logits, "float32"), from_logits=True)
-        return ops.sum(ce * mask) / ops.maximum(ops.sum(mask), 1.0)
 
     def _teacher_forward(self, images):
         """Frozen teacher feature and the online head's (x_t, z_t)."""
@@ -184,64 +216,80 @@ class EGADistiller(keras.Model):
         x_t = self.teacher_embed(f_t)
         return x_t, self.teacher_classifier(x_t)
 
-    def gather_global(self, x):
-        """Hook for multi-device training: the graph must span the global
-        batch. Identity on one replica."""
-        return x
-
-    def _compute_terms(self, x, labels, mask, training):
-        """All loss terms of one batch; returns (terms, s_logits, t_logits)."""
+    def _compute_terms(self, x, labels, labeled, valid, training):
+        """One batch's terms. Returns (global terms, objectives, student
+        logits, teacher logits); ``objectives`` holds this replica's share
+        of the student's loss and of the teacher head's cross-entropy."""
+        _, replicas = self._replicas()
         out = self.student(x["student"], training=training)
         s_logits = out["logits"]
-        terms = {"ce": self._masked_ce(labels, mask, s_logits)}
+        terms, share = {}, {}
+        terms["ce"], share["ce"] = self._mean_over_global(
+            self._ce(labels, s_logits), labeled)
         total = self.gamma * terms["ce"]
+        student = self.gamma * share["ce"]
         t_logits = None
         if self.distilling:
             x_t, t_logits = self._teacher_forward(x["teacher"])
-            terms["teacher_ce"] = self._masked_ce(labels, mask, t_logits)
+            terms["teacher_ce"], share["teacher_ce"] = self._mean_over_global(
+                self._ce(labels, t_logits), labeled)
+            # The graph of the global batch, the same on every replica.
             ega = losses.ega_terms(
                 self.gather_global(ops.stop_gradient(x_t)),
-                self.gather_global(out["embedding"]))
+                self.gather_global(out["embedding"]),
+                mask=self.gather_global(valid))
             terms.update(ega)
-            total += self.beta * (self.node_weight * ega["node"]
-                                  + self.edge_weight * ega["edge"])
+            graph = self.beta * (self.node_weight * ega["node"]
+                                 + self.edge_weight * ega["edge"])
+            total += graph
+            student += graph / replicas
             if self.alpha:
-                terms["kd"] = losses.kd_loss(ops.stop_gradient(t_logits),
-                                             s_logits, self.kd_temperature)
+                terms["kd"], kd_share = self._mean_over_global(
+                    losses.kd_per_example(ops.stop_gradient(t_logits),
+                                          s_logits, self.kd_temperature),
+                    valid)
                 total += self.alpha * terms["kd"]
+                student += self.alpha * kd_share
         terms["loss"] = total
-        return terms, s_logits, t_logits
+        objectives = {"student": student,
+                      "teacher_head": share.get("teacher_ce")}
+        return terms, objectives, s_logits, t_logits
 
-    def _update_metrics(self, terms, labels, mask, s_logits, t_logits):
+    def _update_metrics(self, terms, labels, labeled, s_logits, t_logits):
+        # Every replica adds the same global value to the trackers; their
+        # variables sum over replicas, total and count alike, so the means
+        # are unchanged. Accuracies add each replica's own examples.
         for name, tracker in self._trackers.items():
             tracker.update_state(terms[name])
         for name, metric in self._accuracy.items():
             logits = t_logits if name == "teacher_top1" else s_logits
-            metric.update_state(labels, logits, sample_weight=mask)
+            metric.update_state(labels, logits, sample_weight=labeled)
         return {m.name: m.result() for m in self.metrics}
 
     def train_step(self, data):
-        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
-        labels, mask = self._split_labels(y)
+        x, y, weight = keras.utils.unpack_x_y_sample_weight(data)
+        labels, labeled, valid = self._masks(y, weight)
         student_vars = self.student.trainable_variables
         with tf.GradientTape(persistent=self.distilling) as tape:
-            terms, s_logits, t_logits = self._compute_terms(x, labels, mask,
-                                                            True)
-            scaled = self.optimizer.scale_loss(terms["loss"])
+            terms, objectives, s_logits, t_logits = self._compute_terms(
+                x, labels, labeled, valid, True)
+            scaled = self.optimizer.scale_loss(objectives["student"])
         self.optimizer.apply_gradients(
             zip(tape.gradient(scaled, student_vars), student_vars))
         if self.distilling:
             head_vars = self.teacher_head_variables
-            grads = tape.gradient(terms["teacher_ce"], head_vars)
+            grads = tape.gradient(objectives["teacher_head"], head_vars)
             self.teacher_head_optimizer.apply_gradients(zip(grads, head_vars))
             del tape
-        return self._update_metrics(terms, labels, mask, s_logits, t_logits)
+        return self._update_metrics(terms, labels, labeled, s_logits,
+                                    t_logits)
 
     def test_step(self, data):
-        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        x, y, weight = keras.utils.unpack_x_y_sample_weight(data)
         if not isinstance(x, dict):
             x = {"student": x, "teacher": x}
-        labels, mask = self._split_labels(y)
-        terms, s_logits, t_logits = self._compute_terms(x, labels, mask,
-                                                        False)
-        return self._update_metrics(terms, labels, mask, s_logits, t_logits)
+        labels, labeled, valid = self._masks(y, weight)
+        terms, _, s_logits, t_logits = self._compute_terms(
+            x, labels, labeled, valid, False)
+        return self._update_metrics(terms, labels, labeled, s_logits,
+                                    t_logits)

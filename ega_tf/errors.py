@@ -21,3 +21,8 @@ class ConversionError(UserError):
 
 class DatasetNotFoundError(UserError):
     """A dataset is neither prepared nor obtainable offline."""
+
+
+class RunStopped(Exception):
+    """A run that stopped for a reason its message states (e.g. it
+    diverged); the command line prints it as one line, exit status 3."""

@@ -57,8 +57,23 @@ def depthwise(x, kernel, stride=1, name=None):
         name=name)(x)
 
 
+@keras.saving.register_keras_serializable(package="ega_tf")
+class BatchNorm(layers.BatchNormalization):
+    """Keras's BatchNormalization whose moving statistics are averaged over
+    the replicas of a ``tf.distribute`` strategy. Keras creates them with no
+    aggregation, so with per-replica batch statistics
+    (``synchronize_batchnorm(model, False)``) each replica's copy would drift
+    from the others and evaluation would depend on the number of devices.
+    On one device, or with synchronized statistics, nothing changes."""
+
+    def add_weight(self, *args, **kwargs):
+        if kwargs.get("name") in ("moving_mean", "moving_variance"):
+            kwargs["aggregation"] = "mean"
+        return super().add_weight(*args, **kwargs)
+
+
 def bn(x, name=None):
-    return layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)(x)
+    return BatchNorm(momentum=0.9, epsilon=1e-5, name=name)(x)
 
 
 def relu(x, name=None):

@@ -80,13 +80,17 @@ def edge_term(teacher_emb, student_emb):
     return frobenius_norm(_gram(z_t, z_t) - _gram(z_s, z_s))
 
 
-def ega_terms(teacher_emb, student_emb) -> Dict[str, "keras.KerasTensor"]:
+def ega_terms(teacher_emb, student_emb,
+              mask=None) -> Dict[str, "keras.KerasTensor"]:
     """The two unweighted EGA terms, ``{"node": L_node, "edge": L_edge}``.
 
     Args:
         teacher_emb: [B, D] teacher node embeddings x_t (treated as given;
             wrap in ``ops.stop_gradient`` if no gradient should reach them).
         student_emb: [B, D] student node embeddings x_s.
+        mask: optional [B] weights, 1 for rows that belong to the graph and
+            0 for padding. A correlation depends only on its two rows, so
+            the result equals the terms of the kept rows alone.
     """
     d_t, d_s = teacher_emb.shape[-1], student_emb.shape[-1]
     if d_t is not None and d_s is not None and d_t != d_s:
@@ -96,9 +100,13 @@ def ega_terms(teacher_emb, student_emb) -> Dict[str, "keras.KerasTensor"]:
             "Project both to a shared width first.")
     z_t, z_s = _standardize_rows(teacher_emb), _standardize_rows(student_emb)
     n = _gram(z_t, z_s)
-    eye = ops.eye(ops.shape(n)[0], dtype="float32")
-    return {"node": frobenius_norm(n - eye),
-            "edge": frobenius_norm(_gram(z_t, z_t) - _gram(z_s, z_s))}
+    node = n - ops.eye(ops.shape(n)[0], dtype="float32")
+    edge = _gram(z_t, z_t) - _gram(z_s, z_s)
+    if mask is not None:
+        m = ops.cast(ops.reshape(mask, (-1,)), "float32")
+        pairs = m[:, None] * m[None, :]
+        node, edge = node * pairs, edge * pairs
+    return {"node": frobenius_norm(node), "edge": frobenius_norm(edge)}
 
 
 def ega_loss(teacher_emb, student_emb, node_weight=0.8, edge_weight=0.24):
@@ -107,15 +115,21 @@ def ega_loss(teacher_emb, student_emb, node_weight=0.8, edge_weight=0.24):
     return node_weight * terms["node"] + edge_weight * terms["edge"]
 
 
-def kd_loss(teacher_logits, student_logits, temperature=4.0):
-    """Hinton KD: KL(softmax(t/T) || softmax(s/T)) * T^2, batch mean, float32."""
+def kd_per_example(teacher_logits, student_logits, temperature=4.0):
+    """Hinton KD of each example: KL(softmax(t/T) || softmax(s/T)) * T^2."""
     t = ops.cast(teacher_logits, "float32") / temperature
     s = ops.cast(student_logits, "float32") / temperature
     p_t = ops.softmax(t, axis=-1)
     kl = ops.sum(
         p_t * (ops.log_softmax(t, axis=-1) - ops.log_softmax(s, axis=-1)),
         axis=-1)
-    return ops.mean(kl) * temperature**2
+    return kl * temperature**2
+
+
+def kd_loss(teacher_logits, student_logits, temperature=4.0):
+    """Hinton KD, batch mean, float32."""
+    return ops.mean(kd_per_example(teacher_logits, student_logits,
+                                   temperature))
 
 
 class EGADistillationLoss(keras.distillation.DistillationLoss):

@@ -1,55 +1,55 @@
-"""Training, as a library: config -> data -> model -> fit -> export.
+"""Training, as a library: config -> strategy -> data -> model -> loop ->
+export.
 
 ``run(config, workdir)`` is what ``python -m ega_tf.train`` calls once its
 flags are resolved. The workdir receives ``config.json`` (everything
 resolved), ``history.csv`` and TensorBoard logs (``logs/``), checkpoints
-(``checkpoints/``; a rerun with the same workdir resumes from the last one),
-``results.json`` and the exported student (``saved_model/``).
+(``checkpoints/``), ``results.json`` and the exported student
+(``saved_model/``).
+
+The loop is written here rather than left to ``keras.Model.fit`` because a
+run must survive a ``kill -9`` and end exactly where an uninterrupted one
+would: a checkpoint records the epoch, the step within it and the running
+metrics, and the resumed epoch replays its deterministic stream from that
+step (``fit`` restarts an epoch's metrics and cannot start mid-epoch). It
+also stops at the first non-finite loss term, naming it, and reads the
+metrics over all replicas (Keras keeps them per replica until read outside
+the replica step). The model itself is a plain ``EGADistiller``, which
+``fit`` trains as well.
 """
 
 from __future__ import annotations
 
-import csv
 import json
+import math
 import os
+import shutil
+import tempfile
 import time
 
 from absl import logging
 
-from ega_tf import runtime
+from ega_tf import distribute, runtime
+from ega_tf import workdir as wd
+from ega_tf.errors import RunStopped, UserError
+
+# The order in which a non-finite term is reported.
+LOSS_TERMS = ("ce", "teacher_ce", "node", "edge", "kd", "loss")
 
 
-def _xla_works(fn, example):
-    """Whether ``fn`` compiles with XLA on this device."""
-    import tensorflow as tf
-    try:
-        tf.function(fn, jit_compile=True)(example)
-        return True
-    except Exception as e:  # the XLA bridge raises several error types
-        logging.warning("XLA cannot compile the teacher (%s).",
-                        str(e).splitlines()[0][:200])
-        return False
+class DivergedError(RunStopped):
+    """A loss term became NaN or infinite; the message says which, where,
+    and what to try."""
 
-
-def choose_jit(setting, teacher=None, image_size=(32, 32)):
-    """(jit_compile, why) for ``setting`` = auto | true | false.
-
-    ``auto`` compiles with XLA on GPUs, when the teacher compiles, and not
-    on CPUs: there XLA made the training step 35-50 % slower and added its
-    compile time (measured with benchmarks/train_step.py, see README)."""
-    import numpy as np
-    import tensorflow as tf
-    setting = str(setting).lower()
-    if setting != "auto":
-        return setting == "true", f"jit_compile={setting} (config)"
-    if not tf.config.list_physical_devices("GPU"):
-        return False, ("jit_compile=auto: off on CPU (XLA measured slower "
-                       "there)")
-    if teacher is not None and not _xla_works(
-            lambda x: teacher(x, training=False),
-            np.zeros((2, *image_size, 3), np.uint8)):
-        return False, "jit_compile=auto: off, the teacher does not compile"
-    return True, "jit_compile=auto: on (GPU)"
+    def __init__(self, term, value, epoch, step, lr):
+        self.term, self.value, self.epoch, self.step = term, value, epoch, step
+        super().__init__(
+            f"training diverged: {term} became {value} at epoch {epoch + 1}, "
+            f"step {step + 1} (learning rate {lr:g}). Nothing was exported; "
+            "the last finite checkpoint is kept. Lower --config.optim.lr "
+            "(or --config.optim.teacher_head_lr for teacher_ce), or "
+            "standardise a teacher whose features are large (README, "
+            "'Notes and deviations').")
 
 
 def default_workdir(config):
@@ -64,13 +64,52 @@ def default_workdir(config):
                         f"_s{config.seed}")
 
 
+def _xla_works(fn, example):
+    """Whether ``fn`` compiles with XLA on this device."""
+    import tensorflow as tf
+    try:
+        tf.function(fn, jit_compile=True)(example)
+        return True
+    except Exception as e:  # the XLA bridge raises several error types
+        logging.warning("XLA cannot compile the teacher (%s).",
+                        str(e).splitlines()[0][:200])
+        return False
+
+
+def choose_jit(setting, teacher=None, image_size=(32, 32), replicas=1):
+    """(jit_compile, why) for ``setting`` = auto | true | false.
+
+    ``auto`` compiles with XLA on GPUs, when the teacher compiles, and not
+    on CPUs: there XLA made the training step 35-50 % slower and added its
+    compile time (measured with benchmarks/train_step.py, see README); nor
+    can XLA compile a CPU step holding cross-replica collectives."""
+    import numpy as np
+    import tensorflow as tf
+    setting = str(setting).lower()
+    on_gpu = bool(tf.config.list_physical_devices("GPU"))
+    if setting == "true" and replicas > 1 and not on_gpu:
+        raise UserError("jit_compile=true: XLA cannot compile a multi-"
+                        "replica step on CPU (its cross-replica collectives)"
+                        "; use --config.jit_compile=auto or false.")
+    if setting != "auto":
+        return setting == "true", f"jit_compile={setting} (config)"
+    if not on_gpu:
+        return False, ("jit_compile=auto: off on CPU (XLA measured slower "
+                       "there)")
+    if teacher is not None and not _xla_works(
+            lambda x: teacher(x, training=False),
+            np.zeros((2, *image_size, 3), np.uint8)):
+        return False, "jit_compile=auto: off, the teacher does not compile"
+    return True, "jit_compile=auto: on (GPU)"
+
+
 def load_dataset(config):
     """The dataset of ``config``, with its training labels masked."""
     from ega_tf import data
     dataset = data.load(config.dataset, data_dir=config.data_dir,
                         download=config.download,
-                        image_size=config.data.image_size,
-                        unlabeled_split=config.unlabeled_split)
+                        unlabeled_split=config.unlabeled_split,
+                        **config.data)
     dataset.train = dataset.train.with_labels(data.mask_labels(
         dataset.train.labels, config.labeled_fraction, config.seed))
     logging.info("%s", dataset.describe())
@@ -86,9 +125,19 @@ def load_teacher(config):
     return teacher
 
 
-def build_model(config, dataset, teacher=None):
-    """The EGADistiller for ``config`` on ``dataset``, compiled."""
-    from ega_tf import students
+def learning_rate(config):
+    """The student's base rate; the linear rule scales it from the
+    published batch of 64 when asked to."""
+    lr = config.optim.lr
+    if config.optim.scale_lr_with_batch:
+        lr *= config.batch_size / 64
+    return lr
+
+
+def build_model(config, dataset, teacher=None, replicas=1):
+    """The EGADistiller for ``config`` on ``dataset``, compiled (in the
+    current strategy's scope)."""
+    from ega_tf import layers, students
     from ega_tf.distiller import EGADistiller, build_student
     from ega_tf.optimizers import TorchSGD, step_schedule
 
@@ -100,6 +149,7 @@ def build_model(config, dataset, teacher=None):
     student = build_student(
         students.create(config.student, input_shape=(*size, 3)),
         dataset.num_classes, config.embed_dim)
+    layers.synchronize_batchnorm(student, config.distribute.sync_batchnorm)
     model = EGADistiller(
         student, teacher, dataset.num_classes, config.embed_dim,
         gamma=config.loss.gamma, beta=config.loss.beta,
@@ -107,9 +157,9 @@ def build_model(config, dataset, teacher=None):
         edge_weight=config.loss.edge_weight,
         kd_temperature=config.loss.kd_temperature)
     steps = len(dataset.train) // config.batch_size
-    lr = step_schedule(config.optim.lr, steps, config.epochs,
+    lr = step_schedule(learning_rate(config), steps, config.epochs,
                        config.optim.decay_fractions, config.optim.decay_factor)
-    jit, why = choose_jit(config.jit_compile, teacher, size)
+    jit, why = choose_jit(config.jit_compile, teacher, size, replicas)
     logging.info("%s", why)
     sgd = dict(momentum=config.optim.momentum,
                weight_decay=config.optim.weight_decay)
@@ -122,103 +172,265 @@ def build_model(config, dataset, teacher=None):
 
 
 class Checkpointer:
-    """The distiller's ``checkpoint_items()`` and the epoch count, in TF
-    checkpoints (written to a temporary name, then renamed by TF)."""
+    """The distiller's ``checkpoint_items()``, the progress (completed
+    epochs, steps into the next) and the running metrics, in TF checkpoints.
+    TF writes each checkpoint under a temporary name and then records it, so
+    a crash mid-save leaves the previous one current; ``restore`` falls back
+    to an older checkpoint if the newest cannot be read."""
 
-    def __init__(self, model, directory, every=1):
+    def __init__(self, model, directory, read_from=None, keep=3):
         import tensorflow as tf
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-        self.ckpt = tf.train.Checkpoint(epoch=self.epoch,
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
+        metrics = {f"{m.name}_{i}": v.value for m in model.metrics
+                   for i, v in enumerate(m.variables)}
+        self.ckpt = tf.train.Checkpoint(epoch=self.epoch, step=self.step,
+                                        metrics=metrics,
                                         **model.checkpoint_items())
-        self.manager = tf.train.CheckpointManager(self.ckpt, directory, 2)
-        self.every = max(1, int(every))
+        self.manager = tf.train.CheckpointManager(self.ckpt, directory, keep)
+        # Other workers restore the chief's checkpoints.
+        self.read_from = read_from or directory
 
     def restore(self):
-        """Restores the latest checkpoint; returns the epochs completed."""
-        if self.manager.latest_checkpoint:
-            self.ckpt.restore(self.manager.latest_checkpoint).assert_consumed()
-            logging.info("Resumed from %s (epoch %d).",
-                         self.manager.latest_checkpoint, int(self.epoch))
-        return int(self.epoch)
+        """Restores the newest readable checkpoint; returns (epoch, step)."""
+        import tensorflow as tf
+        state = tf.train.get_checkpoint_state(self.read_from)
+        paths = list(state.all_model_checkpoint_paths) if state else []
+        for i, path in enumerate(reversed(paths)):
+            try:
+                self.ckpt.restore(path).assert_existing_objects_matched()
+            except Exception as e:  # truncated, corrupt or missing files
+                logging.warning("Checkpoint %s cannot be read (%s); %s", path,
+                                str(e).strip().splitlines()[0][:200],
+                                "trying the one before it."
+                                if i + 1 < len(paths) else
+                                "no other checkpoint; starting over.")
+                continue
+            logging.info("Resumed from %s (epoch %d, step %d).", path,
+                         int(self.epoch), int(self.step))
+            return int(self.epoch), int(self.step)
+        return 0, 0
 
-    def callback(self, total_epochs):
+    def save(self, epoch, step, number):
+        self.epoch.assign(epoch)
+        self.step.assign(step)
+        self.manager.save(checkpoint_number=number)
+
+
+def _step_function(model, strategy, step_fn, jit):
+    """One step on the next batch of a distributed iterator; returns the
+    metrics over all replicas (read in cross-replica context)."""
+    import tensorflow as tf
+    replica_step = tf.function(step_fn, jit_compile=True) if jit else step_fn
+
+    @tf.function
+    def step(iterator):
+        strategy.run(replica_step, args=(next(iterator),))
+        return {m.name: m.result() for m in model.metrics}
+    return step
+
+
+def _first_non_finite(logs):
+    for term in LOSS_TERMS:
+        if term in logs and not math.isfinite(logs[term]):
+            return term
+    return None
+
+
+class _Progress:
+    """Keras's progress bar (verbose 1) or one line per epoch (2)."""
+
+    def __init__(self, verbose, epochs, steps):
+        self.verbose, self.epochs, self.steps = verbose, epochs, steps
+
+    def start(self, epoch, step):
         import keras
-        outer = self
+        self.begin = time.time()
+        if self.verbose == 1:
+            print(f"Epoch {epoch + 1}/{self.epochs}")
+            self.bar = keras.utils.Progbar(self.steps, verbose=1)
+            self.bar.update(step)
 
-        class Save(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                if (epoch + 1) % outer.every == 0 or epoch + 1 == total_epochs:
-                    outer.epoch.assign(epoch + 1)
-                    outer.manager.save(checkpoint_number=epoch + 1)
+    def update(self, step, logs):
+        if self.verbose == 1:
+            self.bar.update(step + 1, list(logs.items()))
 
-        return Save()
+    def end(self, epoch, logs):
+        if self.verbose == 2:
+            text = " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
+            print(f"Epoch {epoch + 1}/{self.epochs} - "
+                  f"{time.time() - self.begin:.0f}s - {text}", flush=True)
+        elif self.verbose == 1:
+            print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()
+                             if k.startswith("val_")), flush=True)
 
 
-def _read_history(path):
-    with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items()}
-                for row in csv.DictReader(f)]
-
-
-def run(config, workdir, verbose=2):
+def run(config, workdir, verbose=2, strategy=None, on_step=None):
     """Trains per ``config`` (resolved) into ``workdir``; returns the
-    results dict."""
-    import keras
+    results dict. Raises ``DivergedError`` if a loss term stops being
+    finite, and ``UserError`` (before writing anything) for bad input or a
+    workdir that belongs to another run. ``on_step(epoch, step, logs)`` is
+    called after every training step (0-based; logs are the epoch's running
+    means)."""
+    import tensorflow as tf
 
     from ega_tf import serving
     from ega_tf.data import pipeline
 
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json(indent=2, sort_keys=True))
+    strategy = strategy or distribute.create(config)
+    replicas = strategy.num_replicas_in_sync
+    distribute.check_batch(config, replicas)
+    chief = distribute.is_chief()
+    state, done = wd.claim(workdir, config)
+    if state == "done":
+        return _reported(done, workdir)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
     runtime.set_seed(config.seed)
     runtime.set_precision(config.precision)
     dataset = load_dataset(config)
-    teacher = load_teacher(config) if config.distill != "none" else None
-    train_ds = pipeline.train_dataset(
+    with strategy.scope():
+        teacher = load_teacher(config) if config.distill != "none" else None
+        model = build_model(config, dataset, teacher, replicas)
+    train = pipeline.TrainStream(
         dataset.train, config.batch_size, seed=config.seed,
         padding=config.padding, teacher_view=config.teacher_view,
-        **config.input)
-    test_ds = pipeline.eval_dataset(dataset.test, config.eval_batch_size,
-                                    **config.input)
+        deterministic=config.deterministic, **config.input)
+    test = pipeline.EvalStream(dataset.test, config.eval_batch_size,
+                               **config.input)
 
-    model = build_model(config, dataset, teacher)
-    ckpt = Checkpointer(model, os.path.join(workdir, "checkpoints"),
-                        config.checkpoint_every)
-    start_epoch = ckpt.restore()
-    history_csv = os.path.join(workdir, "history.csv")
-    if start_epoch == 0 and os.path.exists(history_csv):
-        os.remove(history_csv)  # a fresh run: no stale epochs in the log
-    start = time.time()
-    if start_epoch < config.epochs:
-        model.fit(train_ds, validation_data=test_ds, epochs=config.epochs,
-                  initial_epoch=start_epoch, verbose=verbose, shuffle=False,
-                  callbacks=[
-                      keras.callbacks.CSVLogger(history_csv, append=True),
-                      keras.callbacks.TensorBoard(
-                          os.path.join(workdir, "logs")),
-                      ckpt.callback(config.epochs)])
-    wall = time.time() - start
-    history = _read_history(history_csv)
-    last = history[-1]
-    results = {
+    own_dir = os.path.join(workdir, wd.CHECKPOINTS)
+    scratch = None if chief else tempfile.mkdtemp(prefix="ega_tf_worker_")
+    with strategy.scope():
+        ckpt = Checkpointer(model, scratch or own_dir, read_from=own_dir)
+    start_epoch, start_step = ckpt.restore()
+    os.makedirs(workdir, exist_ok=True)
+    history_path = os.path.join(workdir, wd.HISTORY)
+    history = [r for r in wd.read_history(history_path)
+               if r["epoch"] < start_epoch]
+    if chief:
+        wd.write_json(os.path.join(workdir, wd.CONFIG),
+                      json.loads(config.to_json()))
+        wd.write_history(history_path, history)
+    try:
+        history = _loop(config, model, strategy, train, test, ckpt, history,
+                        history_path, workdir, start_epoch, start_step,
+                        verbose, chief, on_step)
+        results = _results(config, model, history)
+        if config.export and chief:
+            path = os.path.join(workdir, wd.SAVED_MODEL)
+            serving.export_student(model.student, path, dataset.class_names)
+            results["saved_model"] = path
+    except DivergedError as e:
+        if chief:
+            wd.write_json(os.path.join(workdir, wd.RESULTS), {
+                **_results(config, model, history), "status": "diverged",
+                "diverged": {"term": e.term, "value": str(e.value),
+                             "epoch": e.epoch + 1, "step": e.step + 1,
+                             "message": str(e)}})
+        raise
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+    if chief:
+        wd.write_json(os.path.join(workdir, wd.RESULTS), results)
+    return results
+
+
+def _reported(results, workdir):
+    """A finished (or diverged) run, reported as it stands."""
+    if results.get("status") == "diverged":
+        d = results["diverged"]
+        raise DivergedError(d["term"], d["value"], d["epoch"] - 1,
+                            d["step"] - 1, float("nan")) from None
+    logging.info("%s holds a finished run of this config; its results are "
+                 "reported as they are (--config.resume=false trains it "
+                 "again).", workdir)
+    return results
+
+
+def _loop(config, model, strategy, train, test, ckpt, history, history_path,
+          workdir, start_epoch, start_step, verbose, chief, on_step):
+    """The epochs; returns the history rows."""
+    import tensorflow as tf
+    jit = bool(model.jit_compile)
+    train_step = _step_function(model, strategy, model.train_step, jit)
+    eval_step = _step_function(model, strategy, model.test_step, jit)
+    steps = train.steps_per_epoch
+    every = config.checkpoint_every_steps or 0
+    progress = _Progress(verbose, config.epochs, steps)
+    writers = ({s: tf.summary.create_file_writer(os.path.join(
+        workdir, wd.LOGS, s)) for s in ("train", "validation")} if chief
+        else {})
+    schedule = model.optimizer.learning_rate
+    for epoch in range(start_epoch, config.epochs):
+        skip = start_step if epoch == start_epoch else 0
+        if not skip:  # a resumed epoch keeps its restored running metrics
+            model.reset_metrics()
+        iterator = iter(train.distributed(strategy, epoch, skip))
+        progress.start(epoch, skip)
+        logs = {}
+        for step in range(skip, steps):
+            logs = {k: float(v) for k, v in train_step(iterator).items()}
+            bad = _first_non_finite(logs)
+            if bad:
+                lr = float(schedule(model.optimizer.iterations - 1)) if \
+                    callable(schedule) else float(schedule)
+                raise DivergedError(bad, logs[bad], epoch, step, lr)
+            progress.update(step, logs)
+            done = epoch * steps + step + 1
+            if every and done % every == 0 and step + 1 < steps:
+                ckpt.save(epoch, step + 1, done)
+            if on_step is not None:
+                on_step(epoch, step, logs)
+        train_seconds = time.time() - progress.begin
+        model.reset_metrics()
+        eval_iterator = iter(test.distributed(strategy))
+        val = {}
+        for _ in range(test.steps):
+            val = eval_step(eval_iterator)
+        val = {f"val_{k}": float(v) for k, v in val.items()}
+        bad = _first_non_finite({k[4:]: v for k, v in val.items()})
+        if bad:
+            raise DivergedError(f"val_{bad}", val[f"val_{bad}"], epoch,
+                                steps - 1, float("nan"))
+        row = {"epoch": epoch, **logs, **val,
+               "epoch_seconds": time.time() - progress.begin,
+               "train_seconds": train_seconds}
+        history.append(row)
+        progress.end(epoch, {**logs, **val})
+        if chief:
+            # The row goes in before the checkpoint: a crash between the
+            # two resumes from the previous checkpoint, and the history is
+            # trimmed to it.
+            wd.write_history(history_path, history)
+            for split, values in (("train", logs), ("validation", val)):
+                with writers[split].as_default(step=epoch + 1):
+                    for k, v in values.items():
+                        tf.summary.scalar(k.replace("val_", ""), v)
+        if (epoch + 1) % config.checkpoint_every == 0 or \
+                epoch + 1 == config.epochs:
+            ckpt.save(epoch + 1, 0, (epoch + 1) * steps)
+    return history
+
+
+def _results(config, model, history):
+    last = history[-1] if history else {}
+    return {
+        "status": "finished",
         "dataset": config.dataset, "student": config.student,
         "distill": config.distill, "teacher": config.teacher or None,
         "seed": config.seed, "labeled_fraction": config.labeled_fraction,
         "epochs": len(history),
-        "test_top1_best": 100 * max(r["val_top1"] for r in history),
-        "test_top1_last": 100 * last["val_top1"],
+        "test_top1_best": (100 * max(r["val_top1"] for r in history)
+                           if history else None),
+        "test_top1_last": 100 * last["val_top1"] if history else None,
         "test_top5_last": (100 * last["val_top5"] if "val_top5" in last
                            else None),
         "teacher_head_top1_last": (100 * last["val_teacher_top1"]
                                    if "val_teacher_top1" in last else None),
-        "wall_time_s": round(wall, 1),
         "student_params": int(model.student.count_params()),
+        # Summed over the epochs, across resumes.
+        "wall_time_s": round(sum(r.get("epoch_seconds", 0)
+                                 for r in history), 1),
     }
-    if config.export:
-        path = os.path.join(workdir, "saved_model")
-        serving.export_student(model.student, path, dataset.class_names)
-        results["saved_model"] = path
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    return results

@@ -83,24 +83,36 @@ class AugmentTest(TestCase):
         with self.assertRaisesRegex(UserError, "independent, same, clean"):
             pipeline.train_dataset(split, 8, teacher_view="both")
 
-    def test_train_stream_seeded_and_fresh_each_epoch(self):
+    def test_each_epoch_is_a_function_of_seed_and_epoch(self):
         digits = data.load("digits")
 
         def first(ds):
             return next(iter(ds))[0]["student"].numpy()
-        a = pipeline.train_dataset(digits.train, 32, seed=5)
-        e1, e2 = first(a), first(a)
-        self.assertFalse(np.array_equal(e1, e2))
-        np.testing.assert_array_equal(e1, first(pipeline.train_dataset(
-            digits.train, 32, seed=5)))
+        stream = pipeline.TrainStream(digits.train, 32, seed=5)
+        e0, e1 = first(stream.epoch(0)), first(stream.epoch(1))
+        self.assertFalse(np.array_equal(e0, e1))  # fresh order and views
+        # The same epoch again, iterated any number of times, from a new
+        # stream or the old one: the same batches.
+        np.testing.assert_array_equal(e0, first(stream.epoch(0)))
+        np.testing.assert_array_equal(e1, first(pipeline.TrainStream(
+            digits.train, 32, seed=5).epoch(1)))
+        self.assertFalse(np.array_equal(e0, first(pipeline.TrainStream(
+            digits.train, 32, seed=6).epoch(0))))
+        # Starting at step k gives the batches from k on.
+        full = list(stream.epoch(1).take(4).as_numpy_iterator())
+        later = list(stream.epoch(1, skip=2).take(2).as_numpy_iterator())
+        for a, b in zip(full[2:], later):
+            np.testing.assert_array_equal(a[0]["student"], b[0]["student"])
+            np.testing.assert_array_equal(a[1], b[1])
 
     def test_eval_dataset_is_plain_and_ordered(self):
         digits = data.load("digits")
-        x, y = next(iter(pipeline.eval_dataset(digits.test, 16)))
+        x, y, w = next(iter(pipeline.eval_dataset(digits.test, 16)))
         for view in ("student", "teacher"):
             np.testing.assert_array_equal(x[view].numpy(),
                                           digits.test.images[:16])
         np.testing.assert_array_equal(y.numpy(), digits.test.labels[:16])
+        np.testing.assert_array_equal(w.numpy(), np.ones(16))
 
     def test_default_padding_scales_with_resolution(self):
         self.assertEqual([augment.default_padding((s, s))

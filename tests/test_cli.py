@@ -60,11 +60,15 @@ class EndToEndTest(TestCase):
         for name in ("ce", "node", "edge", "top1", "top5", "teacher_top1",
                      "val_top1"):
             self.assertIn(name, header)
-        # The same command again: the run is complete; its checkpoint is
-        # found and nothing is trained.
+        # The same command again: the run is complete; its results are
+        # reported, not rewritten.
+        before = (work / "results.json").read_bytes()
         r = self.run_cli("train", *args)
         self.assertSucceeded(r)
-        self.assertIn("Resumed from", r.stderr)
+        self.assertIn("holds a finished run of this config", r.stderr)
+        self.assertEqual((work / "results.json").read_bytes(), before)
+        self.assertEqual(json.loads(r.stdout[:r.stdout.rindex("}") + 1]),
+                         res)
 
     def test_commands_run_as_programs_without_startup_noise(self):
         """pretrain -> train -> predict, each as `python -m`."""

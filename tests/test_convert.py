@@ -2,7 +2,6 @@
 OpenAI CLIP's ModifiedResNet: each file in its published layout, converted
 and compared with the PyTorch reference on the same images."""
 
-import keras
 import numpy as np
 import torch
 from absl.testing import parameterized
@@ -57,14 +56,8 @@ class ResNetFamiliesTest(TestCase):
         images = np.clip(checkpoints.random_pixels(1, size=32) * 60 + 128,
                          0, 255).astype(np.uint8)
         ref_pixels = pil_preprocess(images, IMAGENET_MEAN, IMAGENET_STD)
-        ours_pixels = teacher.get_layer("preprocess")(images).numpy()
-        pre_diff = np.abs(ours_pixels - ref_pixels)
-        one_level = 1 / 255 / min(IMAGENET_STD)
-        print(f"preprocessing vs PIL: max abs diff {pre_diff.max():.2e} "
-              f"({pre_diff.max() / one_level:.2f} grey levels), "
-              f"{(pre_diff < 1e-5).mean():.4%} of values exact")
-        self.assertLessEqual(pre_diff.max(), one_level * 1.001)
-        self.assertGreater((pre_diff < 1e-5).mean(), 0.99)
+        self.assertPixelsMatch(teacher.get_layer("preprocess")(images),
+                               ref_pixels, IMAGENET_STD, "MoCo vs PIL")
         self.assertPublishedParity(teacher.get_layer("backbone"), published,
                                    ref_pixels)
         self.assertParity(teacher(images).numpy(),
@@ -174,14 +167,10 @@ class ClipResNetTest(TestCase):
         teacher = quiet(published)
         img = np.random.default_rng(5).integers(0, 256, (2, 48, 40, 3),
                                                 np.uint8)
-        want = pil_preprocess(img, CLIP_MEAN, CLIP_STD, 224, 224, "bicubic")
-        diff = np.abs(teacher.get_layer("preprocess")(img).numpy() - want)
-        one_level = 1 / 255 / min(CLIP_STD)
-        print(f"CLIP preprocessing vs PIL: max abs {diff.max():.4f} "
-              f"({diff.max() / one_level:.2f} grey levels), "
-              f"{(diff < 1e-5).mean():.4%} of values exact")
-        self.assertLessEqual(diff.max(), one_level * 1.001)
-        self.assertGreater((diff < 1e-5).mean(), 0.99)
+        self.assertPixelsMatch(
+            teacher.get_layer("preprocess")(img),
+            pil_preprocess(img, CLIP_MEAN, CLIP_STD, 224, 224, "bicubic"),
+            CLIP_STD, "CLIP vs PIL bicubic")
 
     def test_rn50x4_shaped_state_dict_converts_with_parity(self):
         """RN50x4's shape (width 80, 288 px, 40 heads, 640-d output) goes
@@ -251,5 +240,3 @@ class _env:
         else:
             os.environ[self.name] = self.old
 
-
-del keras

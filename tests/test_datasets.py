@@ -179,14 +179,19 @@ class ImageFolderTest(TestCase):
         images = ds.train.images
         self.assertEqual((images.shape, images.dtype),
                          ((15, 24, 24, 3), np.uint8))
-        # Each image is its file, resized and centre-cropped, label order.
+        # TFDS's own ImageFolder reads the same layout: each image is its
+        # file, resized and centre-cropped, under the same label.
         builder = tfds.ImageFolder(str(root))
-        files = list(tfds.as_numpy(builder.as_dataset(split="train",
-                                                      shuffle_files=False)))
-        for ex, img, label in zip(files, images, ds.train.labels):
+        ref = {ex["image/filename"].decode(): ex for ex in tfds.as_numpy(
+            builder.as_dataset(split="train", shuffle_files=False))}
+        files = sorted(str(p) for p in (root / "train").rglob("*.*")
+                       if p.suffix != ".txt")
+        self.assertLen(ref, 15)
+        for f, img, label in zip(files, images, ds.train.labels):
+            ex = ref[f]
             self.assertEqual(ex["label"], label)
-            ref = augment.resize_center_crop(tf.constant(ex["image"]), 24)
-            np.testing.assert_array_equal(img, ref.numpy())
+            want = augment.resize_center_crop(tf.constant(ex["image"]), 24)
+            np.testing.assert_array_equal(img, want.numpy())
         # The test split may be called val.
         (root / "test").rename(root / "val")
         self.assertLen(data.load(f"folder:{root}", image_size=24).test, 6)
@@ -201,6 +206,76 @@ class ImageFolderTest(TestCase):
             shutil.rmtree(root / "test")
         with self.assertRaisesRegex(DatasetNotFoundError, message):
             data.load(f"folder:{root}")
+
+    def test_unreadable_files_are_found_before_training(self):
+        root = self.tmp_path() / "photos"
+        write_image_folder(root, 4, 2)
+        good = sorted((root / "train" / "dog").glob("*.jpg"))[0]
+        blob = good.read_bytes()
+        (root / "train" / "dog" / "truncated.jpg").write_bytes(
+            blob[:len(blob) // 3])
+        (root / "train" / "cat" / "corrupt.jpg").write_bytes(b"\xff\xd8junk")
+        (root / "test" / "eel" / "empty.png").write_bytes(b"")
+        with self.assertLogs("absl", "WARNING") as logs:
+            ds = data.load(f"folder:{root}", image_size=24)
+        text = " ".join(logs.output)
+        self.assertIn("Skipping 2 file(s)", text)
+        self.assertIn("truncated.jpg", text)
+        self.assertIn("corrupt.jpg", text)
+        self.assertIn("Skipping 1 file(s)", text)
+        self.assertEqual((len(ds.train), len(ds.test)), (12, 6))
+        self.assertEqual(ds.train.images.shape, (12, 24, 24, 3))
+        with self.assertRaisesRegex(UserError, "2 file\\(s\\) in .*cannot be "
+                                    "decoded.*on_bad_image=skip"):
+            data.load(f"folder:{root}", image_size=24, on_bad_image="error")
+        # Through training: the epoch runs, the warning is one line.
+        out = self.tmp_path()
+        r = self.run_cli("train", "--distill=none", "--student=resnet8",
+                         "--epochs=1", "--batch_size=4",
+                         "--config.eval_batch_size=8", "--config.export=false",
+                         "--config.data.image_size=24",
+                         f"--dataset=folder:{root}", f"--workdir={out}/w")
+        self.assertSucceeded(r)
+        history = (out / "w" / "history.csv").read_text().splitlines()
+        self.assertLen(history, 2)
+
+    def test_default_size_is_the_median_shorter_side(self):
+        root = self.tmp_path() / "mixed"
+        write_image_folder(root, 4, 1)  # shorter sides 32..48
+        rng = np.random.default_rng(0)
+        big = rng.integers(0, 256, (600, 800, 3), np.uint8)
+        (root / "train" / "cat" / "000_big.png").write_bytes(
+            tf.io.encode_png(big).numpy())  # sorts first
+        (root / "train" / "dog" / "000_dot.png").write_bytes(
+            tf.io.encode_png(np.zeros((1, 1, 3), np.uint8)).numpy())
+        with self.assertLogs("absl", "INFO") as logs:
+            ds = data.load(f"folder:{root}")
+        shorter = [min(tf.io.decode_image(p.read_bytes()).shape[:2])
+                   for p in sorted((root / "train").rglob("*.*"))]
+        self.assertEqual(ds.image_size, (int(np.median(shorter)),) * 2)
+        self.assertTrue(32 <= ds.image_size[0] <= 48)
+        self.assertRegex(" ".join(logs.output), r"median shorter side of 14 "
+                         r"images; shorter sides range 1-600")
+
+    def test_empty_class_warned_single_class_refused(self):
+        root = self.tmp_path() / "few"
+        write_image_folder(root, 3, 1)
+        (root / "train" / "fox").mkdir()
+        with self.assertLogs("absl", "WARNING") as logs:
+            ds = data.load(f"folder:{root}", image_size=24)
+        self.assertIn("['fox'] hold no training image", " ".join(logs.output))
+        self.assertEqual(ds.num_classes, 4)
+        for name in ("dog", "eel", "fox"):
+            shutil.rmtree(root / "train" / name)
+        with self.assertRaisesRegex(UserError, "needs at least two"):
+            data.load(f"folder:{root}", image_size=24)
+
+    def test_default_workdir_is_named_by_the_folder(self):
+        c = default_config()
+        c.dataset = "folder:/data/photos/holiday_2026/"
+        c.student, c.distill = "resnet8", "none"
+        self.assertEqual(training.default_workdir(c),
+                         "runs/holiday_2026_resnet8_none_s0")
 
     def test_train_cli_on_a_folder(self):
         out = self.tmp_path()

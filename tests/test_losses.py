@@ -167,3 +167,18 @@ class KerasDistillerIntegrationTest(TestCase):
             float(edge_only.compute_loss(tf.constant(t_emb),
                                          tf.constant(s_emb))),
             0.24 * np_ega(t_emb, s_emb)[2], rtol=1e-5)
+
+
+class MaskedGraphTest(TestCase):
+
+    def test_a_mask_gives_the_terms_of_the_kept_rows(self):
+        rng = np.random.default_rng(11)
+        t, s = rng.normal(size=(2, 9, 16)).astype(np.float32)
+        keep = np.array([1, 1, 0, 1, 0, 1, 1, 1, 0], np.float32)
+        got = losses.ega_terms(t, s, mask=keep)
+        _, node, edge = np_ega(t[keep > 0], s[keep > 0])
+        self.assertTermsClose(got, {"node": node, "edge": edge})
+        # Whatever the padded rows hold.
+        t[keep == 0], s[keep == 0] = 1e6, 0.0
+        self.assertTermsClose(losses.ega_terms(t, s, mask=keep),
+                              {"node": node, "edge": edge})

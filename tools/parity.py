@@ -107,7 +107,8 @@ def main():
         teacher = convert.build_teacher(args.checkpoint, family, arch, kept,
                                         log=lambda _: None)
     except UserError as e:
-        raise SystemExit(f"error: {e}") from None
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     meta = teachers.metadata(teacher)
     image = tf.io.decode_image(tf.io.read_file(args.image), channels=3,
                                expand_animations=False).numpy()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import sys
 
 PANELS = [("val_top1", "test top-1"), ("ce", "train cross-entropy"),
           ("node", "train L_node"), ("edge", "train L_edge"),
@@ -23,8 +24,8 @@ PANELS = [("val_top1", "test top-1"), ("ce", "train cross-entropy"),
 def read(workdir):
     path = os.path.join(workdir, "history.csv")
     if not os.path.exists(path):
-        raise SystemExit(f"{path} not found: is {workdir} an ega_tf.train "
-                         "workdir?")
+        sys.exit(f"error: {path} not found: is {workdir} an ega_tf.train "
+                 "workdir?")
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
 
@@ -34,7 +35,11 @@ def main():
     ap.add_argument("workdirs", nargs="+")
     ap.add_argument("--out", default="curves.png")
     args = ap.parse_args()
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        sys.exit("error: plotting needs matplotlib, the [plot] extra: "
+                 "pip install -e '.[plot]' (make install includes it).")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -2,15 +2,19 @@
 
 Training examples are ``({"student": s, "teacher": t}, label)`` built by
 ``augment.make_views``; evaluation examples carry the plain image in both
-places. The stream is:
+places and a weight (0 for padding). The training stream of one epoch is
 
     split (in memory, or decoded in parallel by TFDS) -> cache (decoded
-    images, when they fit) -> shuffle -> views (parallel) -> batch -> prefetch
+    images, when they fit) -> shuffle (seed, epoch) -> number the examples
+    -> global batches -> this input pipeline's rows -> views (parallel,
+    seeded by (seed, epoch, position)) -> per-replica batches -> prefetch
 
-Randomness is stateless and seeded: a seed fixes the whole stream, and each
-epoch draws fresh seeds. ``deterministic=False`` lets the parallel view map
+so epoch ``e`` is a pure function of the seed and ``e``: a run resumed at
+any epoch and step sees exactly the examples and views an uninterrupted run
+would, and one device, N devices or M machines see the same global batches
+(each replica its slice). ``deterministic=False`` lets the parallel view map
 hand out elements as they finish (faster on a busy machine; the same views,
-in a less predictable order).
+in a less predictable order within a batch).
 """
 
 from __future__ import annotations
@@ -42,43 +46,137 @@ def _cached(split, ds, cache, cache_limit_gb):
     return ds, False
 
 
-def train_dataset(split, batch_size, *, seed=0, padding=None,
-                  teacher_view="independent", deterministic=True,
-                  cache="auto", cache_limit_gb=8.0, shuffle_buffer=None):
-    """Shuffled, augmented, batched training stream (drops the last partial
-    batch so every step has the same shape).
+def _rows(batch, lo, hi):
+    return tf.nest.map_structure(lambda t: t[lo:hi], batch)
 
-    ``padding=None`` scales the published 4 px with the resolution
-    (``augment.default_padding``). ``shuffle_buffer=None`` shuffles over the
-    whole split when it is in memory, else over ``DEFAULT_SHUFFLE_BUFFER``.
+
+class TrainStream:
+    """The training batches of every epoch.
+
+    Args:
+        split: the training ``Split`` (labels -1 for unlabeled examples).
+        global_batch: examples per step, over all replicas.
+        seed: fixes the order and the views of every epoch.
+        padding: RandomCrop padding; None scales the published 4 px with
+            the resolution (``augment.default_padding``).
+        teacher_view: ``independent`` | ``same`` | ``clean``.
+        shuffle_buffer: None shuffles over the whole split when it is in
+            memory or cached, else over ``DEFAULT_SHUFFLE_BUFFER``.
     """
-    augment.check_teacher_view(teacher_view)
-    if len(split) < batch_size:
-        raise UserError(f"batch_size {batch_size} exceeds the {len(split)} "
-                        "training images; lower --batch_size.")
-    if padding is None:
-        padding = augment.default_padding(split.image_size)
 
-    def views(element, rnd):
-        image, label = element
-        seed_pair = tf.stack([rnd, tf.constant(seed, tf.int64)])
-        return augment.make_views(image, seed_pair, padding,
-                                  teacher_view), label
+    def __init__(self, split, global_batch, *, seed=0, padding=None,
+                 teacher_view="independent", deterministic=True,
+                 cache="auto", cache_limit_gb=8.0, shuffle_buffer=None):
+        augment.check_teacher_view(teacher_view)
+        if len(split) < global_batch:
+            raise UserError(f"batch_size {global_batch} exceeds the "
+                            f"{len(split)} training images; lower "
+                            "--batch_size.")
+        self.global_batch = int(global_batch)
+        self.seed = int(seed)
+        self.padding = (augment.default_padding(split.image_size)
+                        if padding is None else int(padding))
+        self.teacher_view = teacher_view
+        self.deterministic = deterministic
+        self.base, whole = _cached(split, split.dataset(), cache,
+                                   cache_limit_gb)
+        self.buffer = shuffle_buffer or (
+            len(split) if whole else min(len(split), DEFAULT_SHUFFLE_BUFFER))
+        self.steps_per_epoch = len(split) // self.global_batch
 
-    ds, whole = _cached(split, split.dataset(), cache, cache_limit_gb)
-    buffer = shuffle_buffer or (len(split) if whole else
-                                min(len(split), DEFAULT_SHUFFLE_BUFFER))
-    ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-    rng = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-    ds = tf.data.Dataset.zip((ds, rng)).map(
-        views, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-    ds = ds.batch(batch_size, drop_remainder=True)
-    return ds.prefetch(AUTOTUNE)
+    def epoch(self, epoch, *, skip=0, shard=0, num_shards=1,
+              replicas_per_shard=1):
+        """Epoch ``epoch``'s per-replica batches for input pipeline
+        ``shard`` of ``num_shards``, from global step ``skip`` on."""
+        rows = self.global_batch // num_shards
+        per_replica = rows // replicas_per_shard
+        seed, padding, view = self.seed, self.padding, self.teacher_view
+
+        def views(position, example):
+            image, label = example
+            pair = tf.stack([tf.constant(seed, tf.int64),
+                             epoch * (1 << 32) + position])
+            return augment.make_views(image, pair, padding, view), label
+
+        # Fixed per epoch (reshuffle_each_iteration=False): the order does
+        # not depend on how many iterators came before.
+        ds = self.base.shuffle(self.buffer, seed=seed * 100_003 + epoch,
+                               reshuffle_each_iteration=False)
+        ds = ds.enumerate().batch(self.global_batch, drop_remainder=True)
+        ds = ds.skip(skip)
+        if num_shards > 1:
+            ds = ds.map(lambda p, e: _rows((p, e), shard * rows,
+                                           (shard + 1) * rows))
+        ds = ds.unbatch().map(views, num_parallel_calls=AUTOTUNE,
+                              deterministic=self.deterministic)
+        return ds.batch(per_replica, drop_remainder=True).prefetch(AUTOTUNE)
+
+    def distributed(self, strategy, epoch, skip=0):
+        """Epoch ``epoch`` from global step ``skip``, as a distributed
+        dataset: each replica gets its slice of every global batch."""
+        replicas = strategy.num_replicas_in_sync
+
+        def per_pipeline(ctx):
+            return self.epoch(epoch, skip=skip, shard=ctx.input_pipeline_id,
+                              num_shards=ctx.num_input_pipelines,
+                              replicas_per_shard=(replicas
+                                                  // ctx.num_input_pipelines))
+        return strategy.distribute_datasets_from_function(per_pipeline)
 
 
-def eval_dataset(split, batch_size, *, cache="auto", cache_limit_gb=8.0,
-                 **_):
-    """The plain images for both models, in order."""
-    ds, _ = _cached(split, split.dataset(), cache, cache_limit_gb)
-    ds = ds.map(lambda x, y: ({"student": x, "teacher": x}, y))
-    return ds.batch(batch_size).prefetch(AUTOTUNE)
+class EvalStream:
+    """The plain images for both models, in order, in global batches of
+    ``global_batch``; the last one is padded with weight-0 examples so that
+    every replica gets an equal, non-empty slice and every example counts
+    once."""
+
+    def __init__(self, split, global_batch, *, cache="auto",
+                 cache_limit_gb=8.0, **_):
+        self.global_batch = int(global_batch)
+        self.base, _ = _cached(split, split.dataset(), cache, cache_limit_gb)
+        self.steps = -(-len(split) // self.global_batch)
+
+    def epoch(self, *, shard=0, num_shards=1, replicas_per_shard=1):
+        replicas = num_shards * replicas_per_shard
+
+        def pad_and_split(images, labels):
+            n = tf.shape(labels)[0]
+            total = (n + replicas - 1) // replicas * replicas
+            extra = total - n
+            images = tf.concat([images, tf.zeros(
+                tf.concat([[extra], tf.shape(images)[1:]], 0), images.dtype)],
+                0)
+            labels = tf.concat([labels, -tf.ones([extra], labels.dtype)], 0)
+            weight = tf.concat([tf.ones([n]), tf.zeros([extra])], 0)
+            per = total // replicas
+            lo = shard * replicas_per_shard * per
+            mine = (images[lo:lo + replicas_per_shard * per],
+                    labels[lo:lo + replicas_per_shard * per],
+                    weight[lo:lo + replicas_per_shard * per])
+            return tf.data.Dataset.from_tensor_slices(tf.nest.map_structure(
+                lambda t: tf.reshape(t, tf.concat(
+                    [[replicas_per_shard, per], tf.shape(t)[1:]], 0)), mine))
+
+        ds = self.base.batch(self.global_batch).flat_map(pad_and_split)
+        ds = ds.map(lambda x, y, w: ({"student": x, "teacher": x}, y, w))
+        return ds.prefetch(AUTOTUNE)
+
+    def distributed(self, strategy):
+        replicas = strategy.num_replicas_in_sync
+
+        def per_pipeline(ctx):
+            return self.epoch(shard=ctx.input_pipeline_id,
+                              num_shards=ctx.num_input_pipelines,
+                              replicas_per_shard=(replicas
+                                                  // ctx.num_input_pipelines))
+        return strategy.distribute_datasets_from_function(per_pipeline)
+
+
+def train_dataset(split, batch_size, *, epoch=0, **kwargs):
+    """One epoch of training batches on one device (``TrainStream``)."""
+    return TrainStream(split, batch_size, **kwargs).epoch(epoch)
+
+
+def eval_dataset(split, batch_size, **kwargs):
+    """The evaluation batches on one device (``EvalStream``)."""
+    return EvalStream(split, batch_size, **kwargs).epoch()

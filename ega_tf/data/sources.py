@@ -11,11 +11,9 @@
   training with label -1) and ``tiny_imagenet`` (64x64, 200 classes; the
   builder in ``tiny_imagenet.py``; the test split is its labeled
   ``validation`` split). Streamed from TFDS's prepared files.
-- ``folder:PATH``: images in TFDS's ``ImageFolder`` layout,
-  ``PATH/<split>/<class>/<image>.{png,jpg,jpeg}``, with a ``train`` split and
-  a ``test`` (or ``val`` / ``validation``) split. Images of any size are
-  resized (shorter side, then centre crop) to ``image_size``, by default the
-  shorter side of the first training image.
+- ``folder:PATH``: your images in TFDS ``ImageFolder``'s layout,
+  ``PATH/<split>/<class>/<image>``, read by ``folder.py`` (unreadable files
+  found before training; the default size chosen from all the images).
 
 A TFDS dataset that is not prepared is prepared from the files in
 ``<data_dir>/downloads/manual/``; without them (and without ``download``) the
@@ -39,7 +37,6 @@ DATASETS: Registry = Registry("dataset")
 
 DIGITS_SIZE = 32
 FOLDER_PREFIX = "folder:"
-_TEST_SPLITS = ("test", "val", "validation")
 
 
 @DATASETS.register("digits")
@@ -118,7 +115,7 @@ def _resized(ds, native, image_size):
                   num_parallel_calls=-1)
 
 
-def _tfds_split(builder, split, image_size=None, native=None,
+def _tfds_split(builder, split, image_size=None,
                 all_unlabeled=False) -> Split:
     """A streamed Split of TFDS ``split``: labels are read once with the
     images left undecoded; images are decoded in parallel when iterated."""
@@ -139,7 +136,7 @@ def _tfds_split(builder, split, image_size=None, native=None,
         labels = (np.concatenate(parts) if parts else np.zeros(0, np.int64))
         if all_unlabeled:
             labels = np.full(len(labels), UNLABELED, np.int64)
-    native = native or builder.info.features["image"].shape[:2]
+    native = builder.info.features["image"].shape[:2]
     size = (image_size, image_size) if image_size else tuple(native)
 
     def reader():
@@ -204,34 +201,11 @@ def load_tiny_imagenet(data_dir=None, download=False, image_size=None,
 
 @DATASETS.register(FOLDER_PREFIX + "PATH")
 def load_folder(path, image_size=None, unlabeled_split=False,
-                **_) -> Dataset:
-    """Images in ``PATH/<split>/<class>/<file>`` (TFDS ``ImageFolder``)."""
+                on_bad_image="skip", **_) -> Dataset:
+    """Images in ``PATH/<split>/<class>/<file>`` (``folder.py``)."""
     _no_unlabeled_split("folder:", unlabeled_split)
-    import tensorflow_datasets as tfds
-
-    path = os.path.expanduser(path)
-    if not os.path.isdir(path):
-        raise DatasetNotFoundError(
-            f"Image folder {path!r} does not exist. Expected "
-            f"{path}/train/<class>/<image>.png|jpg and "
-            f"{path}/test/<class>/<image>.png|jpg.")
-    builder = tfds.ImageFolder(path)
-    splits = sorted(builder.info.splits.keys())
-    tests = [s for s in _TEST_SPLITS if s in splits]
-    if "train" not in splits or not tests:
-        raise DatasetNotFoundError(
-            f"Image folder {path!r} has splits {splits or 'none'}; it needs "
-            "train/ and one of test/, val/, validation/, each holding one "
-            "folder of .png/.jpg/.jpeg images per class.")
-    if image_size is None:
-        first = next(iter(builder.as_dataset(split="train",
-                                             shuffle_files=False)))
-        image_size = int(min(first["image"].shape[:2]))
-    native = (None, None)  # sizes vary: always resize and crop
-    names = list(builder.info.features["label"].names)
-    return Dataset(FOLDER_PREFIX + path, len(names),
-                   _tfds_split(builder, "train", image_size, native),
-                   _tfds_split(builder, tests[0], image_size, native), names)
+    from ega_tf.data import folder
+    return folder.load_folder(path, image_size, on_bad_image)
 
 
 def check_name(name: str) -> None:
@@ -244,12 +218,14 @@ def check_name(name: str) -> None:
 
 
 def load(name: str, data_dir: Optional[str] = None, download=False,
-         image_size: Optional[int] = None, unlabeled_split=False) -> Dataset:
+         image_size: Optional[int] = None, unlabeled_split=False,
+         on_bad_image="skip") -> Dataset:
     """Dataset ``name`` (see ``DATASETS.names()``; ``folder:PATH`` for a
     local image folder), its splits streamed or in memory."""
     check_name(name)
     kwargs = dict(data_dir=data_dir, download=download,
-                  image_size=image_size, unlabeled_split=unlabeled_split)
+                  image_size=image_size, unlabeled_split=unlabeled_split,
+                  on_bad_image=on_bad_image)
     if name.startswith(FOLDER_PREFIX):
         return load_folder(name[len(FOLDER_PREFIX):], **kwargs)
     return DATASETS.get(name)(**kwargs)

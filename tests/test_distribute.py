@@ -1,0 +1,276 @@
+"""One device and two (logical CPU) devices give the same numbers for the
+same global batch: the loss terms, the student's and the teacher head's
+weights, the metrics; the data each replica gets; the checks on batch sizes.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ega_tf import config as config_lib
+from ega_tf import data, distribute, layers, students, training
+from ega_tf.data import pipeline
+from ega_tf.distiller import EGADistiller, build_student
+from ega_tf.errors import UserError
+from ega_tf.optimizers import TorchSGD
+from tests.test_case import TestCase
+
+K, D, S, G = 5, 16, 16, 64
+TERMS = ("loss", "ce", "node", "edge", "teacher_ce", "top1",
+         "teacher_top1")
+
+
+def small_teacher():
+    inp = keras.Input((S, S, 3), dtype="uint8")
+    x = keras.layers.Rescaling(1 / 255)(inp)
+    x = keras.layers.Conv2D(12, 3, strides=2, name="t_conv")(x)
+    x = keras.layers.BatchNormalization(name="t_bn")(x)
+    return keras.Model(inp, keras.layers.GlobalAveragePooling2D()(x))
+
+
+def random_batches(steps=3, fraction=0.1, seed=0):
+    """Global batches of random images, ``fraction`` of them labeled."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(steps):
+        y = rng.integers(0, K, G)
+        y[rng.random(G) >= fraction] = -1
+        y[0] = 1  # at least one labeled example per batch
+        out.append(({v: rng.integers(0, 256, (G, S, S, 3), np.uint8)
+                     for v in ("student", "teacher")}, y))
+    return out
+
+
+def split_among(batches, replicas):
+    """A distributed dataset giving each replica its slice of each batch."""
+    per = G // replicas
+
+    def per_pipeline(ctx):
+        def gen():
+            for x, y in batches:
+                for r in range(replicas):
+                    rows = slice(r * per, (r + 1) * per)
+                    yield {k: v[rows] for k, v in x.items()}, y[rows]
+        spec = tf.TensorSpec((per, S, S, 3), tf.uint8)
+        return tf.data.Dataset.from_generator(gen, output_signature=(
+            {"student": spec, "teacher": spec},
+            tf.TensorSpec((per,), tf.int64)))
+    return per_pipeline
+
+
+def train(strategy, batches, jit=False, sync_batchnorm=True):
+    """Steps of a seeded distiller; (logs of each step, weights)."""
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        student = build_student(students.create(
+            "resnet8", input_shape=(S, S, 3)), K, D)
+        layers.synchronize_batchnorm(student, sync_batchnorm)
+        model = EGADistiller(student, small_teacher(), K, D)
+        model.compile(TorchSGD(0.05), teacher_head_optimizer=TorchSGD(0.01),
+                      jit_compile=jit)
+    replicas = strategy.num_replicas_in_sync
+    iterator = iter(strategy.distribute_datasets_from_function(
+        split_among(batches, replicas)))
+    step = training._step_function(model, strategy, model.train_step, jit)
+    logs = []
+    for _ in batches:
+        model.reset_metrics()
+        logs.append({k: float(v) for k, v in step(iterator).items()})
+    weights = [v.numpy() for v in model.student.weights
+               + model.teacher_head_variables]
+    return logs, weights, model
+
+
+def reordered(batches, seed=4):
+    """The same global batches, rows in another order: what a device would
+    compute if it added the same numbers in a different order."""
+    order = np.random.default_rng(seed).permutation(G)
+    return [({k: v[order] for k, v in x.items()}, y[order])
+            for x, y in batches]
+
+
+def term_errors(one, other):
+    """Per term, the largest relative difference over the steps."""
+    return {t: max(abs(a[t] - b[t]) / max(abs(a[t]), 1e-3)
+                   for a, b in zip(one[0], other[0])) for t in TERMS}
+
+
+def weight_error(a, b):
+    """Largest difference, relative to the largest weight."""
+    return max(np.abs(x - y).max() for x, y in zip(a, b)) / max(
+        np.abs(x).max() for x in a)
+
+
+def two_devices():
+    return distribute.mirrored(["/cpu:0", "/cpu:1"])
+
+
+class EquivalenceTest(TestCase):
+    """Global batch 64 as one replica of 64 and two of 32, 3 steps, 10 %
+    labels (-1 elsewhere)."""
+
+    def assertSameRun(self, one, two, rtol, noise=None, label=""):
+        """Every term and the weights within ``rtol``, or within three times
+        ``noise`` (the same comparison between two single-device runs that
+        differ only in rounding) where that is larger."""
+        terms, weights = term_errors(one, two), weight_error(one[1], two[1])
+        base_terms = term_errors(one, noise) if noise else {}
+        base_weights = weight_error(one[1], noise[1]) if noise else 0.0
+        print(f"{label}: terms differ by at most "
+              f"{max(terms.values()):.1e}, weights by {weights:.1e} of their"
+              " scale" + (f"; one device's own rounding: terms "
+                          f"{max(base_terms.values()):.1e}, weights "
+                          f"{base_weights:.1e}" if noise else ""))
+        term_noise = max(base_terms.values()) if noise else 0.0
+        for term, error in terms.items():
+            self.assertLessEqual(error, max(rtol, 3 * term_noise), term)
+        self.assertLessEqual(weights, max(rtol, 3 * base_weights))
+
+    def test_two_replicas_equal_one(self):
+        batches = random_batches()
+        self.assertSameRun(train(tf.distribute.get_strategy(), batches),
+                           train(two_devices(), batches), 1e-5,
+                           label="1 vs 2 replicas")
+
+    def test_with_xla(self):
+        """XLA cannot compile a step with cross-replica collectives on CPU,
+        so XLA runs the single replica. Its fusions add float32 numbers in
+        its own order: eager and XLA on one device differ by ~1.6e-5 in the
+        edge term, which bounds the comparison."""
+        batches = random_batches(seed=1)
+        eager = train(tf.distribute.get_strategy(), batches)
+        xla = train(tf.distribute.get_strategy(), batches, jit=True)
+        self.assertSameRun(xla, train(two_devices(), batches), 1e-5,
+                           noise=eager, label="XLA 1 vs 2 replicas")
+
+    def test_mixed_bfloat16(self):
+        """bfloat16 keeps 8 significant bits (steps of 3.9e-3), so adding
+        the same numbers in another order already moves the weights by
+        ~1e-2: two replicas are held to that, measured on one device."""
+        batches = random_batches(seed=2)
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        one = train(tf.distribute.get_strategy(), batches)
+        noise = train(tf.distribute.get_strategy(), reordered(batches))
+        two = train(two_devices(), batches)
+        keras.mixed_precision.set_global_policy("float32")
+        self.assertSameRun(one, two, 1e-5, noise=noise,
+                           label="bfloat16 1 vs 2 replicas")
+
+    def test_digits_two_replicas_no_further_apart_than_reordered_rows(self):
+        """On digits, resnet8's gradients at the start are sensitive to the
+        order float32 adds them in (BatchNorm over nearly constant channels
+        of the images): one device with the batch's rows merely reordered
+        ends 3 steps ~1e-3 apart. Two replicas add in yet another order and
+        must be no further from one device than that."""
+        digits = data.load("digits")
+        rng = np.random.default_rng(3)
+        batches = []
+        for _ in range(3):
+            rows = rng.choice(len(digits.train), G, replace=False)
+            images = tf.cast(tf.image.resize(digits.train.images[rows],
+                                             (S, S)), tf.uint8).numpy()
+            y = digits.train.labels[rows] % K
+            y[rng.random(G) >= 0.1] = -1
+            batches.append(({"student": images, "teacher": images}, y))
+        one = train(tf.distribute.get_strategy(), batches)
+        noise = train(tf.distribute.get_strategy(), reordered(batches))
+        self.assertSameRun(one, train(two_devices(), batches), 1e-5,
+                           noise=noise, label="digits 1 vs 2 replicas")
+
+    def test_per_replica_batchnorm_keeps_the_replicas_statistics_equal(self):
+        """With per-replica batch statistics the replicas see different
+        data; their moving statistics are averaged, not left to drift."""
+        strategy = two_devices()
+        batches = random_batches(seed=5)
+        for x, _ in batches:  # the replicas' halves differ in brightness
+            x["student"][G // 2:] //= 4
+        *_, model = train(strategy, batches, sync_batchnorm=False)
+        for bn in layers.batchnorm_layers(model.student):
+            for stat in (bn.moving_mean, bn.moving_variance):
+                a, b = strategy.experimental_local_results(stat.value)
+                np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+class ReplicaDataTest(TestCase):
+
+    def test_each_replica_gets_its_slice_of_the_global_batch(self):
+        digits = data.load("digits")
+        stream = pipeline.TrainStream(digits.train, 64, seed=1)
+        strategy = two_devices()
+        for skip in (0, 3):
+            one = list(stream.epoch(1, skip=skip).take(2).as_numpy_iterator())
+            it = iter(stream.distributed(strategy, 1, skip))
+            for a in one:
+                b = next(it)
+                rows = [strategy.experimental_local_results(t)
+                        for t in tf.nest.flatten(b)]
+                joined = [np.concatenate([r.numpy() for r in t]) for t in rows]
+                for x, y in zip(tf.nest.flatten(a), joined):
+                    np.testing.assert_array_equal(x, y)
+
+    def test_evaluation_pads_and_counts_every_example_once(self):
+        digits = data.load("digits")  # 450 test images
+        stream = pipeline.EvalStream(digits.test, 256)
+        self.assertEqual(stream.steps, 2)
+        strategy = two_devices()
+        seen, weights, shapes = [], [], []
+        for batch in stream.distributed(strategy):
+            x, y, w = batch
+            for xs, ys, ws in zip(
+                    strategy.experimental_local_results(x["student"]),
+                    strategy.experimental_local_results(y),
+                    strategy.experimental_local_results(w)):
+                shapes.append(xs.shape[0])
+                seen.append(ys.numpy()[ws.numpy() > 0])
+                weights.append(ws.numpy())
+        self.assertEqual(shapes, [128, 128, 97, 97])
+        np.testing.assert_array_equal(np.concatenate(seen),
+                                      digits.test.labels)
+        self.assertEqual(np.concatenate(weights).sum(), 450)
+        # 3 replicas: batches of 256 and 194 padded to 258 and 195.
+        padded = list(pipeline.EvalStream(digits.test, 256).epoch(
+            replicas_per_shard=3).as_numpy_iterator())
+        self.assertEqual([p[1].shape[0] for p in padded], [86, 86, 86, 65,
+                                                           65, 65])
+        self.assertEqual(sum(p[2].sum() for p in padded), 450)
+        self.assertEqual(padded[-1][1][-1], -1)  # the padding row
+
+
+class BatchChecksTest(TestCase):
+
+    def test_global_batch_must_split_and_leave_two_per_replica(self):
+        c = config_lib.default_config()
+        c.batch_size = 63
+        with self.assertRaisesRegex(UserError, "does not divide among 2"):
+            distribute.check_batch(c, 2)
+        c.batch_size = 2
+        with self.assertRaisesRegex(UserError, "1 example\\(s\\) per replica"
+                                    " on 2 replicas; ega needs at least 2"):
+            distribute.check_batch(c, 2)
+        c.distill = "none"
+        distribute.check_batch(c, 2)
+
+    def test_xla_and_device_requests_that_cannot_work_are_refused(self):
+        with self.assertRaisesRegex(UserError, "XLA cannot compile a multi-"
+                                    "replica step on CPU"):
+            training.choose_jit("true", replicas=2)
+        self.assertEqual(training.choose_jit("auto", replicas=2)[0], False)
+        with self.assertRaisesRegex(UserError, "cpu_replicas=4 must be set "
+                                    "before TensorFlow starts"):
+            distribute.split_cpu(4)
+
+    def test_auto_strategy(self):
+        import json
+        import os
+        self.assertEqual(distribute.resolve_name("auto"), "none")
+        self.assertEqual(distribute.resolve_name("auto", cpu_replicas=2),
+                         "mirrored")
+        os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": [
+            "127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker",
+                                                    "index": 1}})
+        try:
+            self.assertEqual(distribute.resolve_name("auto"), "multi_worker")
+            self.assertFalse(distribute.is_chief())
+        finally:
+            del os.environ["TF_CONFIG"]
+        self.assertTrue(distribute.is_chief())
