@@ -206,9 +206,11 @@ class Checkpointer:
                                 if i + 1 < len(paths) else
                                 "no other checkpoint; starting over.")
                 continue
-            logging.info("Resumed from %s (epoch %d, step %d).", path,
-                         int(self.epoch), int(self.step))
-            return int(self.epoch), int(self.step)
+            # .numpy(): under a multi-worker strategy these are mirrored.
+            epoch, step = int(self.epoch.numpy()), int(self.step.numpy())
+            logging.info("Resumed from %s (epoch %d, step %d).", path, epoch,
+                         step)
+            return epoch, step
         return 0, 0
 
     def save(self, epoch, step, number):

@@ -121,3 +121,81 @@ class EndToEndTest(TestCase):
         r = self.run_cli("pretrain", "--out=x.h5", "--epochs=1")
         self.assertOneLineError(r, "must end in .keras")
         np.testing.assert_equal(r.stdout, "")  # nothing trained
+
+
+# A checkpoint whose unpickling would run code: it writes a marker file.
+_EVIL = """
+import os, sys, torch
+class Payload:
+    def __reduce__(self):
+        return (os.system, (f"touch {sys.argv[2]}",))
+torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}, "x": Payload()},
+           sys.argv[1])
+"""
+
+# A tool run where `import matplotlib` fails, as if the extra were absent.
+_NO_MATPLOTLIB = """
+import runpy, sys
+class NoMatplotlib:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "matplotlib":
+            raise ModuleNotFoundError("No module named 'matplotlib'")
+sys.meta_path.insert(0, NoMatplotlib())
+sys.argv = ["plot_history.py", *sys.argv[1:]]
+runpy.run_path("tools/plot_history.py", run_name="__main__")
+"""
+
+
+class BadInputTest(TestCase):
+    """Bad input gets one line naming the fix, and leaves nothing behind."""
+
+    def test_a_pickle_payload_never_runs_and_the_message_says_why(self):
+        tmp = self.tmp_path()
+        evil, marker = tmp / "evil.pth", tmp / "ran"
+        self.assertSucceeded(self.run_subprocess(["-c", _EVIL, evil, marker]))
+        r = self.run_cli("train", "--dataset=digits", f"--teacher={evil}",
+                         f"--workdir={tmp}/w")
+        self.assertOneLineError(r, "--allow_pickle runs code stored in the "
+                                "file")
+        self.assertIn("train --allow_pickle", r.stderr)
+        self.assertFalse(marker.exists())
+        self.assertFalse((tmp / "w").exists())
+        # A text file named .pth is not called a pickle.
+        (tmp / "notes.pth").write_text("my notes")
+        r = self.run_cli("train", "--dataset=digits",
+                         f"--teacher={tmp}/notes.pth", f"--workdir={tmp}/w")
+        self.assertOneLineError(r, "is not a checkpoint")
+        self.assertNotIn("allow_pickle", r.stderr)
+        self.assertFalse((tmp / "w").exists())
+        # The parity tool says the same in one line.
+        r = self.run_subprocess(["tools/parity.py",
+                                 f"--checkpoint={tmp}/notes.pth",
+                                 f"--image={tmp}/none.png"])
+        self.assertOneLineError(r, "is not a checkpoint")
+
+    def test_a_model_that_cannot_be_a_teacher_is_refused_before_writing(self):
+        import keras
+        tmp = self.tmp_path()
+        inputs = keras.Input((28, 28, 1))
+        x = keras.layers.Flatten()(keras.layers.Conv2D(4, 3)(inputs))
+        keras.Model(inputs, keras.layers.Dense(8)(x)).save(tmp / "m.keras")
+        r = self.run_cli("convert_teacher", f"--model={tmp}/m.keras",
+                         "--input_size=28", f"--out={tmp}/t.keras")
+        self.assertOneLineError(r, "28x28x3")
+        self.assertFalse((tmp / "t.keras").exists())
+        (tmp / "text.keras").write_text("not a model")
+        r = self.run_cli("convert_teacher", f"--model={tmp}/text.keras",
+                         "--input_size=28", f"--out={tmp}/t.keras")
+        self.assertOneLineError(r, "is not a valid Keras file")
+        r = self.run_cli("train", "--dataset=digits",
+                         f"--teacher={tmp}/text.keras", f"--workdir={tmp}/w")
+        self.assertOneLineError(r, "is not a valid Keras file")
+        self.assertEqual(sorted(p.name for p in tmp.iterdir()),
+                         ["m.keras", "text.keras"])
+
+    def test_plot_tool_names_the_missing_extra(self):
+        r = self.run_subprocess(["-c", _NO_MATPLOTLIB, "runs/none"])
+        self.assertEqual(r.returncode, 1)
+        self.assertEqual(r.stderr.strip(), "error: plotting needs "
+                         "matplotlib, the [plot] extra: pip install -e "
+                         "'.[plot]' (make install includes it).")

@@ -1,0 +1,350 @@
+"""A run survives a crash and ends where an uninterrupted one would; a
+workdir belongs to one run; a diverged run says so; the command line runs on
+two devices and on two worker processes."""
+
+import json
+import os
+import signal
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ega_tf import config as config_lib
+from ega_tf import data, teachers, training
+from ega_tf.errors import UserError
+from tests.test_case import TestCase
+
+
+def pixel_teacher(path):
+    """A cheap teacher that knows something: 8x8 average-pooled pixels,
+    standardised per feature on the digits training images."""
+    digits = data.load("digits")
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.AveragePooling2D(4)(inputs)
+    backbone = keras.Model(inputs, keras.layers.Flatten()(x),
+                           name="backbone")
+    pre = teachers.TeacherPreprocess((0.5,) * 3, (0.25,) * 3, input_size=32)
+    feats = backbone(pre(digits.train.images)).numpy()
+    teachers.save(teachers.assemble(backbone, pre, standardize=(
+        teachers.FeatureStandardize(feats.mean(0), feats.std(0) + 0.1))),
+        str(path))
+    return str(path)
+
+
+class Crash(Exception):
+    """Stands for a process killed at this point."""
+
+
+def crash_at(epoch, step):
+    def on_step(e, s, logs):
+        if (e, s) == (epoch, step):
+            raise Crash
+    return on_step
+
+
+class ResumeTest(TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.dir = cls.class_tempdir()
+        cls.teacher = pixel_teacher(cls.dir / "teacher.keras")
+
+    def config(self, **kw):
+        c = config_lib.default_config()
+        c.dataset, c.student, c.teacher = "digits", "resnet8", self.teacher
+        c.epochs, c.labeled_fraction = 4, 0.1
+        c.checkpoint_every, c.checkpoint_every_steps = 2, 7
+        for k, v in kw.items():
+            setattr(c, k, v)
+        return config_lib.resolve(c)
+
+    def outputs(self, workdir):
+        serve = tf.saved_model.load(str(workdir / "saved_model")).signatures[
+            "serving_default"]
+        images = data.load("digits").test.images[:64]
+        return serve(images=tf.constant(images))["logits"].numpy()
+
+    def test_a_crashed_run_ends_where_an_uninterrupted_one_does(self):
+        tmp = self.tmp_path()
+        whole = training.run(self.config(), str(tmp / "whole"), verbose=0)
+        # 21 steps an epoch; checkpoints at the ends of epochs 2 and 4 and
+        # every 7 steps. The crash comes in epoch 4, after epoch 3's history
+        # row was written but before any epoch-end checkpoint recorded it.
+        run = tmp / "crashed"
+        with self.assertRaises(Crash):
+            training.run(self.config(), str(run), verbose=0,
+                         on_step=crash_at(3, 3))
+        history = (run / "history.csv").read_text().splitlines()
+        self.assertLen(history, 4)  # header, epochs 1-3
+        self.assertFalse((run / "results.json").exists())
+        ckpts = sorted(p.name for p in (run / "checkpoints").glob("*.index"))
+        self.assertEqual(ckpts, ["ckpt-42.index", "ckpt-49.index",
+                                 "ckpt-56.index"])
+        # The newest checkpoint is damaged (a disk filled up, say): the run
+        # falls back to the one before and says so.
+        data_file = next((run / "checkpoints").glob("ckpt-56.data-*"))
+        data_file.write_bytes(data_file.read_bytes()[:100])
+        with self.assertLogs("absl", "INFO") as logs:
+            again = training.run(self.config(), str(run), verbose=0)
+        text = "\n".join(logs.output)
+        self.assertIn("ckpt-56 cannot be read", text)
+        self.assertIn("ckpt-49 (epoch 2, step 7)", text)
+        self.assertEqual((run / "history.csv").read_text().split("\n")[0],
+                         (tmp / "whole" / "history.csv").read_text().split(
+                             "\n")[0])
+        a = [{k: v for k, v in r.items() if "seconds" not in k}
+             for r in json.loads(json.dumps(_history(tmp / "whole")))]
+        b = [{k: v for k, v in r.items() if "seconds" not in k}
+             for r in _history(run)]
+        self.assertEqual(a, b)  # every epoch, every term, bit for bit
+        for key in ("epochs", "test_top1_best", "test_top1_last",
+                    "teacher_head_top1_last"):
+            self.assertEqual(again[key], whole[key], key)
+        np.testing.assert_array_equal(self.outputs(run),
+                                      self.outputs(tmp / "whole"))
+
+    def test_a_workdir_belongs_to_one_run(self):
+        tmp = self.tmp_path()
+        work = tmp / "w"
+        config = self.config(epochs=1, checkpoint_every_steps=None)
+        first = training.run(config, str(work), verbose=0)
+        stamps = {p: p.stat().st_mtime_ns for p in work.rglob("*")
+                  if p.is_file()}
+        for changes in ({"seed": 1}, {"labeled_fraction": 0.2},
+                        {"epochs": 2}):
+            with self.subTest(changes=changes):
+                with self.assertRaises(UserError) as e:
+                    training.run(self.config(**{
+                        "epochs": 1, "checkpoint_every_steps": None,
+                        **changes}), str(work), verbose=0)
+                field = next(iter(changes))
+                self.assertIn(f"{field}: ", str(e.exception))
+                self.assertIn("--config.resume=false", str(e.exception))
+        # The same config: reported, nothing rewritten. Operational fields
+        # (where data lives, how often to checkpoint) may differ.
+        again = training.run(self.config(epochs=1, checkpoint_every=3,
+                                         checkpoint_every_steps=None),
+                             str(work), verbose=0)
+        self.assertEqual(again, first)
+        self.assertEqual({p: p.stat().st_mtime_ns for p in stamps}, stamps)
+        # A leftover of an export killed mid-write is removed at the start.
+        stale = work / ".saved_model.x1y2z3"
+        stale.mkdir()
+        (stale / "saved_model.pb").write_bytes(b"partial")
+        training.run(self.config(epochs=1, checkpoint_every_steps=None),
+                     str(work), verbose=0)
+        self.assertFalse(stale.exists())
+        # resume=false starts over in it.
+        c = self.config(epochs=1, checkpoint_every_steps=None, seed=1)
+        c.resume = False
+        third = training.run(c, str(work), verbose=0)
+        self.assertEqual(third["seed"], 1)
+        self.assertEqual(json.loads((work / "config.json").read_text())[
+            "seed"], 1)
+
+    def test_divergence_stops_the_run_and_says_where(self):
+        tmp = self.tmp_path()
+        r = self.run_cli("train", "--dataset=digits", "--student=resnet8",
+                         f"--teacher={self.teacher}", "--epochs=2",
+                         "--config.optim.lr=1e6",
+                         "--config.checkpoint_every_steps=1",
+                         f"--workdir={tmp}/w")
+        self.assertEqual(r.code, 3, r.stderr)
+        lines = r.output_lines
+        self.assertLen(lines, 1)
+        self.assertRegex(lines[0], r"^stopped: training diverged: (\w+) "
+                         r"became (nan|inf) at epoch 1, step (\d+)")
+        res = json.loads((tmp / "w" / "results.json").read_text())
+        self.assertEqual(res["status"], "diverged")
+        self.assertFalse((tmp / "w" / "saved_model").exists())
+        # The checkpoints kept are the finite ones before the step.
+        step = res["diverged"]["step"]
+        kept = sorted((tmp / "w" / "checkpoints").glob("*.index"))
+        self.assertTrue(kept)
+        self.assertLess(int(kept[-1].name[5:-6]), step)
+        reader = tf.train.load_checkpoint(str(kept[-1])[:-6])
+        for name in reader.get_variable_to_shape_map():
+            value = reader.get_tensor(name)
+            if np.issubdtype(np.asarray(value).dtype, np.floating):
+                self.assertTrue(np.all(np.isfinite(value)), name)
+        # Running it again reports the divergence, trains nothing.
+        r = self.run_cli("train", "--dataset=digits", "--student=resnet8",
+                         f"--teacher={self.teacher}", "--epochs=2",
+                         "--config.optim.lr=1e6",
+                         "--config.checkpoint_every_steps=1",
+                         f"--workdir={tmp}/w")
+        self.assertEqual(r.code, 3)
+        self.assertIn("training diverged", r.stderr)
+
+    def test_mirrored_two_replica_command_line(self):
+        """The same command on one device and on two logical CPUs. Training
+        resnet8 on digits is chaotic in float32: one device that only adds
+        each batch's rows in reverse order ends an epoch 1-9 % away in the
+        mean terms. Two devices add in yet another order; they must be no
+        further from one device than that."""
+        from unittest import mock
+
+        from ega_tf.data import pipeline
+        tmp = self.tmp_path()
+        common = ["--dataset=digits", "--student=resnet8",
+                  f"--teacher={self.teacher}", "--epochs=2",
+                  "--labeled_fraction=0.1", "--config.export=false",
+                  "--config.distribute.strategy=mirrored"]
+        runs = {}
+        for name, replicas in (("one", 1), ("two", 2)):
+            r = self.run_cli("train", *common, f"--workdir={tmp}/{name}",
+                             f"--config.distribute.cpu_replicas={replicas}")
+            self.assertSucceeded(r)
+            self.assertIn(f"Strategy mirrored: {replicas} replica(s)",
+                          r.stderr)
+            runs[name] = _history(tmp / name)
+        epoch = pipeline.TrainStream.epoch
+
+        def rows_reversed(stream, *args, **kw):
+            return epoch(stream, *args, **kw).map(lambda x, y: (
+                {k: v[::-1] for k, v in x.items()}, y[::-1]))
+        with mock.patch.object(pipeline.TrainStream, "epoch", rows_reversed):
+            self.assertSucceeded(self.run_cli(
+                "train", *common, f"--workdir={tmp}/reversed"))
+        runs["reversed"] = _history(tmp / "reversed")
+        terms = ("loss", "ce", "node", "edge", "teacher_ce")
+
+        def apart(name):
+            return max(abs(a[t] - b[t]) / abs(a[t]) for a, b in zip(
+                runs["one"], runs[name]) for t in terms)
+        print(f"per-epoch terms: two devices {apart('two'):.1e} from one; "
+              f"one device, rows reversed, {apart('reversed'):.1e}")
+        self.assertLessEqual(apart("two"), 3 * apart("reversed"))
+
+    def test_validation_rejects_before_a_workdir_exists(self):
+        tmp = self.tmp_path()
+        for args in (["--dataset=digitz"], ["--batch_size=1"],
+                     ["--config.distribute.cpu_replicas=0"]):
+            with self.subTest(args=args):
+                r = self.run_cli("train", f"--workdir={tmp}/never",
+                                 "--distill=none", *args)
+                self.assertEqual(r.code, 2)
+                self.assertFalse((tmp / "never").exists())
+
+
+def _history(workdir):
+    from ega_tf import workdir as wd
+    return wd.read_history(os.path.join(workdir, "history.csv"))
+
+
+class ProcessesTest(TestCase):
+    """Real processes: kill -9, and two workers over loopback."""
+
+    ARGS = ["--dataset=digits", "--student=resnet8", "--labeled_fraction=0.1",
+            "--verbose=2"]
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.dir = cls.class_tempdir()
+        cls.teacher = pixel_teacher(cls.dir / "teacher.keras")
+
+    def test_two_workers_give_the_two_replica_run(self):
+        tmp = self.tmp_path()
+        args = [*self.ARGS, f"--teacher={self.teacher}", "--epochs=2"]
+        r = self.run_subprocess(["-m", "ega_tf.launch", "--workers=2", "--",
+                                 *args, f"--workdir={tmp}/mw"], timeout=900)
+        self.assertSucceeded(r)
+        self.assertIn("[worker 1]", r.stdout)
+        self.assertIn("Strategy multi_worker: 2 replica(s) on 2 workers",
+                      r.stdout)
+        written = sorted(p.name for p in (tmp / "mw").iterdir())
+        self.assertEqual(written, ["checkpoints", "config.json",
+                                   "history.csv", "logs", "results.json",
+                                   "saved_model"])
+        self.assertSucceeded(self.run_cli(
+            "train", *args, f"--workdir={tmp}/mirrored",
+            "--config.distribute.strategy=mirrored",
+            "--config.distribute.cpu_replicas=2"))
+        # The same arithmetic but for the collectives' implementation
+        # (ring across processes, local within one): equal to float32.
+        a, b = _history(tmp / "mw"), _history(tmp / "mirrored")
+        self.assertLen(a, 2)
+        for row_a, row_b in zip(a, b):
+            for k, v in row_a.items():
+                if "seconds" not in k:
+                    self.assertAllClose(v, row_b[k], rtol=1e-5, msg=k)
+        res = json.loads((tmp / "mw" / "results.json").read_text())
+        self.assertEqual(res["epochs"], 2)
+        # A failing worker stops the others; the launcher reports its code.
+        r = self.run_subprocess(["-m", "ega_tf.launch", "--workers=2", "--",
+                                 "--dataset=digitz", f"--workdir={tmp}/bad"])
+        self.assertEqual(r.returncode, 2, r.stdout[-2000:])
+        self.assertIn("failed with status 2", r.stdout)
+
+    @pytest.mark.slow
+    def test_kill_9_then_the_same_command_ends_like_an_uninterrupted_run(
+            self):
+        tmp = self.tmp_path()
+        args = [*self.ARGS, f"--teacher={self.teacher}", "--epochs=6",
+                "--config.checkpoint_every_steps=5"]
+        self.assertSucceeded(self.run_subprocess(
+            ["-m", "ega_tf.train", *args, f"--workdir={tmp}/whole"]))
+        proc = _start(["-m", "ega_tf.train", *args, f"--workdir={tmp}/k"])
+        history = tmp / "k" / "history.csv"
+        while len(history.read_text().splitlines()) < 3 \
+                if history.exists() else True:  # noqa: E127
+            time.sleep(0.2)
+        time.sleep(1.5)  # into epoch 3
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        self.assertSucceeded(self.run_subprocess(
+            ["-m", "ega_tf.train", *args, f"--workdir={tmp}/k"]))
+        a = json.loads((tmp / "whole" / "results.json").read_text())
+        b = json.loads((tmp / "k" / "results.json").read_text())
+        self.assertEqual(a["test_top1_last"], b["test_top1_last"])
+        self.assertEqual(
+            [{k: v for k, v in r.items() if "seconds" not in k}
+             for r in _history(tmp / "whole")],
+            [{k: v for k, v in r.items() if "seconds" not in k}
+             for r in _history(tmp / "k")])
+
+    @pytest.mark.slow
+    def test_killing_a_worker_then_relaunching_resumes(self):
+        tmp = self.tmp_path()
+        args = [*self.ARGS, f"--teacher={self.teacher}", "--epochs=3",
+                "--config.checkpoint_every_steps=5"]
+        whole = self.run_subprocess(["-m", "ega_tf.launch", "--workers=2",
+                                     "--", *args, f"--workdir={tmp}/whole"])
+        self.assertSucceeded(whole)
+        proc = _start(["-m", "ega_tf.launch", "--workers=2", "--", *args,
+                       f"--workdir={tmp}/k"])
+        history = tmp / "k" / "history.csv"
+        while not history.exists() or len(
+                history.read_text().splitlines()) < 2:
+            time.sleep(0.2)
+        time.sleep(2)
+        import subprocess
+        workers = subprocess.run(
+            ["pgrep", "-f", f"workdir={tmp}/k"], capture_output=True,
+            text=True).stdout.split()
+        os.kill(int([w for w in workers if int(w) != proc.pid][-1]),
+                signal.SIGKILL)
+        self.assertNotEqual(proc.wait(timeout=300), 0)
+        self.assertSucceeded(self.run_subprocess(
+            ["-m", "ega_tf.launch", "--workers=2", "--", *args,
+             f"--workdir={tmp}/k"]))
+        self.assertEqual(
+            [{k: v for k, v in r.items() if "seconds" not in k}
+             for r in _history(tmp / "whole")],
+            [{k: v for k, v in r.items() if "seconds" not in k}
+             for r in _history(tmp / "k")])
+
+
+def _start(args):
+    import subprocess
+    import sys
+
+    from tests.test_case import ROOT, SUBPROCESS_ENV
+    return subprocess.Popen([sys.executable, *map(str, args)], cwd=ROOT,
+                            env=SUBPROCESS_ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
