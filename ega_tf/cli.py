@@ -49,7 +49,7 @@ _STARTUP_NOISE = (
 
 
 @contextlib.contextmanager
-def _filtered_stderr(noise=_STARTUP_NOISE):
+def filtered_stderr(noise=_STARTUP_NOISE):
     """Captures file descriptor 2 (C++ and Python writes alike) and writes
     back the lines that contain none of ``noise``."""
     sys.stderr.flush()
@@ -77,7 +77,7 @@ def import_tensorflow():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if "tensorflow" in sys.modules:
         return sys.modules["tensorflow"]
-    with _filtered_stderr():
+    with filtered_stderr():
         import tensorflow as tf
         tf.config.list_physical_devices()
     import logging
@@ -99,11 +99,13 @@ def _argv(argv):
         yield
     except flags.Error as e:
         raise UserError(f"{_one_line(e)} (see --help)") from None
-    except (AttributeError, KeyError) as e:
-        # An override of a field the config does not have.
-        raise UserError(f"The config has no field {_missing_field(e)} "
-                        "(--help lists the fields).") from None
-    except (TypeError, ValueError, IOError) as e:
+    except (AttributeError, KeyError, TypeError, ValueError, IOError) as e:
+        if not _from_config_parsing(e):
+            raise  # a bug in a command's flags: keep the traceback
+        if isinstance(e, (AttributeError, KeyError)):
+            # An override of a field the config does not have.
+            raise UserError(f"The config has no field {_missing_field(e)} "
+                            "(--help lists the fields).") from None
         # A bad config file, or an override of the wrong type.
         raise UserError("Bad --config: " + _config_error_text(e)) from None
     except SyntaxError as e:
@@ -111,6 +113,16 @@ def _argv(argv):
                         f"at line {e.lineno}: {e.msg}.") from None
     finally:
         sys.argv = saved
+
+
+def _from_config_parsing(e):
+    """Whether ``e`` was raised by ml_collections reading --config."""
+    tb = e.__traceback__
+    while tb is not None:
+        if "ml_collections" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _missing_field(e):
@@ -154,10 +166,16 @@ def print_help(program, doc, flag_values, extra=""):
 
 def define(kind, name, default, help_text, flag_values, **kw):
     """Defines one flag of a command (marked for ``print_help``)."""
-    definer = {"string": flags.DEFINE_string, "integer": flags.DEFINE_integer,
-               "float": flags.DEFINE_float, "bool": flags.DEFINE_bool,
-               "list": flags.DEFINE_list, "enum": flags.DEFINE_enum}[kind]
-    holder = definer(name, default, help_text, flag_values=flag_values, **kw)
+    if kind == "enum":
+        holder = flags.DEFINE_enum(name, default, kw.pop("enum_values"),
+                                   help_text, flag_values=flag_values, **kw)
+    else:
+        definer = {"string": flags.DEFINE_string,
+                   "integer": flags.DEFINE_integer,
+                   "float": flags.DEFINE_float, "bool": flags.DEFINE_bool,
+                   "list": flags.DEFINE_list}[kind]
+        holder = definer(name, default, help_text, flag_values=flag_values,
+                         **kw)
     flag_values[name]._ega_tf_flag = True
     return holder
 

@@ -209,10 +209,15 @@ class EGADistiller(keras.Model):
         return keras.losses.sparse_categorical_crossentropy(
             labels, ops.cast(logits, "float32"), from_logits=True)
 
-    def _teacher_forward(self, images):
-        """Frozen teacher feature and the online head's (x_t, z_t)."""
-        f_t = ops.cast(self.teacher(images, training=False), "float32")
-        f_t = ops.stop_gradient(f_t)
+    def _teacher_forward(self, x):
+        """Frozen teacher feature and the online head's (x_t, z_t). The
+        features come from the teacher, or (``x["teacher_features"]``, the
+        clean view's, computed once) from the input."""
+        if "teacher_features" in x:
+            f_t = x["teacher_features"]
+        else:
+            f_t = self.teacher(x["teacher"], training=False)
+        f_t = ops.stop_gradient(ops.cast(f_t, "float32"))
         x_t = self.teacher_embed(f_t)
         return x_t, self.teacher_classifier(x_t)
 
@@ -230,7 +235,7 @@ class EGADistiller(keras.Model):
         student = self.gamma * share["ce"]
         t_logits = None
         if self.distilling:
-            x_t, t_logits = self._teacher_forward(x["teacher"])
+            x_t, t_logits = self._teacher_forward(x)
             terms["teacher_ce"], share["teacher_ce"] = self._mean_over_global(
                 self._ce(labels, t_logits), labeled)
             # The graph of the global batch, the same on every replica.

@@ -104,3 +104,74 @@ def predict_files(model_dir, paths, top_k=5):
         results.append([(names[i] if names else str(i), float(p[i]))
                         for i in order])
     return results
+
+
+# ----------------------------------------------------------------- TFLite
+QUANTIZATIONS = (None, "float16", "int8")
+
+
+def tflite_name(quantize=None):
+    return f"student{'_' + quantize if quantize else ''}.tflite"
+
+
+def export_tflite(saved_model_dir, path, quantize=None,
+                  representative_images=None):
+    """Converts the exported student to TFLite (uint8 image in, logits and
+    probabilities out, as the SavedModel). ``quantize``: None (float32),
+    ``"float16"`` (weights stored in float16) or ``"int8"`` (weights and
+    activations in int8 where TFLite can, calibrated on
+    ``representative_images``, uint8 [N, H, W, 3]). Written atomically."""
+    import tensorflow as tf
+    from ega_tf.registry import check_choice
+    check_choice("quantize", quantize, QUANTIZATIONS)
+    converter = tf.lite.TFLiteConverter.from_saved_model(
+        saved_model_dir, signature_keys=["serving_default"])
+    if quantize:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize == "int8":
+        if representative_images is None:
+            raise UserError("int8 quantisation needs representative images.")
+
+        def representative():
+            for image in representative_images:
+                yield {"images": image[None]}
+        converter.representative_dataset = representative
+    model = converter.convert()
+    with atomic_output(path, suffix=".tflite") as tmp:
+        with open(tmp, "wb") as f:
+            f.write(model)
+    return path
+
+
+class TFLiteStudent:
+    """A converted student, called like the SavedModel's signature."""
+
+    def __init__(self, path):
+        import tensorflow as tf
+        self.interpreter = tf.lite.Interpreter(
+            model_path=path, num_threads=os.cpu_count())
+        self.runner = self.interpreter.get_signature_runner(
+            "serving_default")
+        self._first = True
+
+    def __call__(self, images):
+        if self._first:
+            from ega_tf.cli import filtered_stderr
+            self._first = False
+            # TFLite announces its CPU delegate on stderr at the first call.
+            with filtered_stderr(
+                    ("Created TensorFlow Lite XNNPACK delegate",)):
+                return self.runner(images=images)
+        return self.runner(images=images)
+
+
+def top1(serve, images, labels, batch_size=64):
+    """Test top-1 (%) of a serving function on uint8 images."""
+    import numpy as np
+    right = 0
+    for i in range(0, len(images), batch_size):
+        logits = np.asarray(serve(images=images[i:i + batch_size])["logits"])
+        right += int((logits.argmax(1) == labels[i:i + batch_size]).sum())
+    return 100.0 * right / len(images)

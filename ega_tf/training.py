@@ -118,11 +118,31 @@ def load_dataset(config):
 
 def load_teacher(config):
     from ega_tf import teachers
+    from ega_tf.teachers import teacher_file
     teacher = teachers.load_or_convert(
         config.teacher, allow_pickle=config.allow_pickle,
         trust_saved_model=config.trust_saved_model)
-    logging.info("%s", teachers.describe(teacher))
+    teacher_file.with_precision(teacher, config.teacher_precision)
+    logging.info("%s (%s)", teachers.describe(teacher),
+                 config.teacher_precision)
     return teacher
+
+
+def teacher_features(config, teacher, dataset, workdir, chief, verbose):
+    """The clean view's teacher features of both splits, computed once
+    (``teacher_cache``), or (None, None) when the teacher runs each step."""
+    if (teacher is None or config.teacher_view != "clean"
+            or config.teacher_cache == "none"):
+        return None, None
+    from ega_tf.teachers import checkpoint_io, feature_cache
+    sha = checkpoint_io.sha256(config.teacher) + config.teacher_precision
+    out = []
+    for split, name in ((dataset.train, "train"), (dataset.test, "test")):
+        path = (os.path.join(workdir, f"teacher_features_{name}.npz")
+                if chief else None)
+        out.append(feature_cache.load_or_compute(
+            path, teacher, sha, split, f"{name} images", verbose))
+    return tuple(out)
 
 
 def learning_rate(config):
@@ -294,12 +314,17 @@ def run(config, workdir, verbose=2, strategy=None, on_step=None):
     with strategy.scope():
         teacher = load_teacher(config) if config.distill != "none" else None
         model = build_model(config, dataset, teacher, replicas)
+    if chief:
+        os.makedirs(workdir, exist_ok=True)
+    train_features, test_features = teacher_features(
+        config, teacher, dataset, workdir, chief, verbose)
     train = pipeline.TrainStream(
         dataset.train, config.batch_size, seed=config.seed,
         padding=config.padding, teacher_view=config.teacher_view,
-        deterministic=config.deterministic, **config.input)
+        deterministic=config.deterministic, features=train_features,
+        **config.input)
     test = pipeline.EvalStream(dataset.test, config.eval_batch_size,
-                               **config.input)
+                               features=test_features, **config.input)
 
     own_dir = os.path.join(workdir, wd.CHECKPOINTS)
     scratch = None if chief else tempfile.mkdtemp(prefix="ega_tf_worker_")

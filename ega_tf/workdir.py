@@ -31,14 +31,16 @@ RESULTS = "results.json"
 CHECKPOINTS = "checkpoints"
 LOGS = "logs"
 SAVED_MODEL = "saved_model"
-RUN_FILES = (CONFIG, HISTORY, RESULTS, CHECKPOINTS, LOGS, SAVED_MODEL)
+FEATURES = ("teacher_features_train.npz", "teacher_features_test.npz")
+RUN_FILES = (CONFIG, HISTORY, RESULTS, CHECKPOINTS, LOGS, SAVED_MODEL,
+             *FEATURES)
 
 # Fields that may change between the runs of one workdir: they do not
 # change what is computed.
 OPERATIONAL = ("data_dir", "download", "trust_saved_model", "allow_pickle",
                "resume", "export", "checkpoint_every", "checkpoint_every_steps",
                "jit_compile", "distribute.strategy", "distribute.cpu_replicas",
-               "input.cache", "input.cache_limit_gb")
+               "input.cache", "input.cache_limit_gb", "teacher_cache")
 
 
 def _flatten(tree, prefix=""):

@@ -350,11 +350,20 @@ def write_simclr(directory, seed=3):
                      lambda x: tf_simclr.forward(weights, x), 224)
 
 
-def write(family, directory):
-    """The family's published file, small, in ``directory``."""
+def write(family, directory, small=False):
+    """The family's published file, small, in ``directory``; ``small``
+    makes the CLIP and ViT networks take 64-px images instead of 224."""
     directory = pathlib.Path(directory)
     if family in RESNET_FAMILIES:
         return write_resnet(family, directory)
+    if small and family == "clip":
+        return write_clip_resnet(directory, clip_resnet(
+            layers=(1, 1, 1, 1), resolution=64))
+    if small and family in ("clip_vit", "open_clip_gelu", "dino_vit",
+                            "mocov3_vit"):
+        return {"clip_vit": write_clip_vit, "open_clip_gelu": write_open_clip,
+                "dino_vit": write_dino_vit,
+                "mocov3_vit": write_mocov3_vit}[family](directory, image=64)
     return {"clip": write_clip_resnet, "clip_vit": write_clip_vit,
             "open_clip_gelu": write_open_clip, "dino_vit": write_dino_vit,
             "mocov3_vit": write_mocov3_vit,

@@ -10,5 +10,9 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from ega_tf import cli, distribute  # noqa: E402
 
-cli.import_tensorflow()
+tf = cli.import_tensorflow()
 distribute.split_cpu(2)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two test workers share two cores: one thread each for TensorFlow's
+    # ops, rather than two each contending.
+    tf.config.threading.set_intra_op_parallelism_threads(1)

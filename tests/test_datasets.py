@@ -311,11 +311,12 @@ class ImageFolderTest(TestCase):
                 feats.mean(0), feats.std(0) + 1e-3))
         teachers.save(teacher, str(tmp / "t.keras"))
         c = tiny_config(f"folder:{tmp / 'digits'}", distill="ega",
-                        teacher=str(tmp / "t.keras"), epochs=3,
+                        teacher=str(tmp / "t.keras"), epochs=2,
                         batch_size=64, export=True)
         res = training.run(c, str(tmp / "run"), verbose=0)
-        self.assertEqual(res["epochs"], 3)
-        # Measured: 41.6 (chance 10); the teacher head reads 81.6.
+        self.assertEqual(res["epochs"], 2)
+        # Measured: 29.6 (chance 10); the teacher head 76.9. The run is
+        # seeded and deterministic.
         self.assertGreater(res["test_top1_best"], 25)
         self.assertGreater(res["teacher_head_top1_last"], 50)
         served = tf.saved_model.load(res["saved_model"])

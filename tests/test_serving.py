@@ -1,10 +1,12 @@
 """The exported SavedModel, served from a fresh TensorFlow-only process;
 predict's bad input."""
 
+import json
 import os
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from ega_tf import serving, students
 from ega_tf.distiller import build_student
@@ -87,3 +89,63 @@ class PredictInputTest(TestCase):
         r = self.run_cli("predict", model, "--top_k=2", png)
         self.assertSucceeded(r)
         self.assertRegex(r.stdout, r"x.png: [abc] \d+\.\d%, [abc] \d+\.\d%")
+
+
+_TFLITE = """
+import sys, numpy as np, tensorflow as tf
+run = tf.lite.Interpreter(model_path=sys.argv[1]).get_signature_runner(
+    "serving_default")
+np.save(sys.argv[3], run(images=np.load(sys.argv[2]))["logits"])
+assert not [m for m in sys.modules if m.split(".")[0] == "ega_tf"]
+"""
+
+
+class TFLiteTest(TestCase):
+
+    def test_export_and_its_accuracy_beside_the_saved_model(self):
+        from ega_tf import config as config_lib
+        from ega_tf import data
+        work = self.tmp_path()
+        student = build_student(students.create("resnet8"), 10, 32)
+        serving.export_student(student, str(work / "saved_model"))
+        c = config_lib.default_config()
+        c.dataset, c.student = "digits", "resnet8"
+        (work / "config.json").write_text(c.to_json())
+        digits = data.load("digits")
+        want = serving.load_serving_function(str(work / "saved_model"))(
+            images=tf.constant(digits.test.images))["logits"].numpy()
+        reference = 100 * (want.argmax(1) == digits.test.labels).mean()
+        for quantize, tol in ((None, 1e-4), ("float16", 2e-2),
+                              ("int8", None)):
+            with self.subTest(quantize=quantize):
+                args = [f"--workdir={work}"] + (
+                    [f"--quantize={quantize}"] if quantize else [])
+                r = self.run_cli("export", *args)
+                self.assertSucceeded(r)
+                report = json.loads(r.stdout.strip().splitlines()[-1])
+                path = work / serving.tflite_name(quantize)
+                self.assertEqual(report["tflite"], str(path))
+                got = np.concatenate([
+                    serving.TFLiteStudent(str(path))(
+                        images=digits.test.images[i:i + 64])["logits"]
+                    for i in range(0, 450, 64)])
+                top1 = 100 * (got.argmax(1) == digits.test.labels).mean()
+                self.assertAlmostEqual(report["test_top1_saved_model"],
+                                       reference, places=6)
+                self.assertAlmostEqual(report["test_top1_tflite"], top1,
+                                       places=6)
+                self.assertAlmostEqual(report["difference"],
+                                       top1 - reference, places=6)
+                self.assertIn(f"difference {top1 - reference:+.2f}",
+                              r.stdout)
+                if tol:
+                    self.assertLess(self.rel_err(got, want), tol)
+        # The float32 file runs in a fresh process with TensorFlow alone.
+        np.save(work / "x.npy", digits.test.images[:8])
+        r = self.run_subprocess(["-c", _TFLITE, work / "student.tflite",
+                                 work / "x.npy", work / "y.npy"], cwd=work)
+        self.assertSucceeded(r)
+        np.testing.assert_allclose(np.load(work / "y.npy"), want[:8],
+                                   rtol=1e-4, atol=1e-4)
+        r = self.run_cli("export", f"--workdir={work}/none")
+        self.assertOneLineError(r, "has no finished run")

@@ -50,6 +50,18 @@ def _rows(batch, lo, hi):
     return tf.nest.map_structure(lambda t: t[lo:hi], batch)
 
 
+def _examples(split, features):
+    """(image, label) examples, or (image, label, teacher features)."""
+    ds = split.dataset()
+    if features is None:
+        return ds
+    if len(features) != len(split):
+        raise ValueError(f"{len(features)} feature rows for {len(split)} "
+                         "images.")
+    return tf.data.Dataset.zip((ds, tf.data.Dataset.from_tensor_slices(
+        features))).map(lambda e, f: (*e, f))
+
+
 class TrainStream:
     """The training batches of every epoch.
 
@@ -62,11 +74,15 @@ class TrainStream:
         teacher_view: ``independent`` | ``same`` | ``clean``.
         shuffle_buffer: None shuffles over the whole split when it is in
             memory or cached, else over ``DEFAULT_SHUFFLE_BUFFER``.
+        features: the teacher's features of every image (``clean`` view
+            only); the examples then carry them as ``teacher_features``
+            instead of the teacher's image.
     """
 
     def __init__(self, split, global_batch, *, seed=0, padding=None,
                  teacher_view="independent", deterministic=True,
-                 cache="auto", cache_limit_gb=8.0, shuffle_buffer=None):
+                 cache="auto", cache_limit_gb=8.0, shuffle_buffer=None,
+                 features=None):
         augment.check_teacher_view(teacher_view)
         if len(split) < global_batch:
             raise UserError(f"batch_size {global_batch} exceeds the "
@@ -78,7 +94,11 @@ class TrainStream:
                         if padding is None else int(padding))
         self.teacher_view = teacher_view
         self.deterministic = deterministic
-        self.base, whole = _cached(split, split.dataset(), cache,
+        if features is not None and teacher_view != "clean":
+            raise ValueError("Cached teacher features need teacher_view="
+                             "clean: an augmented view has no fixed "
+                             "features.")
+        self.base, whole = _cached(split, _examples(split, features), cache,
                                    cache_limit_gb)
         self.buffer = shuffle_buffer or (
             len(split) if whole else min(len(split), DEFAULT_SHUFFLE_BUFFER))
@@ -93,10 +113,13 @@ class TrainStream:
         seed, padding, view = self.seed, self.padding, self.teacher_view
 
         def views(position, example):
-            image, label = example
+            image, label, *features = example
             pair = tf.stack([tf.constant(seed, tf.int64),
                              epoch * (1 << 32) + position])
-            return augment.make_views(image, pair, padding, view), label
+            x = augment.make_views(image, pair, padding, view)
+            if features:  # the clean view's features, read, not computed
+                x = {"student": x["student"], "teacher_features": features[0]}
+            return x, label
 
         # Fixed per epoch (reshuffle_each_iteration=False): the order does
         # not depend on how many iterators came before.
@@ -131,35 +154,40 @@ class EvalStream:
     once."""
 
     def __init__(self, split, global_batch, *, cache="auto",
-                 cache_limit_gb=8.0, **_):
+                 cache_limit_gb=8.0, features=None, **_):
         self.global_batch = int(global_batch)
-        self.base, _ = _cached(split, split.dataset(), cache, cache_limit_gb)
+        self.base, _ = _cached(split, _examples(split, features), cache,
+                               cache_limit_gb)
         self.steps = -(-len(split) // self.global_batch)
 
     def epoch(self, *, shard=0, num_shards=1, replicas_per_shard=1):
         replicas = num_shards * replicas_per_shard
 
-        def pad_and_split(images, labels):
+        def pad(t, extra, value=0):
+            shape = tf.concat([[extra], tf.shape(t)[1:]], 0)
+            return tf.concat([t, tf.fill(shape, tf.cast(value, t.dtype))], 0)
+
+        def pad_and_split(images, labels, *features):
             n = tf.shape(labels)[0]
             total = (n + replicas - 1) // replicas * replicas
             extra = total - n
-            images = tf.concat([images, tf.zeros(
-                tf.concat([[extra], tf.shape(images)[1:]], 0), images.dtype)],
-                0)
-            labels = tf.concat([labels, -tf.ones([extra], labels.dtype)], 0)
             weight = tf.concat([tf.ones([n]), tf.zeros([extra])], 0)
+            padded = (pad(images, extra), pad(labels, extra, -1), weight,
+                      *[pad(f, extra) for f in features])
             per = total // replicas
             lo = shard * replicas_per_shard * per
-            mine = (images[lo:lo + replicas_per_shard * per],
-                    labels[lo:lo + replicas_per_shard * per],
-                    weight[lo:lo + replicas_per_shard * per])
+            mine = _rows(padded, lo, lo + replicas_per_shard * per)
             return tf.data.Dataset.from_tensor_slices(tf.nest.map_structure(
                 lambda t: tf.reshape(t, tf.concat(
                     [[replicas_per_shard, per], tf.shape(t)[1:]], 0)), mine))
 
+        def example(x, y, w, *features):
+            if features:
+                return {"student": x, "teacher_features": features[0]}, y, w
+            return {"student": x, "teacher": x}, y, w
+
         ds = self.base.batch(self.global_batch).flat_map(pad_and_split)
-        ds = ds.map(lambda x, y, w: ({"student": x, "teacher": x}, y, w))
-        return ds.prefetch(AUTOTUNE)
+        return ds.map(example).prefetch(AUTOTUNE)
 
     def distributed(self, strategy):
         replicas = strategy.num_replicas_in_sync

@@ -1,0 +1,85 @@
+#!/usr/bin/env python
+"""How fast the deployable student answers: per-image latency at batch 1 and
+throughput at batch 64, for the SavedModel and each TFLite variant.
+
+    python benchmarks/serving.py                       # resnet8x4, 32 px
+    python benchmarks/serving.py --student=resnet8 --repeats=50
+
+The student (random weights: speed does not depend on them) is exported as
+training exports it, then converted with ``ega_tf.serving.export_tflite``
+(int8 calibrated on random images). Times are medians after warm-up; TFLite
+uses as many threads as the machine has cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--student", default="resnet8x4")
+    ap.add_argument("--image_size", type=int, default=32)
+    ap.add_argument("--classes", type=int, default=100)
+    ap.add_argument("--repeats", type=int, default=30)
+    args = ap.parse_args()
+
+    from ega_tf import cli
+    tf = cli.import_tensorflow()
+    import numpy as np
+
+    from ega_tf import serving, students
+    from ega_tf.distiller import build_student
+
+    size = args.image_size
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (64, size, size, 3), np.uint8)
+    student = build_student(students.create(
+        args.student, input_shape=(size, size, 3)), args.classes, 256)
+
+    def timed(fn, batch):
+        x = images[:batch]
+        fn(x)
+        fn(x)
+        times = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            fn(x)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = os.path.join(tmp, "saved_model")
+        serving.export_student(student, saved)
+        serve = serving.load_serving_function(saved)
+        rows.append(("SavedModel", sum(
+            os.path.getsize(os.path.join(d, f))
+            for d, _, files in os.walk(saved) for f in files),
+            lambda x: serve(images=tf.constant(x))["logits"].numpy()))
+        for quantize in serving.QUANTIZATIONS:
+            path = os.path.join(tmp, serving.tflite_name(quantize))
+            serving.export_tflite(saved, path, quantize, images)
+            model = serving.TFLiteStudent(path)
+            rows.append((f"TFLite {quantize or 'float32'}",
+                         os.path.getsize(path),
+                         lambda x, m=model: m(x)["logits"]))
+        print(f"Student {args.student}, {size} px, {args.classes} classes, "
+              f"{os.cpu_count()} CPU cores; median of {args.repeats}")
+        print("| format | size (MB) | batch 1 latency (ms) | batch 64 "
+              "throughput (img/s) |")
+        print("| --- | ---: | ---: | ---: |")
+        for name, nbytes, fn in rows:
+            print(f"| {name} | {nbytes / 1e6:.2f} | "
+                  f"{1000 * timed(fn, 1):.2f} | {64 / timed(fn, 64):.0f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""What the speed options promise: the clean view's teacher features,
+computed once, give the run the uncached path gives; a bfloat16 teacher
+stays close; XLA is chosen per device, with the reason logged."""
+
+import numpy as np
+
+from ega_tf import config as config_lib
+from ega_tf import data, teachers, training
+from ega_tf import workdir as wd
+from ega_tf.teachers import teacher_file
+from tests.test_case import TestCase
+from tests.test_runs import pixel_teacher
+
+
+class TeacherCacheTest(TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.teacher = pixel_teacher(cls.class_tempdir() / "t.keras")
+
+    def test_cached_features_give_the_uncached_run(self):
+        tmp = self.tmp_path()
+        runs = {}
+        for cache in ("auto", "none"):
+            c = config_lib.default_config()
+            c.dataset, c.student, c.teacher = "digits", "resnet8", \
+                self.teacher
+            c.epochs, c.labeled_fraction, c.export = 1, 0.1, False
+            c.teacher_view, c.teacher_cache = "clean", cache
+            with self.assertLogs("absl", "INFO") as logs:
+                training.run(config_lib.resolve(c), str(tmp / cache),
+                             verbose=0)
+            runs[cache] = wd.read_history(str(tmp / cache / "history.csv"))
+            cached = "computed once" in " ".join(logs.output)
+            self.assertEqual(cached, cache == "auto")
+        for a, b in zip(runs["auto"], runs["none"]):
+            for k, v in a.items():
+                if "seconds" not in k:
+                    self.assertEqual(v, b[k], k)  # bit for bit
+        saved = np.load(tmp / "auto" / "teacher_features_train.npz")
+        digits = data.load("digits")
+        want = teachers.load(self.teacher)(digits.train.images[:32])
+        np.testing.assert_allclose(saved["features"][:32], want, rtol=1e-6,
+                                   atol=1e-6)
+        self.assertLen(saved["features"], len(digits.train))
+
+    def test_bfloat16_teacher_is_close_and_returns_float32(self):
+        images = data.load("digits").test.images[:64]
+        want = teachers.load(self.teacher)(images).numpy()
+        fast = teacher_file.with_precision(teachers.load(self.teacher),
+                                           "bfloat16")
+        got = fast(images).numpy()
+        self.assertEqual(got.dtype, np.float32)
+        error = self.rel_err(got, want)
+        print(f"bfloat16 teacher: features within {error:.1e} of float32")
+        self.assertLess(error, 2e-2)
+        self.assertGreater(error, 0)
+
+
+class XlaChoiceTest(TestCase):
+
+    def test_auto_is_off_on_cpu_and_says_why(self):
+        jit, why = training.choose_jit("auto")
+        self.assertFalse(jit)
+        self.assertIn("off on CPU", why)
+        self.assertEqual(training.choose_jit("true"),
+                         (True, "jit_compile=true (config)"))
