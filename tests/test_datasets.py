@@ -5,7 +5,6 @@ real builder, image folders of PNG and JPEG files), each reaching
 training."""
 
 import json
-import re
 import shutil
 import zipfile
 

@@ -22,6 +22,7 @@ from ega_tf.teachers import checkpoint_io, convert
 from ega_tf.teachers.families import FAMILIES
 from tests import checkpoints
 from tests.test_case import ROOT, TestCase
+from tools.synthetic import write_image_folder
 
 # A fresh process: which classes the loader registers before any file is
 # read, then every teacher file loaded and run.
@@ -210,17 +211,20 @@ class ConvertThenTrainTest(TestCase):
 class ConversionCacheTest(TestCase):
 
     def test_train_with_a_checkpoint_twice_converts_once(self):
+        """Two runs on a tiny image folder (what is tested is the teacher's
+        conversion, not the training)."""
         tmp = self.tmp_path()
         cache = tmp / "cache"
         published = _FIXTURES["RN50.pt"](tmp)
+        write_image_folder(tmp / "images", 4, 2)
         os.environ["EGA_TF_CACHE"] = str(cache)
         try:
             logs = []
             for run in ("run1", "run2"):
                 r = self.run_cli(
-                    "train", "--dataset=digits", "--student=resnet8",
-                    f"--teacher={published.path}", "--epochs=1",
-                    "--labeled_fraction=0.1", "--config.export=false",
+                    "train", f"--dataset=folder:{tmp / 'images'}",
+                    "--student=resnet8", f"--teacher={published.path}",
+                    "--epochs=1", "--batch_size=6", "--config.export=false",
                     f"--workdir={tmp / run}")
                 self.assertSucceeded(r)
                 logs.append(r.stderr)

@@ -9,7 +9,6 @@ pooling. ``widths`` is (stem, stage 1, 2, 3): (16, 16, 32, 64) for resnetN,
 (``ega_tf.students``), which equal the published ones.
 """
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
