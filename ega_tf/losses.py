@@ -132,6 +132,258 @@ def kd_loss(teacher_logits, student_logits, temperature=4.0):
                                    temperature))
 
 
+# ------------------------------------------------------------- baselines
+# The other distillation losses, on [B, D] embeddings (teacher first) and
+# the heads' logits, each written from its paper's formula (the sources are
+# named in docs/methods.md). All return float32; none sends a gradient to
+# the teacher side when the caller stops it; all are finite on constant
+# rows, B = 2 and batches without labels.
+
+
+def _f32(x):
+    return ops.cast(x, "float32")
+
+
+def unit_rows(x, eps=1e-12):
+    x = _f32(x)
+    norm = ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True))
+    return x / ops.maximum(norm, eps)
+
+
+def _smooth_l1(a, b):
+    d = ops.abs(a - b)
+    return ops.where(d < 1.0, 0.5 * d * d, d - 0.5)
+
+
+def hint_per_example(teacher_emb, student_emb):
+    """FitNets' hint on embeddings: the squared error of each example,
+    averaged over the features (no regressor: both are D wide)."""
+    return ops.mean(ops.square(_f32(student_emb) - _f32(teacher_emb)), -1)
+
+
+def hint_loss(teacher_emb, student_emb):
+    """Mean squared error between the embeddings (Romero et al. 2015)."""
+    return ops.mean(hint_per_example(teacher_emb, student_emb))
+
+
+def _pairwise_distances(e, eps=1e-12):
+    e = _f32(e)
+    sq = ops.sum(ops.square(e), -1)
+    d2 = sq[:, None] + sq[None, :] - 2.0 * ops.matmul(e, ops.transpose(e))
+    d = ops.sqrt(ops.maximum(d2, eps))
+    return d * (1.0 - ops.eye(ops.shape(e)[0], dtype="float32"))
+
+
+def _normalised_distances(e):
+    """Distances divided by their mean over distinct pairs (1 if all are
+    zero: a batch of identical embeddings has nothing to scale)."""
+    d = _pairwise_distances(e)
+    nonzero = ops.cast(d > 0, "float32")
+    mean = ops.sum(d) / ops.maximum(ops.sum(nonzero), 1.0)
+    return d / ops.where(mean > 0, mean, 1.0)
+
+
+def _angles(e):
+    """[i, j, k]: cos of the angle at e_i between e_j and e_k."""
+    e = _f32(e)
+    diff = e[None, :, :] - e[:, None, :]  # [i, j] = e_j - e_i
+    diff = unit_rows(diff)
+    return ops.einsum("ijd,ikd->ijk", diff, diff)
+
+
+def rkd_loss(teacher_emb, student_emb, distance_weight=25.0,
+             angle_weight=50.0):
+    """Relational KD (Park et al. 2019): smooth-L1 between the students'
+    and the teacher's pairwise distances (each divided by its mean over
+    distinct pairs) and between their triplet angles."""
+    distance = ops.mean(_smooth_l1(_normalised_distances(student_emb),
+                                   _normalised_distances(teacher_emb)))
+    angle = ops.mean(_smooth_l1(_angles(student_emb), _angles(teacher_emb)))
+    return distance_weight * distance + angle_weight * angle
+
+
+def rkd_terms(teacher_emb, student_emb):
+    """The unweighted distance and angle terms of ``rkd_loss``."""
+    return {"rkd_distance": ops.mean(_smooth_l1(
+        _normalised_distances(student_emb),
+        _normalised_distances(teacher_emb))),
+        "rkd_angle": ops.mean(_smooth_l1(_angles(student_emb),
+                                         _angles(teacher_emb)))}
+
+
+def _pkt_probabilities(e, eps=1e-7):
+    e = _f32(e)
+    e = e / (ops.sqrt(ops.sum(ops.square(e), -1, keepdims=True)) + eps)
+    sim = (ops.matmul(e, ops.transpose(e)) + 1.0) / 2.0
+    return sim / ops.sum(sim, -1, keepdims=True)
+
+
+def pkt_loss(teacher_emb, student_emb, eps=1e-7):
+    """Probabilistic knowledge transfer (Passalis & Tefas 2018): each
+    example's cosine-similarity distribution over the batch, the student's
+    to the teacher's by KL, averaged over all pairs."""
+    p_t = _pkt_probabilities(teacher_emb, eps)
+    p_s = _pkt_probabilities(student_emb, eps)
+    return ops.mean(p_t * ops.log((p_t + eps) / (p_s + eps)))
+
+
+def sp_loss(teacher_emb, student_emb):
+    """Similarity-preserving KD (Tung & Mori 2019) on embeddings: the rows
+    of each batch Gram matrix L2-normalised, ||G_t - G_s||_F^2 / B^2."""
+    g_t = unit_rows(ops.matmul(_f32(teacher_emb),
+                                ops.transpose(_f32(teacher_emb))))
+    g_s = unit_rows(ops.matmul(_f32(student_emb),
+                                ops.transpose(_f32(student_emb))))
+    b = ops.cast(ops.shape(g_t)[0], "float32")
+    return ops.sum(ops.square(g_t - g_s)) / (b * b)
+
+
+def _label_pairs(labels):
+    """(positive, negative) [B, B] masks: the same image, or two labeled
+    examples of one class; two labeled examples of different classes.
+    Pairs with an example labeled -1 (other than with itself) are
+    neither."""
+    y = ops.reshape(ops.cast(labels, "int32"), (-1,))
+    known = ops.cast(y >= 0, "float32")
+    both = known[:, None] * known[None, :]
+    same = ops.cast(y[:, None] == y[None, :], "float32")
+    eye = ops.eye(ops.shape(y)[0], dtype="float32")
+    positive = ops.maximum(both * same, eye)
+    negative = both * (1.0 - same)
+    return positive, negative
+
+
+def nce_loss(teacher_emb, student_emb, labels, temperature=0.1):
+    """EGA code's supervised contrastive loss: p_ij = softmax over j of
+    cos(s_i, t_j) / T; -log p over positive pairs plus -log(1 - p) over
+    negative pairs, each averaged (see ``_label_pairs``)."""
+    sim = ops.matmul(unit_rows(student_emb),
+                     ops.transpose(unit_rows(teacher_emb))) / temperature
+    log_p = ops.log_softmax(sim, axis=-1)
+    p = ops.exp(log_p)
+    positive, negative = _label_pairs(labels)
+    pos = -ops.sum(positive * log_p) / ops.maximum(ops.sum(positive), 1.0)
+    neg_log = ops.log(ops.maximum(1.0 - p, 1e-12))
+    neg = -ops.sum(negative * neg_log) / ops.maximum(ops.sum(negative), 1.0)
+    return pos + neg
+
+
+def symmetric_kl_per_example(teacher_logits, student_logits,
+                             temperature=1.0):
+    """0.5 (KL(p_t || p_s) + KL(p_s || p_t)) of each example, at T."""
+    lt = ops.log_softmax(_f32(teacher_logits) / temperature, -1)
+    ls = ops.log_softmax(_f32(student_logits) / temperature, -1)
+    kl_ts = ops.sum(ops.exp(lt) * (lt - ls), -1)
+    kl_st = ops.sum(ops.exp(ls) * (ls - lt), -1)
+    return 0.5 * (kl_ts + kl_st)
+
+
+def ccl_loss(teacher_emb, student_emb, teacher_logits, student_logits,
+             labels, temperature=0.1, kl_temperature=1.0):
+    """EGA code's CCL: ``nce_loss`` plus the symmetric KL of the logits."""
+    return (nce_loss(teacher_emb, student_emb, labels, temperature)
+            + ops.mean(symmetric_kl_per_example(teacher_logits,
+                                                student_logits,
+                                                kl_temperature)))
+
+
+def dkd_per_example(teacher_logits, student_logits, labels, alpha=1.0,
+                    beta=8.0, temperature=4.0):
+    """Decoupled KD (Zhao et al. 2022) of each example: alpha * TCKD (the
+    target-vs-rest distribution) + beta * NCKD (the distribution over the
+    non-target classes), both KL at T, times T^2. Labels must be >= 0
+    here; mask the rest."""
+    t = _f32(teacher_logits) / temperature
+    s = _f32(student_logits) / temperature
+    y = ops.reshape(ops.cast(labels, "int32"), (-1,))
+    gt = ops.one_hot(ops.maximum(y, 0), ops.shape(t)[-1], dtype="float32")
+    p_t, p_s = ops.softmax(t, -1), ops.softmax(s, -1)
+    b_t = ops.stack([ops.sum(p_t * gt, -1), ops.sum(p_t * (1 - gt), -1)], -1)
+    b_s = ops.stack([ops.sum(p_s * gt, -1), ops.sum(p_s * (1 - gt), -1)], -1)
+    tiny = 1e-12
+    tckd = ops.sum(b_t * (ops.log(b_t + tiny) - ops.log(b_s + tiny)), -1)
+    lt2 = ops.log_softmax(t - 1000.0 * gt, -1)
+    ls2 = ops.log_softmax(s - 1000.0 * gt, -1)
+    nckd = ops.sum(ops.exp(lt2) * (lt2 - ls2), -1)
+    t2 = temperature**2
+    return {"tckd": tckd * t2, "nckd": nckd * t2,
+            "dkd": (alpha * tckd + beta * nckd) * t2}
+
+
+def dkd_loss(teacher_logits, student_logits, labels, alpha=1.0, beta=8.0,
+             temperature=4.0):
+    """``dkd_per_example`` averaged over the examples labeled >= 0."""
+    y = ops.reshape(ops.cast(labels, "int32"), (-1,))
+    known = ops.cast(y >= 0, "float32")
+    per = dkd_per_example(teacher_logits, student_logits, y, alpha, beta,
+                          temperature)["dkd"]
+    return ops.sum(per * known) / ops.maximum(ops.sum(known), 1.0)
+
+
+def seed_per_example(teacher_emb, student_emb, queue, student_temperature=0.2,
+                     teacher_temperature=1e-4):
+    """SEED (Fang et al. 2021): each example's similarities to its own
+    teacher embedding and to a queue of teacher embeddings, the student's
+    softmax at T_s matched by cross-entropy to the teacher's at T_t."""
+    t, s, q = unit_rows(teacher_emb), unit_rows(student_emb), \
+        unit_rows(queue)
+    logit_s = ops.concatenate([ops.sum(s * t, -1, keepdims=True),
+                               ops.matmul(s, ops.transpose(q))], -1)
+    logit_t = ops.concatenate([ops.sum(t * t, -1, keepdims=True),
+                               ops.matmul(t, ops.transpose(q))], -1)
+    target = ops.softmax(logit_t / teacher_temperature, -1)
+    return -ops.sum(target * ops.log_softmax(logit_s / student_temperature,
+                                             -1), -1)
+
+
+def seed_loss(teacher_emb, student_emb, queue, student_temperature=0.2,
+              teacher_temperature=1e-4):
+    return ops.mean(seed_per_example(teacher_emb, student_emb, queue,
+                                     student_temperature,
+                                     teacher_temperature))
+
+
+def compress_per_example(teacher_emb, student_emb, queue, temperature=0.04):
+    """CompRess-1q (Abbasi Koohpayegani et al. 2020): KL from the
+    teacher's to the student's softmax of similarities to one queue of
+    teacher embeddings (anchors), at T."""
+    t, s, q = unit_rows(teacher_emb), unit_rows(student_emb), \
+        unit_rows(queue)
+    lt = ops.log_softmax(ops.matmul(t, ops.transpose(q)) / temperature, -1)
+    ls = ops.log_softmax(ops.matmul(s, ops.transpose(q)) / temperature, -1)
+    return ops.sum(ops.exp(lt) * (lt - ls), -1)
+
+
+def compress_loss(teacher_emb, student_emb, queue, temperature=0.04):
+    return ops.mean(compress_per_example(teacher_emb, student_emb, queue,
+                                         temperature))
+
+
+def crd_per_anchor(anchor, positive, negatives, z, num_examples,
+                   temperature=0.07):
+    """CRD's NCE objective (Tian et al. 2020) for anchors [B, d] (unit),
+    their positives [B, d] and negatives [B, K, d] from a memory bank: with
+    P = exp(v . m / T) / Z and h = P / (P + K / N), -log h_pos -
+    sum_k log(1 - h_neg)."""
+    anchor, positive, negatives = _f32(anchor), _f32(positive), \
+        _f32(negatives)
+    k = ops.cast(ops.shape(negatives)[1], "float32")
+    noise = k / float(num_examples)
+    p_pos = ops.exp(ops.sum(anchor * positive, -1) / temperature) / z
+    p_neg = ops.exp(ops.einsum("bd,bkd->bk", anchor, negatives)
+                    / temperature) / z
+    eps = 1e-7
+    log_pos = ops.log(p_pos / (p_pos + noise + eps))
+    log_neg = ops.log(noise / (p_neg + noise + eps))
+    return -(log_pos + ops.sum(log_neg, -1))
+
+
+def crd_loss(anchor, positive, negatives, z, num_examples, temperature=0.07):
+    """``crd_per_anchor`` averaged over the anchors (one direction)."""
+    return ops.mean(crd_per_anchor(anchor, positive, negatives, z,
+                                   num_examples, temperature))
+
+
 class EGADistillationLoss(keras.distillation.DistillationLoss):
     """EGA for Keras's built-in ``keras.distillation.Distiller``.
 

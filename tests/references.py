@@ -65,3 +65,147 @@ def np_nt_xent(z1, z2, t):
         pos = z[i] @ z[j] / t
         total += np.log(np.exp(logits).sum()) - pos
     return total / n
+
+
+# ------------------------------------------------------------- baselines
+def np_unit(x):
+    x = np.asarray(x, np.float64)
+    n = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(n, 1e-12)
+
+
+def np_smooth_l1(a, b):
+    d = np.abs(a - b)
+    return np.where(d < 1, 0.5 * d * d, d - 0.5)
+
+
+def np_hint(t, s):
+    return float(np.mean((np.asarray(s, np.float64)
+                          - np.asarray(t, np.float64)) ** 2))
+
+
+def np_rkd(t, s, wd=25.0, wa=50.0):
+    def distances(e):
+        e = np.asarray(e, np.float64)
+        b = len(e)
+        d = np.zeros((b, b))
+        for i in range(b):
+            for j in range(b):
+                if i != j:
+                    d[i, j] = np.linalg.norm(e[i] - e[j])
+        nz = d[d > 0]
+        return d / (nz.mean() if len(nz) else 1.0)
+
+    def angles(e):
+        e = np.asarray(e, np.float64)
+        b = len(e)
+        out = np.zeros((b, b, b))
+        for i in range(b):
+            for j in range(b):
+                for k in range(b):
+                    u, v = e[j] - e[i], e[k] - e[i]
+                    nu, nv = np.linalg.norm(u), np.linalg.norm(v)
+                    if nu > 0 and nv > 0:
+                        out[i, j, k] = u @ v / (nu * nv)
+        return out
+    dist = np_smooth_l1(distances(s), distances(t)).mean()
+    ang = np_smooth_l1(angles(s), angles(t)).mean()
+    return wd * dist + wa * ang, dist, ang
+
+
+def np_pkt(t, s, eps=1e-7):
+    def probs(e):
+        e = np.asarray(e, np.float64)
+        e = e / (np.linalg.norm(e, axis=1, keepdims=True) + eps)
+        sim = (e @ e.T + 1) / 2
+        return sim / sim.sum(1, keepdims=True)
+    pt, ps = probs(t), probs(s)
+    return float(np.mean(pt * np.log((pt + eps) / (ps + eps))))
+
+
+def np_sp(t, s):
+    def gram(e):
+        e = np.asarray(e, np.float64)
+        return np_unit(e @ e.T)
+    b = len(t)
+    return float(((gram(t) - gram(s)) ** 2).sum() / b / b)
+
+
+def np_nce(t, s, y, temperature=0.1):
+    t, s, y = np_unit(t), np_unit(s), np.asarray(y)
+    b = len(y)
+    logits = s @ t.T / temperature
+    logp = logits - np.log(np.exp(logits - logits.max(1, keepdims=True))
+                           .sum(1, keepdims=True)) - logits.max(1,
+                                                                keepdims=True)
+    pos, neg = [], []
+    for i in range(b):
+        for j in range(b):
+            if i == j or (y[i] >= 0 and y[j] >= 0 and y[i] == y[j]):
+                pos.append(-logp[i, j])
+            elif y[i] >= 0 and y[j] >= 0:
+                neg.append(-np.log(1 - np.exp(logp[i, j])))
+    return (np.mean(pos) if pos else 0.0) + (np.mean(neg) if neg else 0.0)
+
+
+def np_sym_kl(tl, sl, temperature=1.0):
+    pt, ps = np_softmax(np.asarray(tl) / temperature), np_softmax(
+        np.asarray(sl) / temperature)
+    return 0.5 * ((pt * np.log(pt / ps)).sum(-1)
+                  + (ps * np.log(ps / pt)).sum(-1))
+
+
+def np_dkd(tl, sl, y, alpha=1.0, beta=8.0, temperature=4.0):
+    """Mean over labeled examples, and the per-example terms."""
+    tl, sl, y = np.asarray(tl, np.float64), np.asarray(sl, np.float64), \
+        np.asarray(y)
+    out = []
+    for i in np.flatnonzero(y >= 0):
+        pt = np_softmax(tl[i] / temperature)
+        ps = np_softmax(sl[i] / temperature)
+        g = y[i]
+        bt = np.array([pt[g], 1 - pt[g]])
+        bs = np.array([ps[g], 1 - ps[g]])
+        tckd = (bt * np.log(bt / bs)).sum()
+        rest = [c for c in range(len(pt)) if c != g]
+        qt = pt[rest] / pt[rest].sum()
+        qs = ps[rest] / ps[rest].sum()
+        nckd = (qt * np.log(qt / qs)).sum()
+        out.append((alpha * tckd + beta * nckd) * temperature**2)
+    return float(np.mean(out)) if out else 0.0
+
+
+def np_seed(t, s, queue, ts=0.2, tt=1e-4):
+    t, s, q = np_unit(t), np_unit(s), np_unit(queue)
+    total = 0.0
+    for i in range(len(t)):
+        ls = np.concatenate([[s[i] @ t[i]], q @ s[i]]) / ts
+        lt = np.concatenate([[t[i] @ t[i]], q @ t[i]]) / tt
+        target = np_softmax(lt)
+        logq = ls - ls.max() - np.log(np.exp(ls - ls.max()).sum())
+        total += -(target * logq).sum()
+    return total / len(t)
+
+
+def np_compress(t, s, queue, temperature=0.04):
+    t, s, q = np_unit(t), np_unit(s), np_unit(queue)
+    total = 0.0
+    for i in range(len(t)):
+        pt = np_softmax(q @ t[i] / temperature)
+        ps = np_softmax(q @ s[i] / temperature)
+        total += (pt * np.log(pt / ps)).sum()
+    return total / len(t)
+
+
+def np_crd(anchor, pos, neg, z, n, temperature=0.07):
+    """Per anchor: -log h(pos) - sum log(1 - h(neg)), h = P/(P + K/N)."""
+    anchor, pos, neg = (np.asarray(a, np.float64) for a in (anchor, pos,
+                                                            neg))
+    k = neg.shape[1]
+    out = []
+    for i in range(len(anchor)):
+        p = np.exp(anchor[i] @ pos[i] / temperature) / z
+        ps = np.exp(neg[i] @ anchor[i] / temperature) / z
+        out.append(-np.log(p / (p + k / n)) - np.log((k / n) / (ps + k / n))
+                   .sum())
+    return np.array(out)
