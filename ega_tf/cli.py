@@ -282,6 +282,23 @@ def config_from_flags(flag_values, shortcuts):
     return config
 
 
+def command_line(flag_values):
+    """The flags given on the command line, as ``--name=value`` arguments
+    (to record how an output was made)."""
+    seen, out = set(), []
+    for name in sorted(flag_values):
+        flag = flag_values[name]
+        if not flag.present or id(flag) in seen or name != flag.name:
+            continue
+        seen.add(id(flag))
+        if name == "config":
+            from ml_collections import config_flags
+            out.append(f"--config={config_flags.get_config_filename(flag)}")
+        else:
+            out.append(flag.serialize())
+    return out
+
+
 def config_help(flag_values):
     """The config's fields and values, for ``--help``."""
     from ml_collections import config_flags

@@ -16,6 +16,14 @@ from ml_collections import config_dict
 from ega_tf.errors import ConfigError, UserError
 
 VARIANTS = ("smoke",)
+# Loss fields that count things (queue lengths, epochs), not weights.
+INT_LOSS_FIELDS = ("crd_dim", "crd_negatives", "seed_queue",
+                   "compress_queue", "dkd_warmup")
+
+
+def methods_fields():
+    from ega_tf.methods import LOSS_FIELDS
+    return LOSS_FIELDS
 
 
 def default_config(arg=None):
@@ -41,7 +49,9 @@ def default_config(arg=None):
     c.teacher = ""              # .keras teacher or a published checkpoint
     c.trust_saved_model = False  # allow teachers that call a SavedModel
     c.allow_pickle = False      # unpickle checkpoint files (runs their code)
-    c.distill = "ega"           # ega | none (cross-entropy baseline)
+    # ega | none (cross-entropy baseline) | a baseline or ablation: the
+    # table of ega_tf/methods.py, listed by --help and docs/methods.md.
+    c.distill = "ega"
     # The frozen teacher's arithmetic: float32 | bfloat16 (faster, ~6e-3).
     c.teacher_precision = "float32"
     # auto: with teacher_view=clean, compute the teacher's features once
@@ -49,13 +59,13 @@ def default_config(arg=None):
     c.teacher_cache = "auto"
     c.embed_dim = 256           # D, the shared node-embedding width
 
+    # The loss weights: None takes the --distill method's published
+    # default (ega_tf/methods.py); resolve() fills them in, and the run's
+    # config.json shows the values used.
     c.loss = ml_collections.ConfigDict()
-    c.loss.gamma = 1.0          # cross-entropy
-    c.loss.beta = 1.0           # EGA
-    c.loss.alpha = 0.0          # Hinton KD on the two heads' logits
-    c.loss.node_weight = 0.8
-    c.loss.edge_weight = 0.24
-    c.loss.kd_temperature = 4.0
+    for name in methods_fields():
+        c.loss[name] = config_dict.placeholder(
+            int if name in INT_LOSS_FIELDS else float)
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = config_dict.placeholder(float)  # None: the student's own
@@ -122,8 +132,13 @@ def check_variant(arg, variants=VARIANTS):
 def resolve(config):
     """A copy with derived defaults filled in, every field checked."""
     from ega_tf import students
+    from ega_tf import methods
     config = config.copy_and_resolve_references()
     validate(config)
+    with config.loss.unlocked():
+        for name, value in methods.resolve_weights(
+                config.distill, config.loss).items():
+            config.loss[name] = value
     if config.optim.lr is None:
         config.optim.lr = students.default_lr(config.student)
     return config
@@ -132,7 +147,7 @@ def resolve(config):
 def _problems(config):
     """Every problem of ``config``, as messages, in the order of the
     fields (the dataset first, the teacher last)."""
-    from ega_tf import data, distribute, students
+    from ega_tf import data, distribute, methods, students
     from ega_tf.data import augment, folder, pipeline
     from ega_tf.teachers import feature_cache, teacher_file
     from ega_tf.registry import check_choice
@@ -157,13 +172,10 @@ def _problems(config):
          f"data.image_size must be at least 8; got {config.data.image_size}.")
     check(folder.check_on_bad_image, config.data.on_bad_image)
     check(students.STUDENTS.get, config.student)
-    check(check_choice, "distill", config.distill, ("ega", "none"))
+    check(methods.METHODS.get, config.distill)
     need(config.embed_dim >= 1,
          f"embed_dim must be positive; got {config.embed_dim}.")
-    for name in ("gamma", "beta", "alpha", "node_weight", "edge_weight"):
-        value = config.loss[name]
-        need(value >= 0, f"loss.{name} must be >= 0; got {value}.")
-    need(config.loss.kd_temperature > 0, "loss.kd_temperature must be > 0.")
+    problems.extend(methods.check_weights(config.distill, config.loss))
     o = config.optim
     need(o.lr is None or o.lr > 0, f"optim.lr must be > 0; got {o.lr}.")
     need(o.momentum >= 0, f"optim.momentum must be >= 0; got {o.momentum}.")
@@ -179,7 +191,7 @@ def _problems(config):
     min_batch = 2 if config.distill != "none" else 1
     need(config.batch_size >= min_batch,
          f"batch_size must be at least {min_batch}"
-         + (" (EGA's graph relates the images of a batch)"
+         + (" (distillation relates the images of a batch)"
             if min_batch == 2 else "") + f"; got {config.batch_size}.")
     need(config.eval_batch_size >= 1,
          f"eval_batch_size must be positive; got {config.eval_batch_size}.")
@@ -207,7 +219,9 @@ def _problems(config):
     check(distribute.check_strategy, config.distribute.strategy)
     need(config.distribute.cpu_replicas >= 1,
          "distribute.cpu_replicas must be at least 1.")
-    if config.distill != "none" and not config.teacher:
+    if (config.distill in methods.METHODS
+            and methods.METHODS.get(config.distill).uses_teacher
+            and not config.teacher):
         problems.append(
             f"--distill={config.distill} needs a teacher: pass "
             "--teacher=FILE.keras. Make one offline with `python -m "

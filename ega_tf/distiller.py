@@ -9,6 +9,8 @@
     L   = gamma * CE(z_s, y) + beta * (w_node * L_node + w_edge * L_edge)
           + alpha * KD_T(z_t, z_s)
 
+or, with ``method``, beta times that method's loss (ega_tf/methods.py).
+
 The teacher head (P_t, C_t) is trained by the teacher-logit cross-entropy
 alone, with its own optimizer; the student's loss sees x_t and z_t as
 constants. Labels equal to -1 mark unlabeled examples: they take part in EGA
@@ -51,7 +53,8 @@ def build_student(backbone, num_classes, embed_dim=256, mean=CLIP_MEAN,
 
 
 class EGADistiller(keras.Model):
-    """Distils ``teacher`` into ``student`` with Embedding Graph Alignment.
+    """Distils ``teacher`` into ``student`` with Embedding Graph Alignment,
+    or with another method of ``ega_tf.methods``.
 
     Args:
         student: model from ``build_student`` (uint8 image -> dict with
@@ -63,6 +66,9 @@ class EGADistiller(keras.Model):
         gamma, beta, alpha: weights of CE, EGA and KD (defaults 1, 1, 0).
         node_weight, edge_weight: EGA term weights (defaults 0.8, 0.24).
         kd_temperature: Hinton KD temperature (default 4).
+        method: a layer from ``ega_tf.methods.create`` (its weights replace
+            the six above); None: EGA with the weights above (or, without
+            a teacher, cross-entropy alone).
 
     Example:
         student = build_student(students.create("resnet8"), 100)
@@ -76,17 +82,29 @@ class EGADistiller(keras.Model):
 
     def __init__(self, student, teacher, num_classes, embed_dim=256,
                  gamma=1.0, beta=1.0, alpha=0.0, node_weight=0.8,
-                 edge_weight=0.24, kd_temperature=4.0, **kwargs):
+                 edge_weight=0.24, kd_temperature=4.0, method=None,
+                 **kwargs):
         super().__init__(**kwargs)
+        from ega_tf import methods
         self.student = student
         self.teacher = teacher
         self.num_classes = int(num_classes)
-        self.gamma = float(gamma)
-        self.beta = float(beta)
-        self.alpha = float(alpha)
-        self.node_weight = float(node_weight)
-        self.edge_weight = float(edge_weight)
-        self.kd_temperature = float(kd_temperature)
+        if method is None:
+            method = methods.create(
+                "ega" if teacher is not None else "none",
+                dict(gamma=gamma, beta=beta, alpha=alpha,
+                     node_weight=node_weight, edge_weight=edge_weight,
+                     kd_temperature=kd_temperature), embed_dim=embed_dim)
+        if teacher is None and (method.spec.uses_teacher
+                                or method.w.get("alpha")):
+            raise ValueError(f"Distillation method {method.spec.name!r} "
+                             "needs a teacher.")
+        self.method = method
+        w = method.w
+        self.gamma = float(w["gamma"])
+        self.beta = float(w["beta"])
+        self.alpha = float(w["alpha"])
+        self.kd_temperature = float(w.get("kd_temperature", 4.0))
         if teacher is not None:
             teacher.trainable = False
             width = teacher.output_shape[-1]
@@ -114,12 +132,26 @@ class EGADistiller(keras.Model):
         return self.teacher is not None
 
     def loss_names(self):
+        """The logged loss terms, in order."""
         names = ["loss", "ce"]
         if self.distilling:
-            names += ["node", "edge", "teacher_ce"]
+            names.append("teacher_ce")
+            if self.beta:
+                names += list(self.method.spec.terms)
             if self.alpha:
                 names.append("kd")
         return names
+
+    def train_only_names(self):
+        """Terms that have no value on held-out data (CRD's bank)."""
+        return () if self.method.evaluates else tuple(self.method.spec.terms)
+
+    @property
+    def student_variables(self):
+        """What the student's optimizer trains: the student and the
+        method's own layers (CRD's embeddings)."""
+        return (self.student.trainable_variables
+                + self.method.trainable_variables)
 
     # ---------------------------------------------------------------- setup
     def compile(self, optimizer, teacher_head_optimizer=None, **kwargs):
@@ -131,16 +163,19 @@ class EGADistiller(keras.Model):
             raise ValueError("EGADistiller with a teacher needs "
                              "teacher_head_optimizer for the online head.")
         super().compile(optimizer=optimizer, **kwargs)
-        self.optimizer.build(self.student.trainable_variables)
+        self.optimizer.build(self.student_variables)
         self.teacher_head_optimizer = teacher_head_optimizer
         if teacher_head_optimizer is not None:
             teacher_head_optimizer.build(self.teacher_head_variables)
 
     def checkpoint_items(self):
         """Everything a checkpoint must hold to continue training exactly:
-        the student, the online teacher head and both optimizers. The frozen
-        teacher is not included: it is its own file."""
+        the student, the online teacher head, the method's state (queues,
+        banks) and both optimizers. The frozen teacher is not included: it
+        is its own file."""
         items = {"student": self.student, "optimizer": self.optimizer}
+        if self.method.variables:
+            items["method"] = self.method
         if self.distilling:
             items.update(teacher_embed=self.teacher_embed,
                          teacher_classifier=self.teacher_classifier,
@@ -175,6 +210,10 @@ class EGADistiller(keras.Model):
         ctx = tf.distribute.get_replica_context()
         return ctx, (ctx.num_replicas_in_sync if ctx is not None else 1)
 
+    def replicas(self):
+        """Replicas in sync (1 outside a strategy)."""
+        return self._replicas()[1]
+
     def sum_over_replicas(self, x):
         """``x`` summed over every replica (identity on one)."""
         ctx, n = self._replicas()
@@ -197,7 +236,7 @@ class EGADistiller(keras.Model):
         labeled = ops.cast(y >= 0, "float32") * valid
         return ops.maximum(y, 0), labeled, valid
 
-    def _mean_over_global(self, per_example, weights):
+    def mean_over_global(self, per_example, weights):
         """(global weighted mean for logging, this replica's share of it:
         its weighted sum over the global weight)."""
         count = ops.maximum(self.sum_over_replicas(ops.sum(weights)), 1.0)
@@ -221,51 +260,55 @@ class EGADistiller(keras.Model):
         x_t = self.teacher_embed(f_t)
         return x_t, self.teacher_classifier(x_t)
 
-    def _compute_terms(self, x, labels, labeled, valid, training):
+    def _compute_terms(self, x, y, labels, labeled, valid, training):
         """One batch's terms. Returns (global terms, objectives, student
-        logits, teacher logits); ``objectives`` holds this replica's share
-        of the student's loss and of the teacher head's cross-entropy."""
-        _, replicas = self._replicas()
+        logits, teacher logits, the method's batch and state);
+        ``objectives`` holds this replica's share of the student's loss and
+        of the teacher head's cross-entropy."""
+        from ega_tf.methods.layers import Batch
         out = self.student(x["student"], training=training)
         s_logits = out["logits"]
         terms, share = {}, {}
-        terms["ce"], share["ce"] = self._mean_over_global(
+        terms["ce"], share["ce"] = self.mean_over_global(
             self._ce(labels, s_logits), labeled)
         total = self.gamma * terms["ce"]
         student = self.gamma * share["ce"]
-        t_logits = None
+        t_logits, batch, state = None, None, None
         if self.distilling:
             x_t, t_logits = self._teacher_forward(x)
-            terms["teacher_ce"], share["teacher_ce"] = self._mean_over_global(
+            terms["teacher_ce"], share["teacher_ce"] = self.mean_over_global(
                 self._ce(labels, t_logits), labeled)
-            # The graph of the global batch, the same on every replica.
-            ega = losses.ega_terms(
-                self.gather_global(ops.stop_gradient(x_t)),
-                self.gather_global(out["embedding"]),
-                mask=self.gather_global(valid))
-            terms.update(ega)
-            graph = self.beta * (self.node_weight * ega["node"]
-                                 + self.edge_weight * ega["edge"])
-            total += graph
-            student += graph / replicas
+            batch = Batch(
+                x_t=ops.stop_gradient(x_t), x_s=out["embedding"],
+                t_logits=ops.stop_gradient(t_logits), s_logits=s_logits,
+                labels=labels, labeled=labeled, valid=valid,
+                raw_labels=ops.where(valid > 0, ops.reshape(
+                    ops.cast(y, "int32"), (-1,)), -1),
+                index=x.get("index"), training=training, distiller=self)
+            if self.beta:
+                result = self.method.compute(batch)
+                terms.update(result.terms)
+                total += self.beta * result.value
+                student += self.beta * result.share
+                state = result.state
             if self.alpha:
-                terms["kd"], kd_share = self._mean_over_global(
-                    losses.kd_per_example(ops.stop_gradient(t_logits),
-                                          s_logits, self.kd_temperature),
-                    valid)
+                terms["kd"], kd_share = self.mean_over_global(
+                    losses.kd_per_example(batch.t_logits, s_logits,
+                                          self.kd_temperature), valid)
                 total += self.alpha * terms["kd"]
                 student += self.alpha * kd_share
         terms["loss"] = total
         objectives = {"student": student,
                       "teacher_head": share.get("teacher_ce")}
-        return terms, objectives, s_logits, t_logits
+        return terms, objectives, s_logits, t_logits, batch, state
 
     def _update_metrics(self, terms, labels, labeled, s_logits, t_logits):
         # Every replica adds the same global value to the trackers; their
         # variables sum over replicas, total and count alike, so the means
         # are unchanged. Accuracies add each replica's own examples.
         for name, tracker in self._trackers.items():
-            tracker.update_state(terms[name])
+            if name in terms:  # CRD's term only in training
+                tracker.update_state(terms[name])
         for name, metric in self._accuracy.items():
             logits = t_logits if name == "teacher_top1" else s_logits
             metric.update_state(labels, logits, sample_weight=labeled)
@@ -274,10 +317,10 @@ class EGADistiller(keras.Model):
     def train_step(self, data):
         x, y, weight = keras.utils.unpack_x_y_sample_weight(data)
         labels, labeled, valid = self._masks(y, weight)
-        student_vars = self.student.trainable_variables
+        student_vars = self.student_variables
         with tf.GradientTape(persistent=self.distilling) as tape:
-            terms, objectives, s_logits, t_logits = self._compute_terms(
-                x, labels, labeled, valid, True)
+            terms, objectives, s_logits, t_logits, batch, state = (
+                self._compute_terms(x, y, labels, labeled, valid, True))
             scaled = self.optimizer.scale_loss(objectives["student"])
         self.optimizer.apply_gradients(
             zip(tape.gradient(scaled, student_vars), student_vars))
@@ -286,6 +329,8 @@ class EGADistiller(keras.Model):
             grads = tape.gradient(objectives["teacher_head"], head_vars)
             self.teacher_head_optimizer.apply_gradients(zip(grads, head_vars))
             del tape
+            if self.beta:
+                self.method.update(batch, state)
         return self._update_metrics(terms, labels, labeled, s_logits,
                                     t_logits)
 
@@ -294,7 +339,7 @@ class EGADistiller(keras.Model):
         if not isinstance(x, dict):
             x = {"student": x, "teacher": x}
         labels, labeled, valid = self._masks(y, weight)
-        terms, _, s_logits, t_logits = self._compute_terms(
-            x, labels, labeled, valid, False)
+        terms, _, s_logits, t_logits, _, _ = self._compute_terms(
+            x, y, labels, labeled, valid, False)
         return self._update_metrics(terms, labels, labeled, s_logits,
                                     t_logits)

@@ -28,7 +28,8 @@ SHORTCUTS = {
     "teacher": "Teacher .keras file, or a published checkpoint (converted "
                "once and cached).",
     "distill": "ega: cross-entropy + EGA from the teacher; none: "
-               "cross-entropy alone.",
+               "cross-entropy alone; or a baseline or ablation (listed "
+               "at the end of --help, docs/methods.md).",
     "epochs": "Training epochs (the decays stay at 150/240, 180/240, "
               "210/240 of the run).",
     "batch_size": "Images per step.",
@@ -79,7 +80,13 @@ def main(argv, flag_values):
           f"{results.get('saved_model', '(not exported)')}")
 
 
-help_extra = cli.config_help  # --help also lists the config's fields
+def help_extra(flag_values):
+    """--help also lists the config's fields and the methods' weights."""
+    from ega_tf import methods
+    return (cli.config_help(flag_values) + "\n\nDistillation methods "
+            "(--distill) and their default weights (loss.* = None takes "
+            "them; --config.loss.FIELD=VALUE overrides one):\n"
+            + methods.describe())
 
 if __name__ == "__main__":
     cli.run(define_flags, main, help_extra)

@@ -33,8 +33,8 @@ from ega_tf import distribute, runtime
 from ega_tf import workdir as wd
 from ega_tf.errors import RunStopped, UserError
 
-# The order in which a non-finite term is reported.
-LOSS_TERMS = ("ce", "teacher_ce", "node", "edge", "kd", "loss")
+# Reported first when several terms stop being finite at once.
+FIRST_TERMS = ("ce", "teacher_ce")
 
 
 class DivergedError(RunStopped):
@@ -157,7 +157,7 @@ def learning_rate(config):
 def build_model(config, dataset, teacher=None, replicas=1):
     """The EGADistiller for ``config`` on ``dataset``, compiled (in the
     current strategy's scope)."""
-    from ega_tf import layers, students
+    from ega_tf import layers, methods, students
     from ega_tf.distiller import EGADistiller, build_student
     from ega_tf.optimizers import TorchSGD, step_schedule
 
@@ -170,13 +170,17 @@ def build_model(config, dataset, teacher=None, replicas=1):
         students.create(config.student, input_shape=(*size, 3)),
         dataset.num_classes, config.embed_dim)
     layers.synchronize_batchnorm(student, config.distribute.sync_batchnorm)
-    model = EGADistiller(
-        student, teacher, dataset.num_classes, config.embed_dim,
-        gamma=config.loss.gamma, beta=config.loss.beta,
-        alpha=config.loss.alpha, node_weight=config.loss.node_weight,
-        edge_weight=config.loss.edge_weight,
-        kd_temperature=config.loss.kd_temperature)
     steps = len(dataset.train) // config.batch_size
+    method = methods.create(
+        config.distill, dict(config.loss), num_examples=len(dataset.train),
+        embed_dim=config.embed_dim, seed=config.seed, steps_per_epoch=steps,
+        labels=dataset.train.labels)
+    if hasattr(method, "memory_mb"):
+        logging.info("crd: two memory banks of %d x %d, %.1f MiB; %d "
+                     "negatives per anchor.", len(dataset.train),
+                     method.w["crd_dim"], method.memory_mb(), method.k)
+    model = EGADistiller(student, teacher, dataset.num_classes,
+                         config.embed_dim, method=method)
     lr = step_schedule(learning_rate(config), steps, config.epochs,
                        config.optim.decay_fractions, config.optim.decay_factor)
     jit, why = choose_jit(config.jit_compile, teacher, size, replicas)
@@ -188,6 +192,22 @@ def build_model(config, dataset, teacher=None, replicas=1):
         teacher_head_optimizer=(TorchSGD(config.optim.teacher_head_lr, **sgd)
                                 if teacher is not None else None),
         jit_compile=jit)
+    return model
+
+
+def restore_model(config, workdir, dataset=None, teacher=None):
+    """The distiller of the run in ``workdir`` (made with ``config``,
+    resolved), its newest checkpoint restored; for looking inside a
+    finished run (its embeddings, its teacher head). ``dataset`` and
+    ``teacher`` are loaded when not given."""
+    dataset = dataset or load_dataset(config)
+    if teacher is None and config.distill != "none":
+        teacher = load_teacher(config)
+    model = build_model(config, dataset, teacher)
+    ckpt = Checkpointer(model, os.path.join(workdir, wd.CHECKPOINTS))
+    epoch, _ = ckpt.restore()
+    if epoch == 0:
+        raise UserError(f"{workdir} has no checkpoint to restore.")
     return model
 
 
@@ -253,10 +273,10 @@ def _step_function(model, strategy, step_fn, jit):
 
 
 def _first_non_finite(logs):
-    for term in LOSS_TERMS:
-        if term in logs and not math.isfinite(logs[term]):
-            return term
-    return None
+    """The first term of ``logs`` that is not finite: the cross-entropies,
+    then the method's terms, the total last; None if all are."""
+    order = sorted(logs, key=lambda k: (k == "loss", k not in FIRST_TERMS))
+    return next((k for k in order if not math.isfinite(logs[k])), None)
 
 
 class _Progress:
@@ -322,7 +342,7 @@ def run(config, workdir, verbose=2, strategy=None, on_step=None):
         dataset.train, config.batch_size, seed=config.seed,
         padding=config.padding, teacher_view=config.teacher_view,
         deterministic=config.deterministic, features=train_features,
-        **config.input)
+        index=config.distill == "crd", **config.input)
     test = pipeline.EvalStream(dataset.test, config.eval_batch_size,
                                features=test_features, **config.input)
 
@@ -416,7 +436,8 @@ def _loop(config, model, strategy, train, test, ckpt, history, history_path,
         val = {}
         for _ in range(test.steps):
             val = eval_step(eval_iterator)
-        val = {f"val_{k}": float(v) for k, v in val.items()}
+        val = {f"val_{k}": float(v) for k, v in val.items()
+               if k not in model.train_only_names()}
         bad = _first_non_finite({k[4:]: v for k, v in val.items()})
         if bad:
             raise DivergedError(f"val_{bad}", val[f"val_{bad}"], epoch,

@@ -84,7 +84,9 @@ class FlagsTest(TestCase):
     def test_help_exits_zero_with_defaults_and_config_fields(self):
         for module, must in (
                 ("train", ["--dataset: Dataset", "config default: "
-                           "'cifar100'", "loss.node_weight = 0.8",
+                           "'cifar100'", "ega: gamma=1, alpha=0, beta=1, "
+                           "node_weight=0.8, edge_weight=0.24",
+                           "crd: ", "crd_negatives=16384",
                            "override any with --config.FIELD=VALUE"]),
                 ("pretrain", ["--arch: Backbone", "simclr.temperature = 0.5",
                               "--out: Where to write the teacher (.keras). "

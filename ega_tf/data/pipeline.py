@@ -77,12 +77,14 @@ class TrainStream:
         features: the teacher's features of every image (``clean`` view
             only); the examples then carry them as ``teacher_features``
             instead of the teacher's image.
+        index: also carry each example's position in ``split`` as
+            ``index`` (CRD's memory banks have one row per example).
     """
 
     def __init__(self, split, global_batch, *, seed=0, padding=None,
                  teacher_view="independent", deterministic=True,
                  cache="auto", cache_limit_gb=8.0, shuffle_buffer=None,
-                 features=None):
+                 features=None, index=False):
         augment.check_teacher_view(teacher_view)
         if len(split) < global_batch:
             raise UserError(f"batch_size {global_batch} exceeds the "
@@ -100,6 +102,7 @@ class TrainStream:
                              "features.")
         self.base, whole = _cached(split, _examples(split, features), cache,
                                    cache_limit_gb)
+        self.index = bool(index)
         self.buffer = shuffle_buffer or (
             len(split) if whole else min(len(split), DEFAULT_SHUFFLE_BUFFER))
         self.steps_per_epoch = len(split) // self.global_batch
@@ -111,19 +114,26 @@ class TrainStream:
         rows = self.global_batch // num_shards
         per_replica = rows // replicas_per_shard
         seed, padding, view = self.seed, self.padding, self.teacher_view
+        with_index = self.index
 
         def views(position, example):
-            image, label, *features = example
+            if with_index:
+                index, (image, label, *features) = example
+            else:
+                image, label, *features = example
             pair = tf.stack([tf.constant(seed, tf.int64),
                              epoch * (1 << 32) + position])
             x = augment.make_views(image, pair, padding, view)
             if features:  # the clean view's features, read, not computed
                 x = {"student": x["student"], "teacher_features": features[0]}
+            if with_index:
+                x["index"] = index
             return x, label
 
         # Fixed per epoch (reshuffle_each_iteration=False): the order does
         # not depend on how many iterators came before.
-        ds = self.base.shuffle(self.buffer, seed=seed * 100_003 + epoch,
+        base = self.base.enumerate() if with_index else self.base
+        ds = base.shuffle(self.buffer, seed=seed * 100_003 + epoch,
                                reshuffle_each_iteration=False)
         ds = ds.enumerate().batch(self.global_batch, drop_remainder=True)
         ds = ds.skip(skip)
