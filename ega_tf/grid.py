@@ -1,0 +1,358 @@
+"""A comparison grid: methods x seeds (x students x label fractions), each
+cell an ordinary ``ega_tf.train`` workdir, and the tables made from them.
+
+    cells = grid.make_cells(["none", "ega"], seeds=[0, 1], students=["resnet8"],
+                            fractions=[0.1])
+    grid.run(base_config, cells, "runs/cmp")       # resumable
+    rows = grid.collect(base_config, cells, "runs/cmp")
+    grid.write_tables(rows, "runs/cmp", header)    # results.csv, summary.md
+
+A rerun skips finished cells and resumes interrupted ones (each cell's
+workdir does that itself); a diverged cell is recorded and the grid goes
+on. ``ega_tf.compare`` is the command line; ``ega_tf.pictures`` draws the
+figures.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import time
+from typing import Dict, List
+
+import numpy as np
+from absl import logging
+
+from ega_tf import methods
+from ega_tf import workdir as wd
+from ega_tf.errors import ConfigError, UserError
+from ega_tf.io_utils import atomic_output
+
+GRID = "grid.json"
+RESULTS_CSV = "results.csv"
+SUMMARY = "summary.md"
+COLUMNS = ("method", "student", "labeled_fraction", "seed", "status",
+           "epochs", "test_top1_best", "test_top1_last", "train_top1_last",
+           "overfit_gap", "teacher_head_top1_last", "wall_time_s", "workdir")
+# The fields a cell sets; the rest of the config is the grid's.
+AXES = ("distill", "student", "labeled_fraction", "seed")
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    method: str
+    student: str
+    labeled_fraction: float
+    seed: int
+
+    @property
+    def name(self):
+        """The cell's workdir name: stable when axes are extended."""
+        return (f"{self.method}_{self.student}_lf{self.labeled_fraction:g}"
+                f"_s{self.seed}")
+
+    @property
+    def group(self):
+        """The cells averaged together: all seeds of one setting."""
+        return (self.student, self.labeled_fraction, self.method)
+
+    def describe(self):
+        return (f"{self.method} {self.student} labeled={self.labeled_fraction:g}"
+                f" seed={self.seed}")
+
+
+def make_cells(method_names, seeds, students, fractions) -> List[Cell]:
+    """The grid's cells, seed-major (every method of seed 0 first, so a
+    partial grid already compares the methods)."""
+    for name in method_names:
+        methods.METHODS.get(name)  # an unknown name lists the valid ones
+    return [Cell(m, s, float(f), int(seed)) for s in students
+            for f in fractions for seed in seeds for m in method_names]
+
+
+def cell_config(base, cell):
+    """``base`` with the cell's axes set and the loss fields the method
+    does not read cleared (a grid-wide --config.loss.FIELD applies to the
+    methods that read FIELD), resolved."""
+    from ega_tf import config as config_lib
+    c = base.copy_and_resolve_references()
+    c.distill, c.student = cell.method, cell.student
+    c.labeled_fraction, c.seed = cell.labeled_fraction, cell.seed
+    used = set(methods.METHODS.get(cell.method).defaults) | set(
+        methods.GENERAL_FIELDS)
+    with c.loss.unlocked():
+        for field in list(c.loss.keys()):
+            if field not in used:
+                c.loss[field] = None
+    return config_lib.resolve(c)
+
+
+def configs(base, cells):
+    """Every cell's resolved config, checked before anything runs; one
+    ConfigError lists the problems of all cells."""
+    out, problems = {}, []
+    for cell in cells:
+        try:
+            out[cell] = cell_config(base, cell)
+        except UserError as e:
+            problems.append(f"{cell.describe()}: {e}")
+    if problems:
+        raise ConfigError(" | ".join(dict.fromkeys(problems)))
+    return out
+
+
+def claim(base, workdir):
+    """Records the grid's shared config in ``workdir``; refuses a workdir
+    that holds a grid of other settings (its axes may be extended)."""
+    path = os.path.join(workdir, GRID)
+    mine = _shared(base)
+    if os.path.exists(path):
+        differ = wd.differing_fields(wd.read_json(path)["config"], mine)
+        if differ:
+            shown = "; ".join(f"{k}: {a!r} there, {b!r} now"
+                              for k, a, b in differ[:6])
+            raise UserError(f"{workdir} holds a comparison of other "
+                            f"settings ({shown}). Use another --workdir.")
+    os.makedirs(workdir, exist_ok=True)
+    wd.write_json(path, {"config": mine})
+
+
+def _shared(base):
+    """The config without the fields the cells set."""
+    shared = json.loads(base.to_json())
+    for key in AXES:
+        shared.pop(key, None)
+    shared.pop("loss", None)  # per method
+    return shared
+
+
+def cell_state(workdir):
+    """"finished", "diverged", "partial" or "new"."""
+    results = os.path.join(workdir, wd.RESULTS)
+    if os.path.exists(results):
+        return wd.read_json(results).get("status", "finished")
+    return "partial" if os.path.exists(os.path.join(workdir, wd.CONFIG)) \
+        else "new"
+
+
+def run(base, cells, workdir, verbose=0, log=print, after_cell=None):
+    """Trains every cell that has not finished, in order, printing one line
+    per cell with the time left; returns {cell: status}."""
+    import keras
+
+    from ega_tf import training
+    cell_configs = configs(base, cells)
+    claim(base, workdir)
+    todo = [c for c in cells if cell_state(os.path.join(workdir, c.name))
+            not in ("finished", "diverged")]
+    if len(todo) < len(cells):
+        log(f"{len(cells) - len(todo)} of {len(cells)} cells finished "
+            "earlier; their results are kept.")
+    spent, status = [], {}
+    width = len(str(len(cells)))
+    for cell in cells:
+        path = os.path.join(workdir, cell.name)
+        number = f"[{cells.index(cell) + 1:{width}d}/{len(cells)}]"
+        if cell not in todo:
+            status[cell] = cell_state(path)
+            continue
+        state = cell_state(path)
+        log(f"{number} {cell.describe()}: "
+            + ("resuming" if state == "partial" else "training") + "...")
+        begin = time.time()
+        try:
+            results = training.run(cell_configs[cell], path, verbose)
+            status[cell] = "finished"
+            text = (f"test top-1 last {results['test_top1_last']:.2f}, best "
+                    f"{results['test_top1_best']:.2f}")
+        except training.DivergedError as e:
+            status[cell] = "diverged"
+            text = f"DIVERGED ({e})"
+        spent.append(time.time() - begin)
+        left = len(todo) - len(spent)
+        eta = (f"; about {_duration(np.mean(spent) * left)} left for {left}"
+               f" cell{'s' if left != 1 else ''}" if left else "")
+        log(f"{number} {cell.describe()}: {text} in "
+            f"{_duration(spent[-1])}{eta}")
+        keras.backend.clear_session()
+        if after_cell is not None:
+            after_cell(cell)
+    return status
+
+
+def _duration(seconds):
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+# ------------------------------------------------------------------ tables
+def collect(cells, workdir) -> List[Dict]:
+    """One row per cell that has results (finished or diverged)."""
+    rows = []
+    for cell in cells:
+        path = os.path.join(workdir, cell.name)
+        state = cell_state(path)
+        if state not in ("finished", "diverged"):
+            continue
+        results = wd.read_json(os.path.join(path, wd.RESULTS))
+        history = wd.read_history(os.path.join(path, wd.HISTORY))
+        last = history[-1] if history else {}
+        train_top1 = 100 * last["top1"] if "top1" in last else None
+        test_last = results.get("test_top1_last")
+        rows.append({
+            "method": cell.method, "student": cell.student,
+            "labeled_fraction": cell.labeled_fraction, "seed": cell.seed,
+            "status": state, "epochs": len(history),
+            "test_top1_best": results.get("test_top1_best"),
+            "test_top1_last": test_last,
+            "train_top1_last": train_top1,
+            "overfit_gap": (train_top1 - test_last
+                            if train_top1 is not None and test_last is not
+                            None else None),
+            "teacher_head_top1_last": results.get("teacher_head_top1_last"),
+            "wall_time_s": results.get("wall_time_s"),
+            "workdir": cell.name, "_history": history})
+    return rows
+
+
+def write_results_csv(rows, path):
+    out = io.StringIO()
+    writer = csv.DictWriter(out, COLUMNS, extrasaction="ignore",
+                            lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _csv_value(row[k]) for k in COLUMNS})
+    with atomic_output(path) as tmp:
+        with open(tmp, "w") as f:
+            f.write(out.getvalue())
+
+
+def _csv_value(v):
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return v
+
+
+def _mean_std(values):
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return None, None
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else None
+    return float(np.mean(values)), std
+
+
+def _pm(mean, std):
+    if mean is None:
+        return "–"
+    return f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
+
+
+def summarise(rows, method_order, silhouettes=None):
+    """Per setting and method: the aggregated numbers (dicts); the list
+    also carries the teacher's silhouettes."""
+    groups = {}
+    for row in rows:
+        key = (row["student"], row["labeled_fraction"], row["method"])
+        groups.setdefault(key, []).append(row)
+    out = []
+    for key in sorted(groups, key=lambda k: (k[0], k[1],
+                                             method_order.index(k[2]))):
+        g = groups[key]
+        fine = [r for r in g if r["status"] == "finished"]
+        best = _mean_std([r["test_top1_best"] for r in fine])
+        last = _mean_std([r["test_top1_last"] for r in fine])
+        gap = _mean_std([r["overfit_gap"] for r in fine])
+        out.append({"student": key[0], "labeled_fraction": key[1],
+                    "method": key[2], "runs": len(fine),
+                    "diverged": len(g) - len(fine), "best": best,
+                    "last": last, "gap": gap,
+                    "wall_time_s": _mean_std([r["wall_time_s"]
+                                              for r in fine])[0],
+                    "silhouette": (silhouettes or {}).get(key)})
+    for s in out:
+        for ref in ("none", "ega"):
+            other = next((o for o in out if (o["student"],
+                          o["labeled_fraction"], o["method"]) ==
+                          (s["student"], s["labeled_fraction"], ref)), None)
+            s[f"vs_{ref}"] = (s["last"][0] - other["last"][0]
+                              if other and other["last"][0] is not None
+                              and s["last"][0] is not None else None)
+    out = _Summary(out)
+    out.teacher_silhouettes = {k[:2]: v for k, v in (silhouettes or {})
+                               .items() if k[2] == "teacher"}
+    return out
+
+
+class _Summary(list):
+    """The summary rows, with the teacher's silhouettes alongside."""
+
+
+def summary_markdown(summary, header):
+    """summary.md: the grid's description, then one table per setting."""
+    lines = [header.rstrip(), ""]
+    settings = dict.fromkeys((s["student"], s["labeled_fraction"])
+                             for s in summary)
+    for student, fraction in settings:
+        lines += [f"## {student}, labeled fraction {fraction:g}", "",
+                  "| method | runs | test top-1 best | test top-1 last | "
+                  "Δ last vs none | Δ last vs ega | train − test (last) | "
+                  "embedding silhouette | wall time |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for s in summary:
+            if (s["student"], s["labeled_fraction"]) != (student, fraction):
+                continue
+            runs = str(s["runs"]) + (f" ({s['diverged']} diverged)"
+                                     if s["diverged"] else "")
+            lines.append(
+                f"| {s['method']} | {runs} | {_pm(*s['best'])} | "
+                f"{_pm(*s['last'])} | {_signed(s['vs_none'])} | "
+                f"{_signed(s['vs_ega'])} | {_pm(*s['gap'])} | "
+                + (f"{s['silhouette']:.3f}" if s["silhouette"] is not None
+                   else "–")
+                + f" | {_duration(s['wall_time_s']) if s['wall_time_s'] else '–'} |")
+        teacher = (silhouettes_of(summary) or {}).get((student, fraction))
+        if teacher is not None:
+            lines += ["", f"The frozen teacher's features: silhouette "
+                      f"{teacher:.3f}."]
+        lines.append("")
+    lines += [
+        "Test top-1 in %, mean ± standard deviation over seeds (best: the "
+        "best epoch; last: the final epoch). Δ: difference of the mean last "
+        "top-1. train − test: the final epoch's training top-1 (the running "
+        "accuracy over the epoch's augmented labeled images, as the training "
+        "loop logs it) minus its test top-1, the paper's measure of "
+        "overfitting. Silhouette: of the first seed's test-set embeddings "
+        "x_s by class, cosine distance (embeddings.png). Wall time: per run.",
+        ""]
+    return "\n".join(lines)
+
+
+def silhouettes_of(summary):
+    """{(student, fraction): the teacher's silhouette}, kept aside by
+    ``summarise``."""
+    return getattr(summary, "teacher_silhouettes", None)
+
+
+def _signed(v):
+    return "–" if v is None else f"{v:+.2f}"
+
+
+def write_tables(rows, workdir, header, method_order, silhouettes=None):
+    """results.csv and summary.md; returns the summary."""
+    write_results_csv(rows, os.path.join(workdir, RESULTS_CSV))
+    summary = summarise(rows, method_order, silhouettes)
+    with atomic_output(os.path.join(workdir, SUMMARY)) as tmp:
+        with open(tmp, "w") as f:
+            f.write(summary_markdown(summary, header))
+    logging.info("Wrote %s and %s.", RESULTS_CSV, SUMMARY)
+    return summary

@@ -1,0 +1,193 @@
+"""python -m ega_tf.compare: every method trains two epochs on digits
+without a non-finite value (one shared grid), the tables and pictures,
+resuming, the bad-input messages; the summary's arithmetic."""
+
+import csv
+import math
+import os
+
+import numpy as np
+
+from ega_tf import grid, methods, pictures
+from tests.test_case import TestCase
+from tests.test_runs import pixel_teacher
+
+ALL = ",".join(["none", "kd", "hint", "rkd", "pkt", "sp", "nce", "ccl", "crd",
+                "dkd", "seed", "compress", "ega_node", "ega_edge", "ega"])
+
+
+class CompareGridTest(TestCase):
+    """One grid of every method, seed 0, two epochs on digits."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.dir = cls.class_tempdir()
+        cls.teacher = pixel_teacher(cls.dir / "teacher.keras")
+        cls.workdir = cls.dir / "cmp"
+        cls.args = ["--config=configs/digits.py", f"--teacher={cls.teacher}",
+                    f"--methods={ALL}", "--seeds=0", "--epochs=2",
+                    "--config.export=false", "--embedding_points=60",
+                    f"--workdir={cls.workdir}"]
+        cls.first = cls.run_cli_static("compare", *cls.args)
+        # As the first run wrote it (a rerun rewrites it).
+        cls.summary = (cls.workdir / grid.SUMMARY).read_text()
+
+    @classmethod
+    def run_cli_static(cls, *args):
+        return cls("run").run_cli(*args)
+
+    def rows(self):
+        with open(self.workdir / grid.RESULTS_CSV, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def test_every_method_trains_two_epochs_with_finite_values(self):
+        self.assertSucceeded(self.first)
+        rows = self.rows()
+        self.assertEqual([r["method"] for r in rows], ALL.split(","))
+        for row in rows:
+            self.assertEqual((row["status"], row["epochs"]),
+                             ("finished", "2"), row["method"])
+            history = os.path.join(self.workdir, row["workdir"],
+                                   "history.csv")
+            with open(history, newline="") as f:
+                for epoch in csv.DictReader(f):
+                    for key, value in epoch.items():
+                        self.assertTrue(math.isfinite(float(value)),
+                                        f"{row['method']} {key}: {value}")
+            # Its own terms are logged, under their own names.
+            with open(history) as f:
+                columns = f.readline().strip().split(",")
+            for term in methods.METHODS.get(row["method"]).terms:
+                self.assertIn(term, columns, row["method"])
+        # One progress line per cell, with the time left.
+        self.assertIn("[ 1/15] none resnet8 labeled=0.1 seed=0: test top-1",
+                      self.first.stdout)
+        self.assertIn("left for 14 cells", self.first.stdout)
+
+    def test_summary_and_pictures(self):
+        summary = self.summary
+        self.assertIn("python -m ega_tf.compare --config=configs/digits.py",
+                      summary)
+        table = [line for line in summary.splitlines()
+                 if line.startswith("| ") and "method" not in line]
+        self.assertEqual([line.split("|")[1].strip() for line in table],
+                         ALL.split(","))
+        none_row = table[0].split("|")
+        self.assertEqual(none_row[5].strip(), "+0.00")  # none vs none
+        silhouettes = [float(line.split("|")[8]) for line in table]
+        self.assertTrue(all(-1 <= s <= 1 for s in silhouettes))
+        self.assertIn("The frozen teacher's features: silhouette", summary)
+        import matplotlib.image
+        for name, min_width in ((pictures.CURVES, 1200),
+                                (pictures.EMBEDDINGS, 1000),
+                                (pictures.GRAPHS, 1000)):
+            image = matplotlib.image.imread(self.workdir / name)
+            self.assertGreater(image.shape[1], min_width, name)
+            self.assertGreater(image[..., :3].std(), 0.05, name)  # not blank
+
+    def test_rerun_keeps_every_finished_cell(self):
+        before = (self.workdir / grid.RESULTS_CSV).read_bytes()
+        r = self.run_cli("compare", *self.args, "--pictures=false")
+        self.assertSucceeded(r)
+        self.assertIn("15 of 15 cells finished earlier", r.stdout)
+        self.assertNotIn("training...", r.stdout)
+        self.assertEqual((self.workdir / grid.RESULTS_CSV).read_bytes(),
+                         before)
+
+    def test_a_cell_is_an_ordinary_train_workdir(self):
+        cell = self.workdir / "crd_resnet8_lf0.1_s0"
+        r = self.run_cli("train", "--config=configs/digits.py",
+                         f"--teacher={self.teacher}", "--distill=crd",
+                         "--epochs=2", "--config.export=false",
+                         f"--workdir={cell}")
+        self.assertSucceeded(r)
+        self.assertIn("holds a finished run of this config", r.stderr)
+
+    def test_a_grid_workdir_belongs_to_one_comparison(self):
+        args = [a for a in self.args if not a.startswith("--epochs")]
+        r = self.run_cli("compare", *args, "--epochs=3")
+        self.assertOneLineError(r, "holds a comparison of other settings "
+                                "(epochs: 2 there, 3 now)")
+
+
+class CompareInputTest(TestCase):
+
+    def test_bad_input_is_one_line_naming_the_fix(self):
+        tmp = self.tmp_path
+        base = ["--config=configs/digits.py", "--teacher=t.keras",
+                f"--workdir={tmp}/w"]
+        for args, message in (
+                (["--methods=ega,fitnet"], "Unknown method(s) fitnet in "
+                 "--methods. Valid names: ccl, compress, crd"),
+                (["--seeds=0,one"], "--seeds takes comma-separated values"),
+                (["--seeds=1,1"], "--seeds needs distinct values"),
+                (["--seeds=0,1", "--config.seed=3"], "--seeds and "
+                 "--config.seed are both given"),
+                (["--methods=rkd", "--config.loss.rkd_angle=-1"],
+                 "rkd resnet8 labeled=0.1 seed=0: loss.rkd_angle must be "
+                 ">= 0"),
+                (["--methods=none,ega", "--student=resnet9"],
+                 "Unknown student 'resnet9'")):
+            with self.subTest(args=args):
+                self.assertOneLineError(self.run_cli("compare", *base, *args),
+                                        message)
+        self.assertFalse(os.path.exists(f"{tmp}/w"))
+
+    def test_a_grid_wide_loss_field_reaches_the_methods_that_read_it(self):
+        from ega_tf import config as config_lib
+        base = config_lib.default_config()
+        base.teacher = "t.keras"
+        base.loss.rkd_angle, base.loss.alpha = 10.0, 0.5
+        cells = grid.make_cells(["rkd", "ega"], [0], ["resnet8"], [1.0])
+        configs = grid.configs(base, cells)
+        rkd, ega = (configs[c].loss for c in cells)
+        self.assertEqual((rkd.rkd_angle, rkd.rkd_distance, rkd.alpha),
+                         (10.0, 25.0, 0.5))
+        self.assertEqual((ega.rkd_angle, ega.node_weight, ega.alpha),
+                         (None, 0.8, 0.5))
+
+
+class SummaryTest(TestCase):
+
+    def test_means_spreads_and_differences(self):
+        rows = []
+        for method, lasts in (("none", [70.0, 72.0, 74.0]),
+                              ("ega", [80.0, 81.0, 85.0])):
+            for seed, last in enumerate(lasts):
+                rows.append({"student": "s", "labeled_fraction": 0.1,
+                             "method": method, "seed": seed,
+                             "status": "finished",
+                             "test_top1_best": last + 1,
+                             "test_top1_last": last,
+                             "overfit_gap": 100 - last, "wall_time_s": 10.0})
+        rows.append({**rows[-1], "seed": 3, "status": "diverged",
+                     "test_top1_last": 1.0})
+        summary = grid.summarise(rows, ["none", "ega"])
+        none, ega = summary
+        self.assertAllClose(none["last"], (72.0, 2.0))
+        self.assertAllClose(ega["last"], (82.0, np.std([80, 81, 85],
+                                                       ddof=1)))
+        self.assertEqual((ega["runs"], ega["diverged"]), (3, 1))
+        self.assertAllClose((ega["vs_none"], none["vs_ega"]), (10.0, -10.0))
+        self.assertAllClose(ega["gap"][0], 18.0)
+        text = grid.summary_markdown(summary, "# t")
+        self.assertIn("| ega | 3 (1 diverged) | 83.00 ± 2.65 | 82.00 ± 2.65 "
+                      "| +10.00 | +0.00 | 18.00 ± 2.65 | – | 10 s |", text)
+
+    def test_silhouette_against_its_definition(self):
+        rng = np.random.default_rng(0)
+        labels = np.repeat([0, 1, 2], 7)
+        x = rng.normal(size=(21, 5)) + 2 * labels[:, None] * rng.normal(
+            size=5)
+        unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+        dist = 1 - unit @ unit.T
+        s = []
+        for i in range(len(x)):
+            same = (labels == labels[i]) & (np.arange(len(x)) != i)
+            a = dist[i, same].mean()
+            b = min(dist[i, labels == c].mean() for c in set(labels)
+                    if c != labels[i])
+            s.append((b - a) / max(a, b))
+        self.assertAllClose(pictures.silhouette(x, labels), np.mean(s),
+                            rtol=1e-9)
