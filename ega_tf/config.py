@@ -50,7 +50,7 @@ def default_config(arg=None):
     c.trust_saved_model = False  # allow teachers that call a SavedModel
     c.allow_pickle = False      # unpickle checkpoint files (runs their code)
     # ega | none (cross-entropy baseline) | a baseline or ablation: the
-    # table of ega_tf/methods.py, listed by --help and docs/methods.md.
+    # registry of ega_tf/methods, listed by --help and docs/methods.md.
     c.distill = "ega"
     # The frozen teacher's arithmetic: float32 | bfloat16 (faster, ~6e-3).
     c.teacher_precision = "float32"

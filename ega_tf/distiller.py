@@ -9,7 +9,8 @@
     L   = gamma * CE(z_s, y) + beta * (w_node * L_node + w_edge * L_edge)
           + alpha * KD_T(z_t, z_s)
 
-or, with ``method``, beta times that method's loss (ega_tf/methods.py).
+or, with ``method``, beta times that method's weighted terms
+(``ega_tf.methods``; EGA is the default method).
 
 The teacher head (P_t, C_t) is trained by the teacher-logit cross-entropy
 alone, with its own optimizer; the student's loss sees x_t and z_t as

@@ -1,23 +1,32 @@
-"""python -m ega_tf.compare: every method trains two epochs on digits
-without a non-finite value (one shared grid), the tables and pictures,
-resuming, the bad-input messages; the summary's arithmetic."""
+"""python -m ega_tf.compare: a grid of three methods on digits (its
+tables, pictures, resuming and workdir), every method through two epochs
+without a non-finite value (slow), a grid killed and rerun (slow), the
+bad-input messages; the summary's arithmetic."""
 
 import csv
 import math
 import os
+import signal
+import time
 
 import numpy as np
+import pytest
 
 from ega_tf import grid, methods, pictures
 from tests.test_case import TestCase
-from tests.test_runs import pixel_teacher
+from tests.test_runs import _history, _start, pixel_teacher
 
 ALL = ",".join(["none", "kd", "hint", "rkd", "pkt", "sp", "nce", "ccl", "crd",
                 "dkd", "seed", "compress", "ega_node", "ega_edge", "ega"])
+# The cross-entropy baseline, the method with the most state (CRD's banks
+# and its indexed stream) and EGA.
+FEW = "none,crd,ega"
 
 
 class CompareGridTest(TestCase):
-    """One grid of every method, seed 0, two epochs on digits."""
+    """One grid of three methods, seed 0, two epochs on digits."""
+
+    METHODS = FEW
 
     @classmethod
     def setUpClass(cls):
@@ -26,7 +35,7 @@ class CompareGridTest(TestCase):
         cls.teacher = pixel_teacher(cls.dir / "teacher.keras")
         cls.workdir = cls.dir / "cmp"
         cls.args = ["--config=configs/digits.py", f"--teacher={cls.teacher}",
-                    f"--methods={ALL}", "--seeds=0", "--epochs=2",
+                    f"--methods={cls.METHODS}", "--seeds=0", "--epochs=2",
                     "--config.export=false", "--embedding_points=60",
                     f"--workdir={cls.workdir}"]
         cls.first = cls.run_cli_static("compare", *cls.args)
@@ -44,7 +53,8 @@ class CompareGridTest(TestCase):
     def test_every_method_trains_two_epochs_with_finite_values(self):
         self.assertSucceeded(self.first)
         rows = self.rows()
-        self.assertEqual([r["method"] for r in rows], ALL.split(","))
+        names = self.METHODS.split(",")
+        self.assertEqual([r["method"] for r in rows], names)
         for row in rows:
             self.assertEqual((row["status"], row["epochs"]),
                              ("finished", "2"), row["method"])
@@ -61,9 +71,11 @@ class CompareGridTest(TestCase):
             for term in methods.METHODS.get(row["method"]).terms:
                 self.assertIn(term, columns, row["method"])
         # One progress line per cell, with the time left.
-        self.assertIn("[ 1/15] none resnet8 labeled=0.1 seed=0: test top-1",
-                      self.first.stdout)
-        self.assertIn("left for 14 cells", self.first.stdout)
+        n = len(names)
+        width = len(str(n))
+        self.assertIn(f"[{1:{width}d}/{n}] none resnet8 labeled=0.1 seed=0: "
+                      "test top-1", self.first.stdout)
+        self.assertIn(f"left for {n - 1} cells", self.first.stdout)
 
     def test_summary_and_pictures(self):
         summary = self.summary
@@ -72,7 +84,7 @@ class CompareGridTest(TestCase):
         table = [line for line in summary.splitlines()
                  if line.startswith("| ") and "method" not in line]
         self.assertEqual([line.split("|")[1].strip() for line in table],
-                         ALL.split(","))
+                         self.METHODS.split(","))
         none_row = table[0].split("|")
         self.assertEqual(none_row[5].strip(), "+0.00")  # none vs none
         silhouettes = [float(line.split("|")[8]) for line in table]
@@ -90,7 +102,8 @@ class CompareGridTest(TestCase):
         before = (self.workdir / grid.RESULTS_CSV).read_bytes()
         r = self.run_cli("compare", *self.args, "--pictures=false")
         self.assertSucceeded(r)
-        self.assertIn("15 of 15 cells finished earlier", r.stdout)
+        n = len(self.METHODS.split(","))
+        self.assertIn(f"{n} of {n} cells finished earlier", r.stdout)
         self.assertNotIn("training...", r.stdout)
         self.assertEqual((self.workdir / grid.RESULTS_CSV).read_bytes(),
                          before)
@@ -109,6 +122,57 @@ class CompareGridTest(TestCase):
         r = self.run_cli("compare", *args, "--epochs=3")
         self.assertOneLineError(r, "holds a comparison of other settings "
                                 "(epochs: 2 there, 3 now)")
+
+
+@pytest.mark.slow
+class EveryMethodGridTest(CompareGridTest):
+    """The same checks on a grid of all fifteen methods."""
+
+    METHODS = ALL
+
+
+class CompareKillTest(TestCase):
+
+    @pytest.mark.slow
+    def test_kill_9_mid_grid_then_rerun_gives_the_uninterrupted_grid(self):
+        """A grid killed inside its second cell, then run again, ends with
+        the results and histories of a grid never interrupted."""
+        tmp = self.tmp_path()
+        teacher = pixel_teacher(tmp / "teacher.keras")
+        args = ["--config=configs/digits.py", f"--teacher={teacher}",
+                "--methods=none,crd,ega", "--seeds=0", "--epochs=3",
+                "--config.export=false", "--pictures=false",
+                "--config.checkpoint_every_steps=5"]
+        self.assertSucceeded(self.run_cli(
+            "compare", *args, f"--workdir={tmp}/whole"))
+        proc = _start(["-m", "ega_tf.compare", *args,
+                       f"--workdir={tmp}/killed"])
+        second = tmp / "killed" / "crd_resnet8_lf0.1_s0" / "history.csv"
+        while not second.exists():  # the second cell finished an epoch
+            self.assertIsNone(proc.poll(), "the grid ended too early")
+            time.sleep(0.2)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        r = self.run_cli("compare", *args, f"--workdir={tmp}/killed")
+        self.assertSucceeded(r)
+        self.assertIn("1 of 3 cells finished earlier", r.stdout)
+
+        def results(name):
+            with open(tmp / name / grid.RESULTS_CSV, newline="") as f:
+                return [{k: v for k, v in row.items() if k != "wall_time_s"}
+                        for row in csv.DictReader(f)]
+
+        self.assertEqual(results("whole"), results("killed"))
+        for cell in ("none", "crd", "ega"):
+            a, b = (_history(tmp / name / f"{cell}_resnet8_lf0.1_s0")
+                    for name in ("whole", "killed"))
+            self.assertLen(a, 3)
+            self.assertEqual(
+                [{k: v for k, v in row.items() if "seconds" not in k}
+                 for row in a],
+                [{k: v for k, v in row.items() if "seconds" not in k}
+                 for row in b], cell)
 
 
 class CompareInputTest(TestCase):

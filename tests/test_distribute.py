@@ -5,6 +5,7 @@ weights, the metrics; the data each replica gets; the checks on batch sizes.
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from ega_tf import config as config_lib
@@ -132,6 +133,7 @@ class EquivalenceTest(TestCase):
                            train(two_devices(), batches), 1e-5,
                            label="1 vs 2 replicas")
 
+    @pytest.mark.slow  # XLA is off by default on CPU
     def test_with_xla(self):
         """XLA cannot compile a step with cross-replica collectives on CPU,
         so XLA runs the single replica. Its fusions add float32 numbers in
@@ -143,6 +145,7 @@ class EquivalenceTest(TestCase):
         self.assertSameRun(xla, train(two_devices(), batches), 1e-5,
                            noise=eager, label="XLA 1 vs 2 replicas")
 
+    @pytest.mark.slow
     def test_mixed_bfloat16(self):
         """bfloat16 keeps 8 significant bits (steps of 3.9e-3), so adding
         the same numbers in another order already moves the weights by
