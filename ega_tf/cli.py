@@ -213,15 +213,28 @@ def run_main(define_flags, main, argv, flag_values, help_extra=None):
         return EXIT_STOPPED
 
 
+_TENSORFLOW_DIR = f"{os.sep}tensorflow{os.sep}"
+
+
+def _without_tensorflow_info(record):
+    """False for an INFO (or DEBUG) record that TensorFlow's own code logs
+    through absl; our modules' records and every warning pass."""
+    import logging
+    return (record.levelno > logging.INFO
+            or _TENSORFLOW_DIR not in record.pathname)
+
+
 def run(define_flags, main, help_extra=None):
     """The ``__main__`` of a command: TensorFlow without start-up noise,
     the command's flags on absl's global ``FLAGS``, then ``main``."""
     if not any(a in HELP_FLAGS for a in sys.argv[1:]):
         import_tensorflow()  # help needs none of it
     from absl import logging
-    # Log INFO lines to stderr, as absl's app.run would.
+    # Log INFO lines to stderr, as absl's app.run would, without
+    # TensorFlow's own (a line per checkpoint written, say).
     logging.use_absl_handler()
     logging.set_verbosity(logging.INFO)
+    logging.get_absl_logger().addFilter(_without_tensorflow_info)
     sys.exit(run_main(define_flags, main, sys.argv, flags.FLAGS,
                       help_extra))
 

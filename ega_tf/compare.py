@@ -91,7 +91,8 @@ def header(config, cells, args):
         "seeds": list(dict.fromkeys(c.seed for c in cells))}
     return "\n".join([
         f"# Comparison on {config.dataset}", "",
-        f"Teacher `{config.teacher}`; {config.epochs} epochs, batch "
+        f"Teacher `{config.teacher}`; {config.epochs} "
+        f"epoch{'s' if config.epochs != 1 else ''}, batch "
         f"{config.batch_size}; methods {', '.join(axes['methods'])}; seeds "
         f"{', '.join(map(str, axes['seeds']))}.", "",
         "Made by:", "", "```",

@@ -15,6 +15,7 @@ figures.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -165,7 +166,8 @@ def run(base, cells, workdir, verbose=0, log=print, after_cell=None):
             + ("resuming" if state == "partial" else "training") + "...")
         begin = time.time()
         try:
-            results = training.run(cell_configs[cell], path, verbose)
+            with _quiet(verbose == 0):
+                results = training.run(cell_configs[cell], path, verbose)
             status[cell] = "finished"
             text = (f"test top-1 last {results['test_top1_last']:.2f}, best "
                     f"{results['test_top1_best']:.2f}")
@@ -182,6 +184,20 @@ def run(base, cells, workdir, verbose=0, log=print, after_cell=None):
         if after_cell is not None:
             after_cell(cell)
     return status
+
+
+@contextlib.contextmanager
+def _quiet(quiet):
+    """Only warnings from a cell's training when ``quiet``: the grid's own
+    line per cell says what happened."""
+    from absl import logging
+    before = logging.get_verbosity()
+    if quiet:
+        logging.set_verbosity(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(before)
 
 
 def _duration(seconds):

@@ -162,6 +162,8 @@ class ConvertThenTrainTest(TestCase):
             self.assertEqual(args[0], "python")
             r = self.run_subprocess(args[1:], cwd=tmp, timeout=1200)
             self.assertSucceeded(r)
+            # Our INFO lines, not TensorFlow's (one per checkpoint saved).
+            self.assertNotIn("functional_saver.py", r.stderr)
         workdir = [a for a in shlex.split(train_line)
                    if a.startswith("--workdir=")][0].split("=", 1)[1]
         res = json.loads((tmp / workdir / "results.json").read_text())
