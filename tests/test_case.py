@@ -14,7 +14,9 @@ pytest. Its harness methods are what the test modules repeat:
 - ``run_subprocess``: a command in a fresh process (one per command line in
   the suite, and where a fresh process is the point of the test);
 - ``assertOneLineError``: exit status 2, one ``error:`` line naming the
-  problem, no traceback.
+  problem, no traceback;
+- ``split_among_replicas``: fixed batches as a distributed dataset, each
+  replica given its slice of every batch.
 """
 
 from __future__ import annotations
@@ -65,6 +67,26 @@ class _Capture(logging.Handler):
 
     def emit(self, record):
         self.lines.append(record.getMessage())
+
+
+def split_among_replicas(batches, replicas):
+    """A dataset function (for ``distribute_datasets_from_function``) that
+    gives replica r rows [r * b, (r + 1) * b) of every (x dict, y) batch,
+    b = batch / replicas."""
+    x0, y0 = batches[0]
+    per = len(y0) // replicas
+
+    def per_pipeline(ctx):
+        def gen():
+            for x, y in batches:
+                for r in range(replicas):
+                    rows = slice(r * per, (r + 1) * per)
+                    yield {k: v[rows] for k, v in x.items()}, y[rows]
+        spec = {k: tf.TensorSpec((per, *v.shape[1:]), tf.as_dtype(v.dtype))
+                for k, v in x0.items()}
+        return tf.data.Dataset.from_generator(gen, output_signature=(
+            spec, tf.TensorSpec((per,), tf.as_dtype(y0.dtype))))
+    return per_pipeline
 
 
 def make_tempdir(owner=None):

@@ -14,7 +14,7 @@ from ega_tf.data import pipeline
 from ega_tf.distiller import EGADistiller, build_student
 from ega_tf.errors import UserError
 from ega_tf.optimizers import TorchSGD
-from tests.test_case import TestCase
+from tests.test_case import TestCase, split_among_replicas
 
 K, D, S, G = 5, 16, 16, 64
 TERMS = ("loss", "ce", "node", "edge", "teacher_ce", "top1",
@@ -42,23 +42,6 @@ def random_batches(steps=3, fraction=0.1, seed=0):
     return out
 
 
-def split_among(batches, replicas):
-    """A distributed dataset giving each replica its slice of each batch."""
-    per = G // replicas
-
-    def per_pipeline(ctx):
-        def gen():
-            for x, y in batches:
-                for r in range(replicas):
-                    rows = slice(r * per, (r + 1) * per)
-                    yield {k: v[rows] for k, v in x.items()}, y[rows]
-        spec = tf.TensorSpec((per, S, S, 3), tf.uint8)
-        return tf.data.Dataset.from_generator(gen, output_signature=(
-            {"student": spec, "teacher": spec},
-            tf.TensorSpec((per,), tf.int64)))
-    return per_pipeline
-
-
 def train(strategy, batches, jit=False, sync_batchnorm=True):
     """Steps of a seeded distiller; (logs of each step, weights)."""
     with strategy.scope():
@@ -71,7 +54,7 @@ def train(strategy, batches, jit=False, sync_batchnorm=True):
                       jit_compile=jit)
     replicas = strategy.num_replicas_in_sync
     iterator = iter(strategy.distribute_datasets_from_function(
-        split_among(batches, replicas)))
+        split_among_replicas(batches, replicas)))
     step = training._step_function(model, strategy, model.train_step, jit)
     logs = []
     for _ in batches:
@@ -159,6 +142,7 @@ class EquivalenceTest(TestCase):
         self.assertSameRun(one, two, 1e-5, noise=noise,
                            label="bfloat16 1 vs 2 replicas")
 
+    @pytest.mark.slow  # the fast tier runs two replicas on digits as a command
     def test_digits_two_replicas_no_further_apart_than_reordered_rows(self):
         """On digits, resnet8's gradients at the start are sensitive to the
         order float32 adds them in (BatchNorm over nearly constant channels
