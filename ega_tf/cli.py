@@ -104,8 +104,8 @@ def _argv(argv):
             raise  # a bug in a command's flags: keep the traceback
         if isinstance(e, (AttributeError, KeyError)):
             # An override of a field the config does not have.
-            raise UserError(f"The config has no field {_missing_field(e)} "
-                            "(--help lists the fields).") from None
+            raise UserError(f"The config has no field {_missing_field(e)}"
+                            " (--help lists the fields).") from None
         # A bad config file, or an override of the wrong type.
         raise UserError("Bad --config: " + _config_error_text(e)) from None
     except SyntaxError as e:
@@ -131,7 +131,9 @@ def _missing_field(e):
     while e.args and isinstance(e.args[0], BaseException):
         e = e.args[0]
     text = str(e.args[0]) if e.args else str(e)
-    return " ".join(text.split())
+    lines = [" ".join(line.split()) for line in text.splitlines()
+             if line.strip()]
+    return lines[0] + "".join(f". {line}" for line in lines[1:])
 
 
 def _config_error_text(e):

@@ -2,6 +2,10 @@
 preprocessing; models that cannot be teachers are refused before anything
 is written."""
 
+import os
+import re
+import shlex
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -10,7 +14,7 @@ from absl.testing import parameterized
 from ega_tf import teachers
 from ega_tf.errors import UserError
 from ega_tf.teachers.user_model import wrap
-from tests.test_case import TestCase
+from tests.test_case import ROOT, TestCase
 
 
 def expected(model, images, mean, std):
@@ -157,3 +161,42 @@ class TeacherFileContractTest(TestCase):
             np.testing.assert_array_equal(old(images).numpy(),
                                           ref(images).numpy())
             self.assertEqual(old.get_config()["input_size"], new["input_size"])
+
+
+class DocumentedCommandsTest(TestCase):
+
+    def test_readme_and_build_md_model_commands_run_as_written(self):
+        """Every `convert_teacher --model=` command of README.md and
+        BUILD.md, on a small model saved under the names they use."""
+        lines = []
+        for doc in ("README.md", "BUILD.md"):
+            text = (ROOT / doc).read_text().replace("\\\n", " ")
+            lines += re.findall(r"python -m ega_tf\.convert_teacher "
+                                r"--model=[^\n]*", text)
+        self.assertGreaterEqual(len(lines), 3, lines)
+        tmp = self.tmp_path()
+        inputs = keras.Input((None, None, 3))
+        x = keras.layers.GlobalAveragePooling2D()(
+            keras.layers.Conv2D(4, 3, strides=4)(inputs))
+        model = keras.Model(inputs, x, name="encoder")
+        cwd = os.getcwd()
+        os.chdir(tmp)
+        try:
+            for line in lines:
+                args = shlex.split(line)[3:]  # after python -m module
+                path = next(a for a in args if a.startswith("--model="))
+                name = path.split("=", 1)[1]
+                if name.endswith(".keras"):
+                    model.save(name)
+                else:
+                    model.export(name, verbose=False)
+                with self.subTest(line=line):
+                    self.assertSucceeded(self.run_cli("convert_teacher",
+                                                      *args))
+                    out = next(a for a in args if a.startswith("--out="))
+                    teacher = teachers.load(out.split("=", 1)[1],
+                                            trust_saved_model=True)
+                    self.assertEqual(teacher(np.zeros(
+                        (1, 50, 60, 3), np.uint8)).shape, (1, 4))
+        finally:
+            os.chdir(cwd)

@@ -18,6 +18,7 @@ refused here and not halfway through a training run.
 from __future__ import annotations
 
 import os
+import zipfile
 
 import numpy as np
 
@@ -38,6 +39,10 @@ def _load_inner(path, endpoint):
         if not os.path.isfile(path):
             raise UserError(f"Model file {path!r} does not exist.")
         from ega_tf import serialization
+        if not zipfile.is_zipfile(path):
+            raise UserError(f"{path!r} is not a valid Keras file: a .keras "
+                            "file is a zip archive, and this one is not "
+                            "(truncated, or another format renamed).")
         try:
             return serialization.load_model(path, compile=False)
         except Exception as e:
