@@ -215,15 +215,16 @@ def run_main(define_flags, main, argv, flag_values, help_extra=None):
         return EXIT_STOPPED
 
 
-_TENSORFLOW_DIR = f"{os.sep}tensorflow{os.sep}"
-
-
 def _without_tensorflow_info(record):
-    """False for an INFO (or DEBUG) record that TensorFlow's own code logs
-    through absl; our modules' records and every warning pass."""
+    """False for an INFO (or DEBUG) record logged through absl by
+    TensorFlow's own code (its package directory); our modules' records
+    and every warning pass."""
     import logging
-    return (record.levelno > logging.INFO
-            or _TENSORFLOW_DIR not in record.pathname)
+    tf = sys.modules.get("tensorflow")
+    if record.levelno > logging.INFO or tf is None:
+        return True
+    return not record.pathname.startswith(
+        os.path.dirname(tf.__file__) + os.sep)
 
 
 def run(define_flags, main, help_extra=None):

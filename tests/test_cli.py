@@ -202,3 +202,23 @@ class BadInputTest(TestCase):
         self.assertEqual(r.stderr.strip(), "error: plotting needs "
                          "matplotlib, the [plot] extra: pip install -e "
                          "'.[plot]' (make install includes it).")
+
+
+class LogFilterTest(TestCase):
+
+    def test_tensorflow_info_lines_are_dropped_ours_and_warnings_kept(self):
+        import logging
+        import os
+
+        from ega_tf import cli
+        tf_file = os.path.join(os.path.dirname(tf.__file__), "python",
+                               "checkpoint", "functional_saver.py")
+        ours = os.path.join(os.path.dirname(cli.__file__), "training.py")
+
+        def kept(path, level):
+            record = logging.LogRecord("absl", level, path, 1, "m", (), None)
+            return cli._without_tensorflow_info(record)
+
+        self.assertFalse(kept(tf_file, logging.INFO))
+        self.assertTrue(kept(tf_file, logging.WARNING))
+        self.assertTrue(kept(ours, logging.INFO))

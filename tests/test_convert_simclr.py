@@ -5,6 +5,7 @@ network computed by raw tf.nn ops as SimCLR's code does."""
 import os
 
 import numpy as np
+import pytest
 
 from ega_tf import teachers
 from ega_tf.errors import ConversionError, UserError
@@ -72,6 +73,7 @@ class SimCLRTest(TestCase):
         with self.assertRaisesRegex(UserError, "does not exist"):
             quiet(tmp / "nothing")
 
+    @pytest.mark.slow  # a program of its own
     def test_parity_tool_on_a_simclr_checkpoint(self):
         out, net, pre = run_parity_tool(self, self.prefix, self.tmp_path(),
                                         (50, 70, 3))
@@ -79,6 +81,7 @@ class SimCLRTest(TestCase):
         self.assertLessEqual(net, 1e-4)
         self.assertLess(pre, 1e-5)
 
+    @pytest.mark.slow  # a program of its own
     def test_without_pytorch_simclr_converts_and_pytorch_files_say_why(self):
         tmp = self.tmp_path()
         out = tmp / "simclr.keras"

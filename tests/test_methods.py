@@ -367,13 +367,6 @@ class ReplicasTest(TestCase):
         negatives, queues, an iteration counter)."""
         self.check_two_replicas(name)
 
-    @pytest.mark.slow
-    @parameterized.parameters("ccl", "rkd")
-    def test_graph_methods_two_replicas_equal_one(self, name):
-        """Two more graph losses over the gathered batch (EGA's is in
-        test_distribute)."""
-        self.check_two_replicas(name)
-
     def check_two_replicas(self, name):
         from ega_tf import distribute
         one = run_steps(name, tf.distribute.get_strategy(), lr=0.01)
@@ -383,3 +376,13 @@ class ReplicasTest(TestCase):
         print(f"{name}: terms {terms:.1e}, state {state:.1e}")
         self.assertLessEqual(terms, 3e-5)
         self.assertLessEqual(state, 3e-5)
+
+
+@pytest.mark.slow
+class GraphMethodReplicasTest(TestCase):
+    """Two more graph losses over the gathered batch (EGA's is in
+    test_distribute), as ReplicasTest checks them."""
+
+    @parameterized.parameters("ccl", "rkd")
+    def test_two_replicas_equal_one(self, name):
+        ReplicasTest.check_two_replicas(self, name)

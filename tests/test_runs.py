@@ -261,6 +261,7 @@ class ProcessesTest(TestCase):
         cls.dir = cls.class_tempdir()
         cls.teacher = pixel_teacher(cls.dir / "teacher.keras")
 
+    @pytest.mark.slow  # three processes
     def test_a_failing_worker_stops_the_launch_with_its_status(self):
         tmp = self.tmp_path()
         r = self.run_subprocess(["-m", "ega_tf.launch", "--workers=2", "--",

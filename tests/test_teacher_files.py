@@ -179,6 +179,7 @@ class ConvertThenTrainTest(TestCase):
         names = [_checkpoint_of(c) for c, _ in build_md_commands()]
         self.assertEqual(names, list(_FIXTURES))
 
+    @pytest.mark.slow  # two programs, a 224-px teacher over digits
     def test_build_md_clip_commands_as_written(self):
         tmp = self.tmp_path()
         convert_line, train_line = build_md_commands()[0]
