@@ -15,8 +15,9 @@ pytest. Its harness methods are what the test modules repeat:
   the suite, and where a fresh process is the point of the test);
 - ``assertOneLineError``: exit status 2, one ``error:`` line naming the
   problem, no traceback;
-- ``split_among_replicas``: fixed batches as a distributed dataset, each
-  replica given its slice of every batch.
+- ``split_among_replicas`` / ``run_replica_steps``: fixed batches as a
+  distributed dataset, each replica given its slice of every batch, and
+  the training loop's step run over them.
 """
 
 from __future__ import annotations
@@ -87,6 +88,21 @@ def split_among_replicas(batches, replicas):
         return tf.data.Dataset.from_generator(gen, output_signature=(
             spec, tf.TensorSpec((per,), tf.as_dtype(y0.dtype))))
     return per_pipeline
+
+
+def run_replica_steps(model, strategy, batches, jit=False):
+    """The training loop's step (``training._step_function``) on each of
+    ``batches`` split among the strategy's replicas; the logs of each step
+    (metrics reset before each)."""
+    from ega_tf import training
+    iterator = iter(strategy.distribute_datasets_from_function(
+        split_among_replicas(batches, strategy.num_replicas_in_sync)))
+    step = training._step_function(model, strategy, model.train_step, jit)
+    logs = []
+    for _ in batches:
+        model.reset_metrics()
+        logs.append({k: float(v) for k, v in step(iterator).items()})
+    return logs
 
 
 def make_tempdir(owner=None):

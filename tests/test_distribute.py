@@ -14,7 +14,7 @@ from ega_tf.data import pipeline
 from ega_tf.distiller import EGADistiller, build_student
 from ega_tf.errors import UserError
 from ega_tf.optimizers import TorchSGD
-from tests.test_case import TestCase, split_among_replicas
+from tests.test_case import TestCase, run_replica_steps
 
 K, D, S, G = 5, 16, 16, 64
 TERMS = ("loss", "ce", "node", "edge", "teacher_ce", "top1",
@@ -52,14 +52,7 @@ def train(strategy, batches, jit=False, sync_batchnorm=True):
         model = EGADistiller(student, small_teacher(), K, D)
         model.compile(TorchSGD(0.05), teacher_head_optimizer=TorchSGD(0.01),
                       jit_compile=jit)
-    replicas = strategy.num_replicas_in_sync
-    iterator = iter(strategy.distribute_datasets_from_function(
-        split_among_replicas(batches, replicas)))
-    step = training._step_function(model, strategy, model.train_step, jit)
-    logs = []
-    for _ in batches:
-        model.reset_metrics()
-        logs.append({k: float(v) for k, v in step(iterator).items()})
+    logs = run_replica_steps(model, strategy, batches, jit)
     weights = [v.numpy() for v in model.student.weights
                + model.teacher_head_variables]
     return logs, weights, model

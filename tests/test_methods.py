@@ -13,7 +13,7 @@ from ega_tf.distiller import EGADistiller, build_student
 from ega_tf.methods.layers import Batch
 from ega_tf.optimizers import TorchSGD
 from tests import references as ref
-from tests.test_case import TestCase, split_among_replicas
+from tests.test_case import TestCase, run_replica_steps
 
 B, D, K, Q = 12, 8, 5, 20
 
@@ -326,17 +326,10 @@ class MethodTest(TestCase):
 def run_steps(name, strategy, steps=2, lr=0.05):
     """Logs of each step and the final state: the student's weights and
     the method's variables."""
-    from ega_tf import training
     with strategy.scope():
         model = make(name, lr)
-    batches = [batch(s) for s in range(steps)]
-    iterator = iter(strategy.distribute_datasets_from_function(
-        split_among_replicas(batches, strategy.num_replicas_in_sync)))
-    step = training._step_function(model, strategy, model.train_step, False)
-    logs = []
-    for _ in batches:
-        model.reset_metrics()
-        logs.append({k: float(v) for k, v in step(iterator).items()})
+    logs = run_replica_steps(model, strategy,
+                             [batch(s) for s in range(steps)])
     state = [v.numpy() for v in model.student.weights
              + model.method.variables]
     return logs, state
