@@ -15,6 +15,7 @@ pytest. Its harness methods are what the test modules repeat:
   the suite, and where a fresh process is the point of the test);
 - ``assertOneLineError``: exit status 2, one ``error:`` line naming the
   problem, no traceback;
+- ``conv_teacher``: a small teacher stand-in;
 - ``split_among_replicas`` / ``run_replica_steps``: fixed batches as a
   distributed dataset, each replica given its slice of every batch, and
   the training loop's step run over them.
@@ -68,6 +69,18 @@ class _Capture(logging.Handler):
 
     def emit(self, record):
         self.lines.append(record.getMessage())
+
+
+def conv_teacher(size, batchnorm=True):
+    """A small frozen-teacher stand-in: uint8 [size, size, 3] -> rescale
+    -> 3x3 conv (12, stride 2) (-> BatchNorm, to check inference mode)
+    -> global average pool."""
+    inp = keras.Input((size, size, 3), dtype="uint8")
+    x = keras.layers.Rescaling(1 / 255)(inp)
+    x = keras.layers.Conv2D(12, 3, strides=2, name="t_conv")(x)
+    if batchnorm:
+        x = keras.layers.BatchNormalization(name="t_bn")(x)
+    return keras.Model(inp, keras.layers.GlobalAveragePooling2D()(x))
 
 
 def split_among_replicas(batches, replicas):

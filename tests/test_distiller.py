@@ -10,25 +10,16 @@ from ega_tf import students
 from ega_tf.distiller import EGADistiller, build_student
 from ega_tf.optimizers import TorchSGD
 from tests.references import np_ce, np_ega
-from tests.test_case import TestCase
+from tests.test_case import TestCase, conv_teacher
 
 K, D, B, S = 5, 16, 8, 16
-
-
-def fixed_teacher():
-    """A frozen 'teacher' with BatchNorm (to check inference mode)."""
-    inp = keras.Input((S, S, 3), dtype="uint8")
-    x = keras.layers.Rescaling(1 / 255)(inp)
-    x = keras.layers.Conv2D(12, 3, strides=2, name="t_conv")(x)
-    x = keras.layers.BatchNormalization(name="t_bn")(x)
-    return keras.Model(inp, keras.layers.GlobalAveragePooling2D()(x))
 
 
 def make(teacher=True, alpha=0.0, jit=False):
     keras.utils.set_random_seed(0)
     student = build_student(students.create("resnet8", input_shape=(S, S, 3)),
                             K, D)
-    model = EGADistiller(student, fixed_teacher() if teacher else None, K, D,
+    model = EGADistiller(student, conv_teacher(S) if teacher else None, K, D,
                          alpha=alpha)
     model.compile(TorchSGD(0.05), teacher_head_optimizer=TorchSGD(0.01)
                   if teacher else None, jit_compile=jit)

@@ -14,19 +14,11 @@ from ega_tf.data import pipeline
 from ega_tf.distiller import EGADistiller, build_student
 from ega_tf.errors import UserError
 from ega_tf.optimizers import TorchSGD
-from tests.test_case import TestCase, run_replica_steps
+from tests.test_case import TestCase, conv_teacher, run_replica_steps
 
 K, D, S, G = 5, 16, 16, 64
 TERMS = ("loss", "ce", "node", "edge", "teacher_ce", "top1",
          "teacher_top1")
-
-
-def small_teacher():
-    inp = keras.Input((S, S, 3), dtype="uint8")
-    x = keras.layers.Rescaling(1 / 255)(inp)
-    x = keras.layers.Conv2D(12, 3, strides=2, name="t_conv")(x)
-    x = keras.layers.BatchNormalization(name="t_bn")(x)
-    return keras.Model(inp, keras.layers.GlobalAveragePooling2D()(x))
 
 
 def random_batches(steps=3, fraction=0.1, seed=0):
@@ -49,7 +41,7 @@ def train(strategy, batches, jit=False, sync_batchnorm=True):
         student = build_student(students.create(
             "resnet8", input_shape=(S, S, 3)), K, D)
         layers.synchronize_batchnorm(student, sync_batchnorm)
-        model = EGADistiller(student, small_teacher(), K, D)
+        model = EGADistiller(student, conv_teacher(S), K, D)
         model.compile(TorchSGD(0.05), teacher_head_optimizer=TorchSGD(0.01),
                       jit_compile=jit)
     logs = run_replica_steps(model, strategy, batches, jit)

@@ -13,7 +13,7 @@ from ega_tf.distiller import EGADistiller, build_student
 from ega_tf.methods.layers import Batch
 from ega_tf.optimizers import TorchSGD
 from tests import references as ref
-from tests.test_case import TestCase, run_replica_steps
+from tests.test_case import TestCase, conv_teacher, run_replica_steps
 
 B, D, K, Q = 12, 8, 5, 20
 
@@ -142,13 +142,6 @@ class LossFunctionTest(TestCase):
 S = 16
 
 
-def small_teacher():
-    inp = keras.Input((S, S, 3), dtype="uint8")
-    x = keras.layers.Rescaling(1 / 255)(inp)
-    x = keras.layers.Conv2D(12, 3, strides=2, name="t_conv")(x)
-    return keras.Model(inp, keras.layers.GlobalAveragePooling2D()(x))
-
-
 N = 48  # the training set's size, for queues and banks
 
 
@@ -165,7 +158,7 @@ def make(name, lr=0.05, **weights):
     layers.synchronize_batchnorm(student, True)  # BN over the global batch
     method = methods.create(name, weights, num_examples=N, embed_dim=D,
                             seed=0, steps_per_epoch=2, labels=train_labels())
-    teacher = None if name == "none" else small_teacher()
+    teacher = None if name == "none" else conv_teacher(S, batchnorm=False)
     model = EGADistiller(student, teacher, K, D, method=method)
     model.compile(TorchSGD(lr), teacher_head_optimizer=TorchSGD(0.01)
                   if teacher else None)

@@ -9,28 +9,10 @@ pooling. ``widths`` is (stem, stage 1, 2, 3): (16, 16, 32, 64) for resnetN,
 (``ega_tf.students``), which equal the published ones.
 """
 
-import torch.nn.functional as F
+import torch
 from torch import nn
 
-
-class BasicBlock(nn.Module):
-    def __init__(self, cin, planes, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = None
-        if stride != 1 or cin != planes:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(cin, planes, 1, stride, bias=False),
-                nn.BatchNorm2d(planes))
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + shortcut)
+from tools.reference.torch_resnet import Basic
 
 
 class CifarResNet(nn.Module):
@@ -44,7 +26,7 @@ class CifarResNet(nn.Module):
         cin, blocks = widths[0], []
         for planes, stride in zip(widths[1:], (1, 2, 2)):
             for i in range(n):
-                blocks.append(BasicBlock(cin, planes, stride if i == 0 else 1))
+                blocks.append(Basic(cin, planes, stride if i == 0 else 1))
                 cin = planes
         self.blocks = nn.Sequential(*blocks)
         self.width = cin
@@ -54,7 +36,7 @@ class CifarResNet(nn.Module):
                                         nonlinearity="relu")
 
     def forward(self, x):
-        x = F.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn1(self.conv1(x)))
         return self.blocks(x).mean((2, 3))
 
 
