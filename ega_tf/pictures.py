@@ -262,7 +262,7 @@ def draw(cell_configs, cells, rows, workdir, method_order, points=1000,
                              correlation(bxt))
         if cell.method == "ega":
             node = ("N of ega (x_t vs x_s)", correlation(bxt, bxs))
-        keras.backend.clear_session()
+        keras.backend.clear_session(free_memory=False)
     panels = ([teacher_panel] if teacher_panel else []) + embed_panels
     scores = embedding_figure(panels, test_labels[points_idx],
                               os.path.join(workdir, EMBEDDINGS))
