@@ -7,12 +7,16 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two test workers share two cores: one thread each for TensorFlow's
+    # ops and its scheduler, and for PyTorch's and NumPy's OpenMP pools,
+    # rather than two each contending. Set before any of them is imported;
+    # the programs the tests start inherit them.
+    for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS",
+                 "OMP_NUM_THREADS"):
+        os.environ.setdefault(name, "1")
 
 from ega_tf import cli, distribute  # noqa: E402
 
 tf = cli.import_tensorflow()
 distribute.split_cpu(2)
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # Two test workers share two cores: one thread each for TensorFlow's
-    # ops, rather than two each contending.
-    tf.config.threading.set_intra_op_parallelism_threads(1)
