@@ -16,25 +16,25 @@ _NOISE = ("oneDNN custom operations", "cuInit", "Could not find cuda",
 
 class EndToEndTest(TestCase):
 
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.dir = cls.class_tempdir()
+    def test_pretrain_train_predict_as_a_user_would(self):
+        """pretrain and predict as programs (``python -m``), train in this
+        process between them on the teacher file pretrain wrote; predict
+        reads the SavedModel train exported."""
+        tmp = self.tmp_path()
+        user = {"TF_CPP_MIN_LOG_LEVEL": ""}  # as in a fresh shell
+        teacher = tmp / "t.keras"
+        r = self.run_subprocess(["-m", "ega_tf.pretrain",
+                                 "--config=ega_tf/ssl/config.py:smoke",
+                                 "--arch=resnet8", f"--out={teacher}"],
+                                env=user)
+        self.assertSucceeded(r)
+        self.assertIn("SimCLR teacher resnet8 on digits", r.stdout)
+        for noise in _NOISE:
+            self.assertNotIn(noise, r.stderr)
+        summary = json.loads(r.stdout.strip().splitlines()[-1])
+        self.assertGreater(summary["knn_top1"], 0.5)  # chance is 0.1
 
-    def pretrained_teacher(self):
-        path = self.dir / "teacher.keras"
-        if not path.exists():
-            r = self.run_cli("pretrain", "--dataset=digits", "--arch=resnet8",
-                             "--epochs=1", "--batch_size=128",
-                             f"--out={path}")
-            self.assertSucceeded(r)
-            summary = json.loads(r.stdout.strip().splitlines()[-1])
-            self.assertGreater(summary["knn_top1"], 0.5)  # chance is 0.1
-        return path
-
-    def test_train_ega_writes_the_workdir_and_resumes(self):
-        teacher = self.pretrained_teacher()
-        work = self.tmp_path() / "run"
+        work = tmp / "run"
         args = ["--dataset=digits", "--student=resnet8", f"--teacher={teacher}",
                 "--epochs=2", "--labeled_fraction=0.5", f"--workdir={work}",
                 "--config.optim.lr=0.01"]
@@ -70,32 +70,15 @@ class EndToEndTest(TestCase):
         self.assertEqual(json.loads(r.stdout[:r.stdout.rindex("}") + 1]),
                          res)
 
-    def test_commands_run_as_programs_without_startup_noise(self):
-        """pretrain and predict as `python -m`, as a user would run them
-        (train runs as a program in test_teacher_files' BUILD.md test)."""
-        from ega_tf import serving, students
-        from ega_tf.distiller import build_student
-        tmp = self.tmp_path()
-        user = {"TF_CPP_MIN_LOG_LEVEL": ""}  # as in a fresh shell
-        r = self.run_subprocess(["-m", "ega_tf.pretrain",
-                                 "--config=ega_tf/ssl/config.py:smoke",
-                                 "--arch=resnet8", f"--out={tmp}/t.keras"],
-                                env=user)
-        self.assertSucceeded(r)
-        self.assertIn("SimCLR teacher resnet8 on digits", r.stdout)
-        for noise in _NOISE:
-            self.assertNotIn(noise, r.stderr)
-        student = build_student(students.create("resnet8"), 10, 32)
-        serving.export_student(student, str(tmp / "sm"),
-                               [str(i) for i in range(10)])
         digits = data.load("digits")
         paths = []
         for i in range(3):
             p = tmp / f"d{i}.png"
             p.write_bytes(tf.io.encode_png(digits.test.images[i]).numpy())
             paths.append(p)
-        r = self.run_subprocess(["-m", "ega_tf.predict", f"--model={tmp}/sm",
-                                 "--top_k=2", *paths], env=user)
+        r = self.run_subprocess(["-m", "ega_tf.predict",
+                                 f"--model={work}/saved_model", "--top_k=2",
+                                 *paths], env=user)
         self.assertSucceeded(r)
         lines = r.stdout.strip().splitlines()
         self.assertLen(lines, 3)

@@ -140,7 +140,8 @@ class ResumeTest(TestCase):
                      str(work), verbose=0)
         self.assertFalse(stale.exists())
         # resume=false starts over in it.
-        c = self.config(epochs=1, checkpoint_every_steps=None, seed=1)
+        c = self.config(epochs=1, checkpoint_every_steps=None, seed=1,
+                        export=False)
         c.resume = False
         third = training.run(c, str(work), verbose=0)
         self.assertEqual(third["seed"], 1)
