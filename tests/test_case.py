@@ -15,7 +15,11 @@ pytest. Its harness methods are what the test modules repeat:
   the suite, and where a fresh process is the point of the test);
 - ``assertOneLineError``: exit status 2, one ``error:`` line naming the
   problem, no traceback;
-- ``conv_teacher``: a small teacher stand-in;
+- ``conv_teacher``: a small teacher stand-in; ``pixel_teacher``: a cheap
+  digits teacher file that knows something;
+- ``history_rows``: a run's history rows without its wall-clock columns;
+- ``start_process``: a program left running (to be killed);
+- ``run_parity_tool``: tools/parity.py on a checkpoint and a random image;
 - ``split_among_replicas`` / ``run_replica_steps``: fixed batches as a
   distributed dataset, each replica given its slice of every batch, and
   the training loop's step run over them.
@@ -81,6 +85,34 @@ def conv_teacher(size, batchnorm=True):
     if batchnorm:
         x = keras.layers.BatchNormalization(name="t_bn")(x)
     return keras.Model(inp, keras.layers.GlobalAveragePooling2D()(x))
+
+
+def pixel_teacher(path, spread=0.1):
+    """A cheap teacher that knows something, written to ``path`` (returned
+    as a string): 8x8 average-pooled pixels (a k-NN on them separates
+    digits well), standardised per feature on the digits training images
+    with ``spread`` added to each feature's standard deviation."""
+    from ega_tf import data, teachers
+    digits = data.load("digits")
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.AveragePooling2D(4)(inputs)
+    backbone = keras.Model(inputs, keras.layers.Flatten()(x),
+                           name="backbone")
+    pre = teachers.TeacherPreprocess((0.5,) * 3, (0.25,) * 3, input_size=32)
+    feats = backbone(pre(digits.train.images)).numpy()
+    teachers.save(teachers.assemble(backbone, pre, standardize=(
+        teachers.FeatureStandardize(feats.mean(0), feats.std(0) + spread))),
+        str(path))
+    return str(path)
+
+
+def history_rows(workdir):
+    """The history rows of the run in ``workdir`` without the wall-clock
+    columns (``*_seconds``), which differ between runs that compute the
+    same numbers."""
+    from ega_tf import workdir as wd
+    return [{k: v for k, v in row.items() if not k.endswith("_seconds")}
+            for row in wd.read_history(os.path.join(workdir, wd.HISTORY))]
 
 
 def split_among_replicas(batches, replicas):
@@ -272,6 +304,31 @@ class TestCase(tf.test.TestCase, parameterized.TestCase):
                               env={**SUBPROCESS_ENV, **(env or {})},
                               capture_output=True, text=True,
                               timeout=timeout)
+
+    @staticmethod
+    def start_process(args):
+        """``python args`` started in a fresh process and left running,
+        its output discarded."""
+        return subprocess.Popen([sys.executable, *map(str, args)], cwd=ROOT,
+                                env=SUBPROCESS_ENV, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+
+    def run_parity_tool(self, checkpoint, tmp_path, image_shape, seed=0):
+        """Writes a random PNG of ``image_shape``, runs tools/parity.py on it
+        and ``checkpoint``; returns (stdout, network rel err,
+        preprocessing max)."""
+        img = np.random.default_rng(seed).integers(0, 256, image_shape,
+                                                   np.uint8)
+        png = tmp_path / "photo.png"
+        png.write_bytes(tf.io.encode_png(img).numpy())
+        r = self.run_subprocess(["tools/parity.py",
+                                 f"--checkpoint={checkpoint}",
+                                 f"--image={png}"], timeout=600)
+        self.assertSucceeded(r)
+        net = float(re.search(r"network:\s+rel err ([^,\s]+)", r.stdout)[1])
+        pre = float(re.search(r"preprocessing: max abs ([^,\s]+)",
+                              r.stdout)[1])
+        return r.stdout, net, pre
 
     def assertSucceeded(self, result):
         code = getattr(result, "code", getattr(result, "returncode", None))

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from ega_tf import grid, methods, pictures
-from tests.test_case import TestCase
-from tests.test_runs import _history, _start, pixel_teacher
+from tests.test_case import TestCase, history_rows, pixel_teacher
 
 ALL = ",".join(["none", "kd", "hint", "rkd", "pkt", "sp", "nce", "ccl", "crd",
                 "dkd", "seed", "compress", "ega_node", "ega_edge", "ega"])
@@ -140,7 +139,7 @@ class CompareKillTest(TestCase):
         # numbers in another order, and training amplifies the difference.
         self.assertSucceeded(self.run_subprocess(
             ["-m", "ega_tf.compare", *args, f"--workdir={tmp}/whole"]))
-        proc = _start(["-m", "ega_tf.compare", *args,
+        proc = self.start_process(["-m", "ega_tf.compare", *args,
                        f"--workdir={tmp}/killed"])
         second = tmp / "killed" / "crd_resnet8_lf0.1_s0" / "history.csv"
         while not second.exists():  # the second cell finished an epoch
@@ -161,14 +160,10 @@ class CompareKillTest(TestCase):
 
         self.assertEqual(results("whole"), results("killed"))
         for cell in ("none", "crd", "ega"):
-            a, b = (_history(tmp / name / f"{cell}_resnet8_lf0.1_s0")
+            a, b = (history_rows(tmp / name / f"{cell}_resnet8_lf0.1_s0")
                     for name in ("whole", "killed"))
             self.assertLen(a, 3)
-            self.assertEqual(
-                [{k: v for k, v in row.items() if "seconds" not in k}
-                 for row in a],
-                [{k: v for k, v in row.items() if "seconds" not in k}
-                 for row in b], cell)
+            self.assertEqual(a, b, cell)
 
 
 class CompareInputTest(TestCase):

@@ -12,7 +12,6 @@ from ega_tf.errors import ConversionError, UserError
 from ega_tf.teachers import convert
 from tests import checkpoints
 from tests.test_case import TestCase
-from tests.test_convert_vit import run_parity_tool
 from tools.reference import tf_simclr
 
 
@@ -75,8 +74,8 @@ class SimCLRTest(TestCase):
 
     @pytest.mark.slow  # a program of its own
     def test_parity_tool_on_a_simclr_checkpoint(self):
-        out, net, pre = run_parity_tool(self, self.prefix, self.tmp_path(),
-                                        (50, 70, 3))
+        out, net, pre = self.run_parity_tool(self.prefix, self.tmp_path(),
+                                             (50, 70, 3))
         self.assertIn("family simclr, embedding 2048", out)
         self.assertLessEqual(net, 1e-4)
         self.assertLess(pre, 1e-5)

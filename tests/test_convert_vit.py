@@ -114,27 +114,9 @@ class ClipViTTest(TestCase):
         """tools/parity.py: a user's check of a real file on a real image."""
         tmp = self.tmp_path()
         published = checkpoints.write_clip_vit(tmp)
-        out, net, pre = run_parity_tool(self, published.path, tmp,
-                                        (60, 80, 3), seed=7)
+        out, net, pre = self.run_parity_tool(published.path, tmp,
+                                             (60, 80, 3), seed=7)
         self.assertIn("family clip_vit, embedding 64, input 80x60 -> "
                       "224x224", out)
         self.assertLessEqual(net, 1e-4)
         self.assertLessEqual(pre, 1 / 255 / min(CLIP_STD) * 1.001)
-
-
-def run_parity_tool(test, checkpoint, tmp_path, image_shape, seed=0):
-    """Writes a random PNG of ``image_shape``, runs tools/parity.py on it and
-    ``checkpoint``; returns (stdout, network rel err, preprocessing max)."""
-    import re
-
-    import tensorflow as tf
-    img = np.random.default_rng(seed).integers(0, 256, image_shape,
-                                               np.uint8)
-    png = tmp_path / "photo.png"
-    png.write_bytes(tf.io.encode_png(img).numpy())
-    r = test.run_subprocess(["tools/parity.py", f"--checkpoint={checkpoint}",
-                             f"--image={png}"], timeout=600)
-    test.assertSucceeded(r)
-    net = float(re.search(r"network:\s+rel err ([^,\s]+)", r.stdout)[1])
-    pre = float(re.search(r"preprocessing: max abs ([^,\s]+)", r.stdout)[1])
-    return r.stdout, net, pre

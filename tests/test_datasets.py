@@ -8,18 +8,17 @@ import json
 import shutil
 import zipfile
 
-import keras
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl.testing import parameterized
 
 from ega_tf import config as config_lib
-from ega_tf import data, teachers, training
+from ega_tf import data, training
 from ega_tf.config import default_config
 from ega_tf.data import augment, pipeline
 from ega_tf.errors import DatasetNotFoundError, UserError
-from tests.test_case import TestCase
+from tests.test_case import TestCase, pixel_teacher
 from tools.synthetic import (WNIDS, jpeg, make_tiny_imagenet_zip,
                              write_image_folder)
 
@@ -295,20 +294,8 @@ class ImageFolderTest(TestCase):
         digits = data.load("digits")
         n = write_image_folder(tmp / "digits", 270, 45, source=digits)
         self.assertEqual(n, 3150)
-        # A teacher that knows something with no training: 8x8 average-
-        # pooled pixels (a k-NN on them separates digits well),
-        # standardised per feature as ega_tf.pretrain does.
-        inputs = keras.Input((32, 32, 3))
-        x = keras.layers.AveragePooling2D(4)(inputs)
-        backbone = keras.Model(inputs, keras.layers.Flatten()(x),
-                               name="backbone")
-        preprocess = teachers.TeacherPreprocess(
-            mean=(0.5,) * 3, std=(0.25,) * 3, input_size=32)
-        feats = backbone(preprocess(digits.train.images)).numpy()
-        teacher = teachers.assemble(
-            backbone, preprocess, standardize=teachers.FeatureStandardize(
-                feats.mean(0), feats.std(0) + 1e-3))
-        teachers.save(teacher, str(tmp / "t.keras"))
+        # A teacher that knows something with no training.
+        pixel_teacher(tmp / "t.keras", spread=1e-3)
         c = tiny_config(f"folder:{tmp / 'digits'}", distill="ega",
                         teacher=str(tmp / "t.keras"), epochs=2,
                         batch_size=64, export=True)

@@ -7,31 +7,14 @@ import os
 import signal
 import time
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from ega_tf import config as config_lib
-from ega_tf import data, teachers, training
+from ega_tf import data, training
 from ega_tf.errors import UserError
-from tests.test_case import TestCase
-
-
-def pixel_teacher(path):
-    """A cheap teacher that knows something: 8x8 average-pooled pixels,
-    standardised per feature on the digits training images."""
-    digits = data.load("digits")
-    inputs = keras.Input((32, 32, 3))
-    x = keras.layers.AveragePooling2D(4)(inputs)
-    backbone = keras.Model(inputs, keras.layers.Flatten()(x),
-                           name="backbone")
-    pre = teachers.TeacherPreprocess((0.5,) * 3, (0.25,) * 3, input_size=32)
-    feats = backbone(pre(digits.train.images)).numpy()
-    teachers.save(teachers.assemble(backbone, pre, standardize=(
-        teachers.FeatureStandardize(feats.mean(0), feats.std(0) + 0.1))),
-        str(path))
-    return str(path)
+from tests.test_case import TestCase, history_rows, pixel_teacher
 
 
 class Crash(Exception):
@@ -97,11 +80,8 @@ class ResumeTest(TestCase):
         self.assertEqual((run / "history.csv").read_text().split("\n")[0],
                          (tmp / "whole" / "history.csv").read_text().split(
                              "\n")[0])
-        a = [{k: v for k, v in r.items() if "seconds" not in k}
-             for r in json.loads(json.dumps(_history(tmp / "whole")))]
-        b = [{k: v for k, v in r.items() if "seconds" not in k}
-             for r in _history(run)]
-        self.assertEqual(a, b)  # every epoch, every term, bit for bit
+        # Every epoch, every term, bit for bit.
+        self.assertEqual(history_rows(tmp / "whole"), history_rows(run))
         for key in ("epochs", "test_top1_best", "test_top1_last",
                     "teacher_head_top1_last"):
             self.assertEqual(again[key], whole[key], key)
@@ -194,7 +174,7 @@ class ResumeTest(TestCase):
                          "--config.distribute.cpu_replicas=2")
         self.assertSucceeded(r)
         self.assertIn("Strategy mirrored: 2 replica(s)", r.stderr)
-        self.assertLen(_history(tmp / "two"), 1)
+        self.assertLen(history_rows(tmp / "two"), 1)
 
     @pytest.mark.slow
     def test_two_replicas_no_further_from_one_than_reordered_rows(self):
@@ -215,7 +195,7 @@ class ResumeTest(TestCase):
             self.assertSucceeded(r)
             self.assertIn(f"Strategy mirrored: {replicas} replica(s)",
                           r.stderr)
-            runs[name] = _history(tmp / name)
+            runs[name] = history_rows(tmp / name)
         epoch = pipeline.TrainStream.epoch
 
         def rows_reversed(stream, *args, **kw):
@@ -224,7 +204,7 @@ class ResumeTest(TestCase):
         with mock.patch.object(pipeline.TrainStream, "epoch", rows_reversed):
             self.assertSucceeded(self.run_cli(
                 "train", *self.common(), f"--workdir={tmp}/reversed"))
-        runs["reversed"] = _history(tmp / "reversed")
+        runs["reversed"] = history_rows(tmp / "reversed")
         terms = ("loss", "ce", "node", "edge", "teacher_ce")
 
         def apart(name):
@@ -243,11 +223,6 @@ class ResumeTest(TestCase):
                                  "--distill=none", *args)
                 self.assertEqual(r.code, 2)
                 self.assertFalse((tmp / "never").exists())
-
-
-def _history(workdir):
-    from ega_tf import workdir as wd
-    return wd.read_history(os.path.join(workdir, "history.csv"))
 
 
 class ProcessesTest(TestCase):
@@ -293,12 +268,11 @@ class ProcessesTest(TestCase):
             "--config.distribute.cpu_replicas=2"))
         # The same arithmetic but for the collectives' implementation
         # (ring across processes, local within one): equal to float32.
-        a, b = _history(tmp / "mw"), _history(tmp / "mirrored")
+        a, b = history_rows(tmp / "mw"), history_rows(tmp / "mirrored")
         self.assertLen(a, 2)
         for row_a, row_b in zip(a, b):
             for k, v in row_a.items():
-                if "seconds" not in k:
-                    self.assertAllClose(v, row_b[k], rtol=1e-5, msg=k)
+                self.assertAllClose(v, row_b[k], rtol=1e-5, msg=k)
         res = json.loads((tmp / "mw" / "results.json").read_text())
         self.assertEqual(res["epochs"], 2)
 
@@ -310,7 +284,8 @@ class ProcessesTest(TestCase):
                 "--config.checkpoint_every_steps=5"]
         self.assertSucceeded(self.run_subprocess(
             ["-m", "ega_tf.train", *args, f"--workdir={tmp}/whole"]))
-        proc = _start(["-m", "ega_tf.train", *args, f"--workdir={tmp}/k"])
+        proc = self.start_process(["-m", "ega_tf.train", *args,
+                                   f"--workdir={tmp}/k"])
         history = tmp / "k" / "history.csv"
         while len(history.read_text().splitlines()) < 3 \
                 if history.exists() else True:  # noqa: E127
@@ -324,10 +299,7 @@ class ProcessesTest(TestCase):
         b = json.loads((tmp / "k" / "results.json").read_text())
         self.assertEqual(a["test_top1_last"], b["test_top1_last"])
         self.assertEqual(
-            [{k: v for k, v in r.items() if "seconds" not in k}
-             for r in _history(tmp / "whole")],
-            [{k: v for k, v in r.items() if "seconds" not in k}
-             for r in _history(tmp / "k")])
+            history_rows(tmp / "whole"), history_rows(tmp / "k"))
 
     @pytest.mark.slow
     def test_killing_a_worker_then_relaunching_resumes(self):
@@ -337,8 +309,8 @@ class ProcessesTest(TestCase):
         whole = self.run_subprocess(["-m", "ega_tf.launch", "--workers=2",
                                      "--", *args, f"--workdir={tmp}/whole"])
         self.assertSucceeded(whole)
-        proc = _start(["-m", "ega_tf.launch", "--workers=2", "--", *args,
-                       f"--workdir={tmp}/k"])
+        proc = self.start_process(["-m", "ega_tf.launch", "--workers=2",
+                                   "--", *args, f"--workdir={tmp}/k"])
         history = tmp / "k" / "history.csv"
         while not history.exists() or len(
                 history.read_text().splitlines()) < 2:
@@ -355,17 +327,4 @@ class ProcessesTest(TestCase):
             ["-m", "ega_tf.launch", "--workers=2", "--", *args,
              f"--workdir={tmp}/k"]))
         self.assertEqual(
-            [{k: v for k, v in r.items() if "seconds" not in k}
-             for r in _history(tmp / "whole")],
-            [{k: v for k, v in r.items() if "seconds" not in k}
-             for r in _history(tmp / "k")])
-
-
-def _start(args):
-    import subprocess
-    import sys
-
-    from tests.test_case import ROOT, SUBPROCESS_ENV
-    return subprocess.Popen([sys.executable, *map(str, args)], cwd=ROOT,
-                            env=SUBPROCESS_ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+            history_rows(tmp / "whole"), history_rows(tmp / "k"))
