@@ -26,3 +26,14 @@ class DatasetNotFoundError(UserError):
 class RunStopped(Exception):
     """A run that stopped for a reason its message states (e.g. it
     diverged); the command line prints it as one line, exit status 3."""
+
+
+def first_line(error, limit=300):
+    """The first line of an exception's message (Keras's terminal colour
+    codes removed), at most ``limit`` characters; its type's name when the
+    message is empty. For one-line messages that quote a library's error."""
+    text = str(error)
+    for code in ("\x1b[1m", "\x1b[0m"):
+        text = text.replace(code, "")
+    text = text.strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__

@@ -30,7 +30,7 @@ from typing import Optional
 import numpy as np
 
 from ega_tf.data.base import UNLABELED, Dataset, Split
-from ega_tf.errors import DatasetNotFoundError, UserError
+from ega_tf.errors import DatasetNotFoundError, UserError, first_line
 from ega_tf.registry import Registry
 
 DATASETS: Registry = Registry("dataset")
@@ -97,11 +97,9 @@ def _prepared_builder(name, archive, data_dir, download, downloadable=True):
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(manual_dir=manual))
     except Exception as e:  # TFDS re-raises the generator's error as is
-        first = str(e).strip().splitlines()[0] if str(e).strip() else \
-            type(e).__name__
         raise UserError(
             f"Preparing {name!r} from {os.path.join(manual, archive)} failed"
-            f": {first[:300]}. Is the archive complete and the published "
+            f": {first_line(e)}. Is the archive complete and the published "
             "one? Nothing was prepared; fix it and run again.") from None
     return builder
 

@@ -20,7 +20,7 @@ import zipfile
 
 import numpy as np
 
-from ega_tf.errors import ConversionError, UserError
+from ega_tf.errors import ConversionError, UserError, first_line
 
 PICKLE_WARNING = ("--allow_pickle runs code stored in the file: use it only "
                   "for a checkpoint from a source you trust")
@@ -76,7 +76,7 @@ def read_checkpoint(path, allow_pickle=False):
         except Exception as e:
             raise ConversionError(
                 f"Could not read {path!r} as a TorchScript archive "
-                f"({_first_line(e)}). Is the file complete?") from None
+                f"({first_line(e)}). Is the file complete?") from None
     try:
         obj = torch.load(path, map_location="cpu",
                          weights_only=not allow_pickle)
@@ -92,14 +92,9 @@ def read_checkpoint(path, allow_pickle=False):
                 "(or train --allow_pickle).") from None
         raise ConversionError(
             f"Could not read {path!r} as a PyTorch checkpoint "
-            f"({_first_line(e)}). Is the file complete (not truncated) and a "
+            f"({first_line(e)}). Is the file complete (not truncated) and a "
             ".pth/.pth.tar/.pt file?") from None
     return _to_numpy(obj)
-
-
-def _first_line(e):
-    text = str(e).strip()
-    return (text.splitlines()[0][:200] if text else type(e).__name__)
 
 
 def tf_checkpoint_prefix(path):
@@ -125,7 +120,7 @@ def _read_tf_checkpoint(prefix):
     except Exception as e:
         raise ConversionError(
             f"Could not read the TensorFlow checkpoint {prefix!r} "
-            f"({_first_line(e)}). Are its .index and .data-* files "
+            f"({first_line(e)}). Are its .index and .data-* files "
             "complete?") from None
 
 
@@ -140,7 +135,7 @@ def _read_safetensors(path):
     except Exception as e:
         raise ConversionError(
             f"Could not read {path!r} as a safetensors file "
-            f"({_first_line(e)}).") from None
+            f"({first_line(e)}).") from None
     return {k: v.astype(np.float32) if v.dtype.kind == "f" else v
             for k, v in tensors.items()}
 

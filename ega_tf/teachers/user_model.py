@@ -22,15 +22,7 @@ import zipfile
 
 import numpy as np
 
-from ega_tf.errors import UserError
-
-
-def _first_line(e):
-    text = str(e).strip()
-    # Keras colours some messages; keep the text only.
-    for code in ("\x1b[1m", "\x1b[0m"):
-        text = text.replace(code, "")
-    return text.splitlines()[0][:300] if text else type(e).__name__
+from ega_tf.errors import UserError, first_line
 
 
 def _load_inner(path, endpoint):
@@ -47,7 +39,7 @@ def _load_inner(path, endpoint):
             return serialization.load_model(path, compile=False)
         except Exception as e:
             raise UserError(f"{path!r} is not a valid Keras file "
-                            f"({_first_line(e)}).") from None
+                            f"({first_line(e)}).") from None
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
         return keras.layers.TFSMLayer(os.path.abspath(path),
                                       call_endpoint=endpoint,
@@ -66,7 +58,7 @@ def _check_runs(teacher, size):
     except Exception as e:
         raise UserError(
             "The model cannot run on RGB images of the declared size "
-            f"{size}x{size}x3: {_first_line(e)}. Declare the input size the "
+            f"{size}x{size}x3: {first_line(e)}. Declare the input size the "
             "model was built for (--input_size), and use a model that takes "
             "3-channel images.") from None
     if not np.all(np.isfinite(out)):
@@ -115,7 +107,7 @@ def wrap(path, *, input_size=None, crop_pct=1.0, crop_mode="center",
     except Exception as e:
         raise UserError(
             f"The model cannot take {input_size}x{input_size}x3 images: "
-            f"{_first_line(e)}.") from None
+            f"{first_line(e)}.") from None
     if isinstance(out, dict):
         if output is None and len(out) == 1:
             output = next(iter(out))
