@@ -31,7 +31,7 @@ from absl import logging
 
 from ega_tf import distribute, runtime
 from ega_tf import workdir as wd
-from ega_tf.errors import RunStopped, UserError
+from ega_tf.errors import RunStopped, UserError, first_line
 
 # Reported first when several terms stop being finite at once.
 FIRST_TERMS = ("ce", "teacher_ce")
@@ -72,7 +72,7 @@ def _xla_works(fn, example):
         return True
     except Exception as e:  # the XLA bridge raises several error types
         logging.warning("XLA cannot compile the teacher (%s).",
-                        str(e).splitlines()[0][:200])
+                        first_line(e, 200))
         return False
 
 
@@ -116,12 +116,18 @@ def load_dataset(config):
     return dataset
 
 
-def load_teacher(config):
+def load_teacher(config, image_size=None):
+    """The frozen teacher of ``config``; with ``image_size``, checked to
+    run on images of that size (one line saying which size it takes if
+    not)."""
     from ega_tf import teachers
     from ega_tf.teachers import teacher_file
     teacher = teachers.load_or_convert(
         config.teacher, allow_pickle=config.allow_pickle,
         trust_saved_model=config.trust_saved_model)
+    if image_size is not None:
+        teacher_file.check_runs_on(teacher, image_size,
+                                   f"Teacher {config.teacher!r}")
     teacher_file.with_precision(teacher, config.teacher_precision)
     logging.info("%s (%s)", teachers.describe(teacher),
                  config.teacher_precision)
@@ -202,7 +208,7 @@ def restore_model(config, workdir, dataset=None, teacher=None):
     ``teacher`` are loaded when not given."""
     dataset = dataset or load_dataset(config)
     if teacher is None and config.distill != "none":
-        teacher = load_teacher(config)
+        teacher = load_teacher(config, dataset.image_size)
     model = build_model(config, dataset, teacher)
     ckpt = Checkpointer(model, os.path.join(workdir, wd.CHECKPOINTS))
     epoch, _ = ckpt.restore()
@@ -241,7 +247,7 @@ class Checkpointer:
                 self.ckpt.restore(path).assert_existing_objects_matched()
             except Exception as e:  # truncated, corrupt or missing files
                 logging.warning("Checkpoint %s cannot be read (%s); %s", path,
-                                str(e).strip().splitlines()[0][:200],
+                                first_line(e, 200),
                                 "trying the one before it."
                                 if i + 1 < len(paths) else
                                 "no other checkpoint; starting over.")
@@ -337,7 +343,8 @@ def run(config, workdir, verbose=2, strategy=None, on_step=None):
     runtime.set_precision(config.precision)
     dataset = load_dataset(config)
     with strategy.scope():
-        teacher = load_teacher(config) if config.distill != "none" else None
+        teacher = (load_teacher(config, dataset.image_size)
+                   if config.distill != "none" else None)
         model = build_model(config, dataset, teacher, replicas)
     if chief:
         os.makedirs(workdir, exist_ok=True)

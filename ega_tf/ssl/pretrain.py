@@ -38,8 +38,11 @@ def pretrain(dataset, *, arch, epochs, batch_size, lr=2e-3,
     size = dataset.image_size
     backbone = students.create(arch, input_shape=(*size, 3))
     backbone.name = "backbone"
+    # The network is built for the training images' size; the teacher
+    # resizes any other size to it, as a converted teacher does to 224.
     preprocess = TeacherPreprocess(
-        CLIP_MEAN, CLIP_STD, name="preprocess",
+        CLIP_MEAN, CLIP_STD, input_size=size[0], crop_mode="squash",
+        name="preprocess",
         metadata={"family": "simclr_local", "arch": arch,
                   "dataset": dataset.name, "image_size": list(size)})
     model = SimCLR(backbone, preprocess, temperature=temperature,

@@ -97,9 +97,18 @@ class TeacherPreprocess(layers.Layer):
         top, left = (h - side + 1) // 2, (w - side + 1) // 2
         return x[:, top:top + side, left:left + side, :]
 
+    def _already_sized(self, images):
+        """Whether ``images`` are known, when traced, to be squares of the
+        input size already, which every crop mode then leaves as they are
+        (``center`` only with ``crop_pct`` 1): a teacher run at the size it
+        was trained at skips the resize."""
+        h, w = images.shape[1:3]
+        return (h == w == self.input_size and (
+            self.crop_mode == "squash" or self.crop_pct == 1.0))
+
     def call(self, images):
         x = ops.cast(images, "float32")
-        if self.input_size:
+        if self.input_size and not self._already_sized(images):
             s = self.input_size
             if self.crop_mode == "center":
                 x = self._resize_shorter_then_crop(x)

@@ -18,7 +18,7 @@ import os
 import zipfile
 
 from ega_tf import serialization
-from ega_tf.errors import UserError
+from ega_tf.errors import UserError, first_line
 from ega_tf.io_utils import atomic_output
 from ega_tf.teachers.preprocess import TeacherPreprocess
 
@@ -184,10 +184,61 @@ def load(path, trust_saved_model=False):
         teacher = serialization.load_model(path, compile=False,
                                            safe_mode=not refs)
     except Exception as e:  # h5/zip/deserialisation errors name no file
-        first = str(e).strip().splitlines()[0][:300] if str(e) else type(
-            e).__name__
-        raise UserError(f"Could not read teacher file {path!r}: {first}. Is "
+        raise UserError(f"Could not read teacher file {path!r}: "
+                        f"{first_line(e)}. Is "
                         "it a complete .keras file written by ega_tf?") \
             from None
     check_contract(teacher, f"Teacher {path!r}")
+    fit_input_size(teacher)
     return teacher
+
+
+def _backbone_input_size(teacher):
+    """(H, W) the backbone is built for, or None when it takes any size
+    (or the file has no sub-model named ``backbone``)."""
+    try:
+        backbone = teacher.get_layer("backbone")
+    except ValueError:
+        return None
+    shape = getattr(backbone, "input_shape", None)
+    if not shape or len(shape) != 4 or None in shape[1:3]:
+        return None
+    return tuple(int(s) for s in shape[1:3])
+
+
+def fit_input_size(teacher):
+    """Teachers pretrained locally before they carried their input size
+    (preprocessing without ``input_size`` in front of a network built for
+    one square size) resize to that size, as later files do: a teacher
+    trained at 28 px then serves 32 px images. Returns ``teacher``."""
+    layer = preprocess_layer(teacher)
+    size = _backbone_input_size(teacher)
+    if layer is not None and layer.input_size is None and size and \
+            size[0] == size[1]:
+        layer.input_size, layer.crop_mode = size[0], "squash"
+    return teacher
+
+
+def check_runs_on(teacher, image_size, path="The teacher"):
+    """Runs ``teacher`` on two blank images of ``image_size`` (H, W);
+    a UserError in one line says which size it takes if it cannot."""
+    import numpy as np
+    try:
+        teacher(np.zeros((2, *image_size, 3), np.uint8), training=False)
+    except Exception as e:  # shape errors come as several types
+        layer = preprocess_layer(teacher)
+        takes = _backbone_input_size(teacher)
+        if layer is not None and layer.input_size:
+            what = (f"it resizes images to {layer.input_size}x"
+                    f"{layer.input_size} ({layer.crop_mode})")
+        elif takes:
+            what = (f"its network takes {takes[0]}x{takes[1]} images and "
+                    "its preprocessing does not resize")
+        else:
+            what = "its network refuses them"
+        raise UserError(
+            f"{path} cannot run on the data set's {image_size[0]}x"
+            f"{image_size[1]} images: {what} ({first_line(e, 200)}). Give "
+            "the data that size (--config.data.image_size), or wrap the "
+            "network with its input size: python -m ega_tf.convert_teacher "
+            "--model=FILE --input_size=S --out=teacher.keras.") from None
