@@ -71,18 +71,22 @@ def filtered_stderr(noise=_STARTUP_NOISE):
                 sys.stderr.flush()
 
 
+_DEVICES_LISTED = []
+
+
 def import_tensorflow():
-    """Imports TensorFlow and starts its devices without the start-up
-    notices; returns the module."""
+    """Imports TensorFlow (``import ega_tf`` may have done so already) and
+    lists its devices, which is when CUDA's notices come, without the
+    start-up notices; returns the module."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if "tensorflow" in sys.modules:
-        return sys.modules["tensorflow"]
-    with filtered_stderr():
-        import tensorflow as tf
-        tf.config.list_physical_devices()
-    import logging
-    logging.getLogger("tensorflow").setLevel(logging.WARNING)
-    return tf
+    if not _DEVICES_LISTED:
+        with filtered_stderr():
+            import tensorflow as tf
+            tf.config.list_physical_devices()
+        import logging
+        logging.getLogger("tensorflow").setLevel(logging.WARNING)
+        _DEVICES_LISTED.append(True)
+    return sys.modules["tensorflow"]
 
 
 def _one_line(e):
