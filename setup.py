@@ -2,6 +2,9 @@
 
 from setuptools import find_packages, setup
 
+DEPLOY = ["ai-edge-litert>=2.3", "tf2onnx>=1.17", "onnx>=1.23",
+          "onnxruntime>=1.32"]
+
 setup(
     name="ega_tf",
     version="0.1.0",
@@ -28,8 +31,11 @@ setup(
     extras_require={
         # torch==2.13.0 is pinned: an unpinned torch pulls the CUDA build.
         "convert": ["torch==2.13.0", "safetensors", "pillow"],
+        # Running exported TFLite files (LiteRT) and writing/running ONNX
+        # files; the lower bounds are the versions tested.
+        "deploy": DEPLOY,
         "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0",
-                 "safetensors", "pillow"],
+                 "safetensors", "pillow", *DEPLOY],
         "plot": ["matplotlib"],
     },
 )

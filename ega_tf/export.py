@@ -2,13 +2,21 @@ r"""Exports a trained student for deployment, and checks the export.
 
     python -m ega_tf.export --workdir=runs/ega --format=tflite
     python -m ega_tf.export --workdir=runs/ega --format=tflite --quantize=int8
+    python -m ega_tf.export --workdir=runs/ega --format=onnx
 
 Reads the run's SavedModel (``saved_model/``, written at the end of
-training) and writes ``student.tflite`` (``student_float16.tflite``,
-``student_int8.tflite`` when quantised) beside it: uint8 images in, logits
-and probabilities out, like the SavedModel. int8 calibrates on 256 of the
-run's training images. The test split's top-1 of the exported model is
-printed beside the SavedModel's, with the difference.
+training) and writes beside it, with the SavedModel's inputs and outputs
+(uint8 images in, logits and probabilities out):
+
+- ``--format=tflite``: ``student.tflite`` (``student_float16.tflite``,
+  ``student_int8.tflite`` when quantised), for phones and microcontrollers
+  (LiteRT). int8 calibrates on 256 of the run's training images.
+- ``--format=onnx``: ``student.onnx`` (opset 17), for ONNX Runtime, TensorRT,
+  OpenVINO and other runtimes outside TensorFlow.
+
+The exported model then classifies the test split, run by its own runtime
+(LiteRT, ONNX Runtime): its top-1 is printed beside the SavedModel's, with
+the difference and the largest difference of the logits.
 """
 
 from __future__ import annotations
@@ -19,15 +27,17 @@ import os
 from ega_tf import cli
 from ega_tf.errors import UserError
 
+FORMATS = ("tflite", "onnx")
+
 
 def define_flags(flag_values):
     cli.define("string", "workdir", None, "A finished training run's "
                "workdir.", flag_values)
-    cli.define("enum", "format", "tflite", "Export format.", flag_values,
-               enum_values=["tflite"])
-    cli.define("enum", "quantize", None, "float16 (weights) or int8 (weights"
-               " and activations, calibrated on training images).",
-               flag_values, enum_values=["float16", "int8"])
+    cli.define("enum", "format", "tflite", "Export format: tflite (LiteRT) "
+               "or onnx.", flag_values, enum_values=list(FORMATS))
+    cli.define("enum", "quantize", None, "tflite only: float16 (weights) or "
+               "int8 (weights and activations, calibrated on training "
+               "images).", flag_values, enum_values=["float16", "int8"])
 
 
 def main(argv, flag_values):
@@ -36,10 +46,15 @@ def main(argv, flag_values):
     from ega_tf import config as config_lib
     from ega_tf import serving, training
     from ega_tf import workdir as wd
-    workdir = flag_values.workdir
+    workdir, fmt = flag_values.workdir, flag_values.format
     if len(argv) > 1 or not workdir:
         raise UserError("usage: python -m ega_tf.export --workdir=RUN "
-                        "--format=tflite [--quantize=float16|int8]")
+                        "[--format=tflite [--quantize=float16|int8] | "
+                        "--format=onnx]")
+    if fmt == "onnx" and flag_values.quantize:
+        raise UserError("--quantize applies to --format=tflite; an ONNX "
+                        "model is written in float32 (quantise it with ONNX "
+                        "Runtime's tools).")
     saved = os.path.join(workdir, wd.SAVED_MODEL)
     config_path = os.path.join(workdir, wd.CONFIG)
     if not os.path.isfile(os.path.join(saved, "saved_model.pb")) or \
@@ -50,27 +65,38 @@ def main(argv, flag_values):
     config = config_lib.default_config()
     config.update(wd.read_json(config_path))
     dataset = training.load_dataset(config)
-    calibration = None
-    if flag_values.quantize == "int8":
-        rng = np.random.default_rng(0)
-        rows = rng.choice(len(dataset.train), min(256, len(dataset.train)),
-                          replace=False)
-        images = dataset.train.images
-        calibration = images[np.sort(rows)]
-    path = os.path.join(workdir, serving.tflite_name(flag_values.quantize))
-    serving.export_tflite(saved, path, flag_values.quantize, calibration)
+    if fmt == "onnx":
+        path = os.path.join(workdir, serving.ONNX_NAME)
+        serving.export_onnx(saved, path)
+        exported_model = serving.ONNXStudent(path)
+    else:
+        calibration = None
+        if flag_values.quantize == "int8":
+            rng = np.random.default_rng(0)
+            rows = rng.choice(len(dataset.train),
+                              min(256, len(dataset.train)), replace=False)
+            calibration = dataset.train.images[np.sort(rows)]
+        path = os.path.join(workdir,
+                            serving.tflite_name(flag_values.quantize))
+        serving.export_tflite(saved, path, flag_values.quantize,
+                              calibration)
+        exported_model = serving.TFLiteStudent(path)
     test_images, labels = dataset.test.images, dataset.test.labels
-    reference = serving.top1(serving.load_serving_function(saved),
-                             test_images, labels)
-    exported = serving.top1(serving.TFLiteStudent(path), test_images, labels)
-    report = {"tflite": path, "bytes": os.path.getsize(path),
+    reference = serving.load_serving_function(saved)
+    want = serving.logits(reference, test_images)
+    got = serving.logits(exported_model, test_images)
+    top1 = serving.top1(want, labels)
+    exported = serving.top1(got, labels)
+    report = {fmt: path, "bytes": os.path.getsize(path),
               "quantize": flag_values.quantize,
-              "test_top1_saved_model": reference,
-              "test_top1_tflite": exported,
-              "difference": exported - reference}
+              "test_top1_saved_model": top1,
+              f"test_top1_{fmt}": exported,
+              "difference": exported - top1,
+              "max_logit_difference": float(np.abs(got - want).max())}
     print(f"{path}: {report['bytes'] / 1e6:.2f} MB; test top-1 "
-          f"{exported:.2f} (SavedModel {reference:.2f}, difference "
-          f"{exported - reference:+.2f})")
+          f"{exported:.2f} (SavedModel {top1:.2f}, difference "
+          f"{exported - top1:+.2f}); logits within "
+          f"{report['max_logit_difference']:.1e} of the SavedModel's")
     print(json.dumps(report))
 
 
