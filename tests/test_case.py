@@ -22,7 +22,11 @@ pytest. Its harness methods are what the test modules repeat:
 - ``run_parity_tool``: tools/parity.py on a checkpoint and a random image;
 - ``split_among_replicas`` / ``run_replica_steps``: fixed batches as a
   distributed dataset, each replica given its slice of every batch, and
-  the training loop's step run over them.
+  the training loop's step run over them;
+- ``run_lockstep`` / ``lockstep_errors``: two models stepped side by side
+  from the same state before every step (one device against two, eager
+  against XLA), so a comparison sees one step's rounding and holds on any
+  CPU.
 """
 
 from __future__ import annotations
@@ -135,19 +139,97 @@ def split_among_replicas(batches, replicas):
     return per_pipeline
 
 
-def run_replica_steps(model, strategy, batches, jit=False):
+class ReplicaStepper:
     """The training loop's step (``training._step_function``) on each of
-    ``batches`` split among the strategy's replicas; the logs of each step
-    (metrics reset before each)."""
-    from ega_tf import training
-    iterator = iter(strategy.distribute_datasets_from_function(
-        split_among_replicas(batches, strategy.num_replicas_in_sync)))
-    step = training._step_function(model, strategy, model.train_step, jit)
-    logs = []
+    ``batches`` in turn, split among the strategy's replicas; each call
+    runs the next step and returns its logs (metrics reset before it)."""
+
+    def __init__(self, model, strategy, batches, jit=False):
+        from ega_tf import training
+        self.model = model
+        self.iterator = iter(strategy.distribute_datasets_from_function(
+            split_among_replicas(batches, strategy.num_replicas_in_sync)))
+        self.step = training._step_function(model, strategy,
+                                            model.train_step, jit)
+
+    def __call__(self):
+        self.model.reset_metrics()
+        return {k: float(v) for k, v in self.step(self.iterator).items()}
+
+
+def run_replica_steps(model, strategy, batches, jit=False):
+    """The logs of every step of ``ReplicaStepper`` over ``batches``."""
+    stepper = ReplicaStepper(model, strategy, batches, jit)
+    return [stepper() for _ in batches]
+
+
+def training_state(model):
+    """Every variable a training step reads and then writes, by name: what
+    the distiller checkpoints (the student with its BatchNorm statistics,
+    the online teacher head, the method's queues and banks, both
+    optimizers)."""
+    state = {}
+    for item, obj in model.checkpoint_items().items():
+        for v in obj.variables:
+            state[f"{item}/{v.path}"] = v
+    return state
+
+
+def run_lockstep(reference, other, batches, jit=(False, False)):
+    """Steps two models built alike (``(model, strategy)`` pairs: one
+    device and two, eager and XLA) through ``batches`` side by side. Before
+    each step ``other`` is given ``reference``'s state, so each step is
+    compared from the same weights: what differs is that step's rounding,
+    never earlier steps' rounding grown by training, which depends on the
+    CPU's float order. Returns, per step, (reference logs, other logs,
+    reference state, other state), the states as {name: array}."""
+    steppers = [ReplicaStepper(m, s, batches, j)
+                for (m, s), j in zip((reference, other), jit)]
+    ref_state = training_state(reference[0])
+    other_state = training_state(other[0])
+    assert list(ref_state) == list(other_state), "models built differently"
+    steps = []
     for _ in batches:
-        model.reset_metrics()
-        logs.append({k: float(v) for k, v in step(iterator).items()})
-    return logs
+        for name, v in ref_state.items():
+            other_state[name].assign(v.numpy())
+        logs = [stepper() for stepper in steppers]
+        steps.append((*logs, *({k: v.numpy() for k, v in state.items()}
+                               for state in (ref_state, other_state))))
+    return steps
+
+
+def lockstep_errors(steps):
+    """Over the steps of ``run_lockstep``: {term: largest relative
+    difference} of the logged terms, and {variable: largest difference}
+    of the state after each step, each float variable relative to the
+    largest value of its checkpoint item (the student, the teacher head, the
+    method's banks); integer variables must be equal.
+
+    The optimizers' momentum buffers are left out: they hold the step's
+    gradient itself, and where a pre-activation lies within rounding of
+    zero, adding in another order flips a ReLU and moves a gradient by up
+    to 4e-3 of its scale (seen with rows merely reordered on one device).
+    The weights after the step carry that gradient times the learning rate,
+    a wrong gradient (a sum for a mean, a count of one replica's examples)
+    by percents of the update."""
+    terms, state = {}, {}
+    for a_logs, b_logs, a_state, b_state in steps:
+        for k, a in a_logs.items():
+            error = abs(a - b_logs[k]) / max(abs(a), 1e-3)
+            terms[k] = max(terms.get(k, 0.0), error)
+        kept = {k: a for k, a in a_state.items()
+                if "optimizer" not in k.split("/")[0]}
+        scale = {}
+        for k, a in kept.items():
+            if np.issubdtype(a.dtype, np.floating):
+                item = k.split("/")[0]
+                scale[item] = max(scale.get(item, 0.0), np.abs(a).max())
+        for k, a in kept.items():
+            error = np.abs(np.asarray(a, np.float64) - b_state[k]).max()
+            if np.issubdtype(a.dtype, np.floating):
+                error /= max(scale[k.split("/")[0]], 1e-12)
+            state[k] = max(state.get(k, 0.0), float(error))
+    return terms, state
 
 
 def make_tempdir(owner=None):

@@ -32,7 +32,13 @@ class EndToEndTest(TestCase):
         for noise in _NOISE:
             self.assertNotIn(noise, r.stderr)
         summary = json.loads(r.stdout.strip().splitlines()[-1])
-        self.assertGreater(summary["knn_top1"], 0.5)  # chance is 0.1
+        # Digits' classes are far apart: a resnet8 of random weights
+        # already reaches 0.81-0.89 by k-NN, and one epoch of SimCLR leaves
+        # it there (0.82-0.91 over seeds 0-4, with 1 thread and with
+        # oneDNN off). Below 0.5 (chance 0.1) the features or the labels
+        # are broken, on any CPU.
+        self.assertGreater(summary["knn_top1"], 0.5)
+        self.assertGreater(summary["knn_top1_random_init"], 0.5)
 
         work = tmp / "run"
         args = ["--dataset=digits", "--student=resnet8", f"--teacher={teacher}",

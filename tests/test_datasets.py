@@ -14,11 +14,11 @@ import tensorflow_datasets as tfds
 from absl.testing import parameterized
 
 from ega_tf import config as config_lib
-from ega_tf import data, training
+from ega_tf import data, serving, training
 from ega_tf.config import default_config
 from ega_tf.data import augment, pipeline
 from ega_tf.errors import DatasetNotFoundError, UserError
-from tests.test_case import TestCase, pixel_teacher
+from tests.test_case import TestCase, history_rows, pixel_teacher
 from tools.synthetic import (WNIDS, jpeg, make_tiny_imagenet_zip,
                              write_image_folder)
 
@@ -289,7 +289,14 @@ class ImageFolderTest(TestCase):
                          r" \(12 labeled, 0 unlabeled\), test 6")
 
     def test_thousands_of_files_train_with_ega_and_export(self):
-        """~3,100 PNG/JPEG files of varied sizes -> EGA -> SavedModel."""
+        """~3,100 PNG/JPEG files of varied sizes -> EGA -> SavedModel.
+
+        What a 2-epoch run's student reaches depends on the CPU's float
+        order (21.8-33.6 % over seeds 0-3, with 1 thread and with oneDNN
+        off), so it is not asserted. The online teacher head is: a linear
+        head on a fixed pixel teacher is not chaotic (73.6-76.9 % over the
+        same runs, equal to 2 decimals in both settings; chance is 10 %),
+        and it can only learn if every file's label came with its image."""
         tmp = self.tmp_path()
         digits = data.load("digits")
         n = write_image_folder(tmp / "digits", 270, 45, source=digits)
@@ -301,16 +308,16 @@ class ImageFolderTest(TestCase):
                         batch_size=64, export=True)
         res = training.run(c, str(tmp / "run"), verbose=0)
         self.assertEqual(res["epochs"], 2)
-        # Measured: 29.6 (chance 10); the teacher head 76.9. The run is
-        # seeded and deterministic.
-        self.assertGreater(res["test_top1_best"], 25)
         self.assertGreater(res["teacher_head_top1_last"], 50)
-        served = tf.saved_model.load(res["saved_model"])
+        for row in history_rows(tmp / "run"):
+            self.assertTrue(all(np.isfinite(list(row.values()))))
+        # The export is the trained student: it classifies the test split
+        # as the run's last evaluation did.
+        served = serving.load_serving_function(res["saved_model"])
         ds = data.load(f"folder:{tmp / 'digits'}")
-        out = served.signatures["serving_default"](
-            images=tf.constant(ds.test.images[:64]))
-        pred = np.argmax(out["probabilities"].numpy(), -1)
-        self.assertGreater((pred == ds.test.labels[:64]).mean(), 0.2)
+        top1 = serving.top1(serving.logits(served, ds.test.images),
+                            ds.test.labels)
+        self.assertAlmostEqual(top1, res["test_top1_last"], places=4)
         names = json.loads((tmp / "run" / "saved_model" /
                             "class_names.json").read_text())
         self.assertEqual(names, [str(i) for i in range(10)])

@@ -13,7 +13,8 @@ from ega_tf.distiller import EGADistiller, build_student
 from ega_tf.methods.layers import Batch
 from ega_tf.optimizers import TorchSGD
 from tests import references as ref
-from tests.test_case import TestCase, conv_teacher, run_replica_steps
+from tests.test_case import (TestCase, conv_teacher, lockstep_errors,
+                             run_lockstep)
 
 B, D, K, Q = 12, 8, 5, 20
 
@@ -316,36 +317,17 @@ class MethodTest(TestCase):
         self.assertAllClose(logs["loss"], logs["ce"])
 
 
-def run_steps(name, strategy, steps=2, lr=0.05):
-    """Logs of each step and the final state: the student's weights and
-    the method's variables."""
-    with strategy.scope():
-        model = make(name, lr)
-    logs = run_replica_steps(model, strategy,
-                             [batch(s) for s in range(steps)])
-    state = [v.numpy() for v in model.student.weights
-             + model.method.variables]
-    return logs, state
-
-
-def differences(one, other):
-    """(largest relative term difference, largest state difference
-    relative to each variable's scale)."""
-    terms = max(abs(a[k] - b[k]) / max(abs(a[k]), 1e-3)
-                for a, b in zip(one[0], other[0]) for k in a)
-    state = max(np.abs(a - b).max() / max(np.abs(a).max(), 1e-3)
-                for a, b in zip(one[1], other[1]))
-    return terms, state
-
-
 class ReplicasTest(TestCase):
-    """Global batch 12 as one replica and as two of 6, two steps: the
-    methods' terms, the weights and the queues, banks and counters agree.
-    At a small learning rate: at 0.05 some of these students, trained on
-    random images, reach a state (a BatchNorm channel of almost no
-    variance) where the order float32 adds in moves the next step's
-    gradient by up to 3 % on one device alone. At 0.01 two replicas agree
-    to 1e-5 (DKD's terms, 1.0e-5, the largest)."""
+    """Global batch 12 as one replica and as two of 6, two steps in
+    lockstep (before each step the two-replica model takes the one-device
+    model's state): the methods' terms, the weights and the queues, banks
+    and counters agree to float32 rounding, held to 1e-4 (3e-5 measured,
+    PKT's terms, with 1 thread and with oneDNN off). Compared from the same
+    state, so earlier steps' rounding, which training grows by an amount
+    that depends on the CPU, does not enter. At lr 0.01: at 0.05 some
+    methods on random images blow the activations up within two steps
+    (FitNets: BatchNorm variances of 1e7), where one step's rounding moves
+    a weight by whole units."""
 
     @parameterized.parameters("crd", "seed", "dkd")
     def test_two_replicas_equal_one(self, name):
@@ -355,13 +337,19 @@ class ReplicasTest(TestCase):
 
     def check_two_replicas(self, name):
         from ega_tf import distribute
-        one = run_steps(name, tf.distribute.get_strategy(), lr=0.01)
-        two = run_steps(name, distribute.mirrored(["/cpu:0", "/cpu:1"]),
-                        lr=0.01)
-        terms, state = differences(one, two)
-        print(f"{name}: terms {terms:.1e}, state {state:.1e}")
-        self.assertLessEqual(terms, 3e-5)
-        self.assertLessEqual(state, 3e-5)
+        pairs = []
+        for strategy in (tf.distribute.get_strategy(),
+                         distribute.mirrored(["/cpu:0", "/cpu:1"])):
+            with strategy.scope():
+                pairs.append((make(name, lr=0.01), strategy))
+        terms, state = lockstep_errors(run_lockstep(
+            *pairs, [batch(s) for s in range(2)]))
+        worst = max(state, key=state.get)
+        print(f"{name}: terms {max(terms.values()):.1e}, state "
+              f"{state[worst]:.1e} ({worst})")
+        for term, error in terms.items():
+            self.assertLessEqual(error, 1e-4, term)
+        self.assertLessEqual(state[worst], 1e-4, worst)
 
 
 @pytest.mark.slow

@@ -1,6 +1,13 @@
 """A run survives a crash and ends where an uninterrupted one would; a
 workdir belongs to one run; a diverged run says so; the command line runs on
-two devices and on two worker processes."""
+two devices and on two worker processes.
+
+The bit-for-bit comparisons here (a resumed run against an uninterrupted
+one, a rerun against the first run) compare two runs on the same machine
+with the same threads: that is what must hold everywhere. Values that only
+one CPU produces (an accuracy after two epochs) are never asserted; that
+one device and two compute the same step is tested in lockstep
+(tests/test_distribute.py)."""
 
 import json
 import os
@@ -52,6 +59,7 @@ class ResumeTest(TestCase):
         return serve(images=tf.constant(images))["logits"].numpy()
 
     def test_a_crashed_run_ends_where_an_uninterrupted_one_does(self):
+        """Both runs on this machine, so bit for bit."""
         tmp = self.tmp_path()
         whole = training.run(self.config(), str(tmp / "whole"), verbose=0)
         # 21 steps an epoch; checkpoints every 7 steps and at the end of
@@ -175,44 +183,6 @@ class ResumeTest(TestCase):
         self.assertSucceeded(r)
         self.assertIn("Strategy mirrored: 2 replica(s)", r.stderr)
         self.assertLen(history_rows(tmp / "two"), 1)
-
-    @pytest.mark.slow
-    def test_two_replicas_no_further_from_one_than_reordered_rows(self):
-        """The same command on one device and on two logical CPUs. Training
-        resnet8 on digits is chaotic in float32: one device that only adds
-        each batch's rows in reverse order ends an epoch a few % away in the
-        mean terms. Two devices add in yet another order; they must be no
-        further from one device than that."""
-        from unittest import mock
-
-        from ega_tf.data import pipeline
-        tmp = self.tmp_path()
-        runs = {}
-        for name, replicas in (("one", 1), ("two", 2)):
-            r = self.run_cli("train", *self.common(),
-                             f"--workdir={tmp}/{name}",
-                             f"--config.distribute.cpu_replicas={replicas}")
-            self.assertSucceeded(r)
-            self.assertIn(f"Strategy mirrored: {replicas} replica(s)",
-                          r.stderr)
-            runs[name] = history_rows(tmp / name)
-        epoch = pipeline.TrainStream.epoch
-
-        def rows_reversed(stream, *args, **kw):
-            return epoch(stream, *args, **kw).map(lambda x, y: (
-                {k: v[::-1] for k, v in x.items()}, y[::-1]))
-        with mock.patch.object(pipeline.TrainStream, "epoch", rows_reversed):
-            self.assertSucceeded(self.run_cli(
-                "train", *self.common(), f"--workdir={tmp}/reversed"))
-        runs["reversed"] = history_rows(tmp / "reversed")
-        terms = ("loss", "ce", "node", "edge", "teacher_ce")
-
-        def apart(name):
-            return max(abs(a[t] - b[t]) / abs(a[t]) for a, b in zip(
-                runs["one"], runs[name]) for t in terms)
-        print(f"per-epoch terms: two devices {apart('two'):.1e} from one; "
-              f"one device, rows reversed, {apart('reversed'):.1e}")
-        self.assertLessEqual(apart("two"), 3 * apart("reversed"))
 
     def test_validation_rejects_before_a_workdir_exists(self):
         tmp = self.tmp_path()

@@ -1,9 +1,10 @@
 """Teacher files read by a process other than the one that wrote them.
 
 Every family's converted file (and the locally pretrained and user-wrapped
-kinds) is loaded and run in a fresh process and must give the in-process
-outputs; every Keras class the project defines must be registered by the
-loader alone; BUILD.md's convert -> train commands run as written, each in
+kinds) is loaded by Keras's own loader and run in a fresh process that only
+imported ``ega_tf``, and must give the in-process outputs; ``import
+ega_tf`` must register every Keras class the project defines; a teacher
+trained at one image size serves another; BUILD.md's convert -> train commands run as written, each in
 its own process; and a checkpoint passed straight to ``train`` is converted
 once, then read from the cache by the next process.
 """
@@ -18,26 +19,26 @@ import numpy as np
 import pytest
 
 from ega_tf import teachers
-from ega_tf.teachers import checkpoint_io, convert
+from ega_tf.teachers import checkpoint_io, convert, teacher_file
 from ega_tf.teachers.families import FAMILIES
 from tests import checkpoints
-from tests.test_case import ROOT, TestCase
+from tests.test_case import ROOT, TestCase, history_rows
 from tools.synthetic import write_image_folder
 
-# A fresh process: which classes the loader registers before any file is
-# read, then every teacher file loaded and run.
+# A fresh process that imports the package and nothing else of it, then
+# reads every teacher file with Keras's own loader: which classes
+# ``import ega_tf`` registered, and every teacher's output.
 _FRESH_PROCESS = """
 import json, sys
 import keras
 import numpy as np
-from ega_tf import serialization, teachers  # nothing else of the project
-serialization.register_custom_objects()
+import ega_tf
 registered = sorted(k for k in keras.saving.get_custom_objects()
                     if k.startswith("ega_tf>"))
 images = np.load(sys.argv[1])
 outputs = {}
 for name, path in json.loads(sys.argv[2]).items():
-    outputs[name] = np.asarray(teachers.load(path)(images))
+    outputs[name] = np.asarray(keras.saving.load_model(path)(images))
 np.savez(sys.argv[3], **outputs)
 print(json.dumps(registered))
 """
@@ -109,7 +110,7 @@ class FreshProcessTest(TestCase):
         cls.outputs = (np.load(tmp / "out.npz")
                        if cls.result.returncode == 0 else None)
 
-    def test_the_loader_registers_every_class_the_project_defines(self):
+    def test_import_ega_tf_registers_every_class_the_project_defines(self):
         self.assertSucceeded(self.result)
         found = set(json.loads(self.result.stdout.strip().splitlines()[-1]))
         want = registered_in_source()
@@ -243,3 +244,81 @@ class ConversionCacheTest(TestCase):
         self.assertNotIn("converted and cached", logs[1])
         self.assertEqual(cached.stat().st_mtime_ns, stamp)  # not redone
         self.assertEqual(list(cache.iterdir()), [cached])
+
+
+class TeacherSizeTest(TestCase):
+    """A teacher pretrained at one image size trains students at another:
+    its file resizes to the size its network was built for (files written
+    before it carried that size are given it when read); a teacher that
+    cannot take the images is refused in one line before training."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        from ega_tf import data
+        from ega_tf.ssl.pretrain import pretrain
+        cls.dir = cls.class_tempdir()
+        write_image_folder(cls.dir / "images", 6, 2)
+        cls.folder = f"folder:{cls.dir / 'images'}"
+        at_28 = data.load(cls.folder, image_size=28)
+        teacher, _, _ = pretrain(at_28, arch="resnet8", epochs=1,
+                                 batch_size=6, verbose=0)
+        cls.teacher = str(cls.dir / "t28.keras")
+        teachers.save(teacher, cls.teacher)
+
+    def train(self, teacher, workdir, *extra):
+        return self.run_cli(
+            "train", f"--dataset={self.folder}", "--student=resnet8",
+            f"--teacher={teacher}", "--epochs=1", "--batch_size=6",
+            "--config.data.image_size=32", "--config.export=false",
+            f"--workdir={workdir}", *extra)
+
+    def test_a_28_px_teacher_trains_32_px_students_both_views(self):
+        loaded = teachers.load(self.teacher)
+        pre = teacher_file.preprocess_layer(loaded)
+        self.assertEqual((pre.input_size, pre.crop_mode), (28, "squash"))
+        tmp = self.tmp_path()
+        for view in ("independent", "clean"):  # the step; the feature cache
+            with self.subTest(view=view):
+                r = self.train(self.teacher, tmp / view,
+                               f"--config.teacher_view={view}")
+                self.assertSucceeded(r)
+                self.assertNotIn("Traceback", r.stderr)
+                self.assertLen(history_rows(tmp / view), 1)
+        # At its own size the resize is skipped: the same numbers as the
+        # network on the normalised images.
+        images = uint8_images(size=28)
+        x = (images / 255.0 - np.array(pre.mean)) / np.array(pre.std)
+        want = loaded.get_layer("standardize")(
+            loaded.get_layer("backbone")(x.astype(np.float32)))
+        self.assertLessEqual(self.rel_err(loaded(images), want), 1e-5)
+
+    def test_an_older_file_without_its_size_is_given_it(self):
+        """As pretrain wrote teachers before they carried their size."""
+        loaded = teachers.load(self.teacher)
+        old = teachers.TeacherPreprocess(
+            loaded.get_layer("preprocess").mean,
+            loaded.get_layer("preprocess").std, name="preprocess")
+        path = self.tmp_path() / "old.keras"
+        teachers.save(teachers.assemble(
+            loaded.get_layer("backbone"), old,
+            standardize=loaded.get_layer("standardize")), path)
+        again = teachers.load(path)
+        self.assertEqual(teacher_file.preprocess_layer(again).input_size, 28)
+        images = uint8_images(size=32)
+        np.testing.assert_array_equal(again(images), loaded(images))
+        r = self.train(path, self.tmp_path() / "w")
+        self.assertSucceeded(r)
+
+    def test_a_teacher_that_cannot_take_the_images_says_which_it_takes(self):
+        inputs = keras.Input((24, 28, 3))
+        backbone = keras.Model(inputs, keras.layers.Flatten()(inputs),
+                               name="backbone")
+        path = self.tmp_path() / "fixed.keras"
+        teachers.save(teachers.assemble(
+            backbone, teachers.TeacherPreprocess(name="preprocess")), path)
+        work = self.tmp_path() / "w"
+        r = self.train(path, work)
+        self.assertOneLineError(r, "cannot run on the data set's 32x32 "
+                                "images: its network takes 24x28 images")
+        self.assertFalse(work.exists())
