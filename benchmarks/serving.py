@@ -1,14 +1,16 @@
 #!/usr/bin/env python
 """How fast the deployable student answers: per-image latency at batch 1 and
-throughput at batch 64, for the SavedModel and each TFLite variant.
+throughput at batch 64, for the SavedModel, each TFLite variant (run by
+LiteRT) and ONNX (run by ONNX Runtime).
 
     python benchmarks/serving.py                       # resnet8x4, 32 px
     python benchmarks/serving.py --student=resnet8 --repeats=50
 
 The student (random weights: speed does not depend on them) is exported as
 training exports it, then converted with ``ega_tf.serving.export_tflite``
-(int8 calibrated on random images). Times are medians after warm-up; TFLite
-uses as many threads as the machine has cores.
+(int8 calibrated on random images) and ``export_onnx``. Times are medians
+after warm-up; LiteRT uses as many threads as the machine has cores, ONNX
+Runtime its default (one per core). Needs the [deploy] extra.
 """
 
 from __future__ import annotations
@@ -71,6 +73,11 @@ def main():
             rows.append((f"TFLite {quantize or 'float32'}",
                          os.path.getsize(path),
                          lambda x, m=model: m(x)["logits"]))
+        path = os.path.join(tmp, serving.ONNX_NAME)
+        serving.export_onnx(saved, path)
+        onnx_model = serving.ONNXStudent(path)
+        rows.append(("ONNX float32", os.path.getsize(path),
+                     lambda x: onnx_model(x)["logits"]))
         print(f"Student {args.student}, {size} px, {args.classes} classes, "
               f"{os.cpu_count()} CPU cores; median of {args.repeats}")
         print("| format | size (MB) | batch 1 latency (ms) | batch 64 "

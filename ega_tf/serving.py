@@ -140,10 +140,12 @@ def export_tflite(saved_model_dir, path, quantize=None,
             for image in representative_images:
                 yield {"images": image[None]}
         converter.representative_dataset = representative
-    with warnings.catch_warnings():
+    from ega_tf.cli import filtered_stderr
+    with warnings.catch_warnings(), filtered_stderr(("fully_quantize: ",)):
         # int8 calibration runs inside TensorFlow's converter on its own
-        # tf.lite.Interpreter, which warns that it is deprecated; the
-        # models written here are run by LiteRT (TFLiteStudent).
+        # tf.lite.Interpreter, which warns that it is deprecated (the
+        # models written here are run by LiteRT: TFLiteStudent), and its
+        # quantiser prints its settings on stderr.
         warnings.filterwarnings("ignore", "(?s).*tf.lite.Interpreter is "
                                 "deprecated", UserWarning)
         model = converter.convert()
