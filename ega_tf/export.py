@@ -92,11 +92,14 @@ def main(argv, flag_values):
               "test_top1_saved_model": top1,
               f"test_top1_{fmt}": exported,
               "difference": exported - top1,
-              "max_logit_difference": float(np.abs(got - want).max())}
+              "max_logit_difference": float(np.abs(got - want).max()),
+              "max_logit_difference_relative": float(
+                  np.abs(got - want).max() / max(np.abs(want).max(), 1e-12))}
     print(f"{path}: {report['bytes'] / 1e6:.2f} MB; test top-1 "
           f"{exported:.2f} (SavedModel {top1:.2f}, difference "
           f"{exported - top1:+.2f}); logits within "
-          f"{report['max_logit_difference']:.1e} of the SavedModel's")
+          f"{report['max_logit_difference']:.1e} of the SavedModel's "
+          f"({report['max_logit_difference_relative']:.1e} of the largest)")
     print(json.dumps(report))
 
 

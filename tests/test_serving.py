@@ -161,6 +161,8 @@ class DeploymentTest(TestCase):
                                places=6)
         self.assertAlmostEqual(report["max_logit_difference"],
                                np.abs(got - self.want).max(), places=5)
+        self.assertAlmostEqual(report["max_logit_difference_relative"],
+                               self.rel_err(got, self.want), places=6)
         self.assertIn(f"difference {top1 - self.reference:+.2f}", r.stdout)
         return report, got
 
