@@ -102,7 +102,8 @@ def default_config(arg=None):
     # numbers, and a resumed run ends where an uninterrupted one would.
     c.deterministic = True
     c.precision = "float32"     # float32 | mixed_float16 | mixed_bfloat16
-    c.jit_compile = "auto"      # auto | true | false
+    # auto: XLA on GPUs without op determinism, off on CPUs | true | false
+    c.jit_compile = "auto"
     c.checkpoint_every = 1      # epochs between checkpoints
     # Also checkpoint every N steps within long epochs (None: at epoch ends).
     c.checkpoint_every_steps = config_dict.placeholder(int)

@@ -76,13 +76,17 @@ def _xla_works(fn, example):
         return False
 
 
-def choose_jit(setting, teacher=None, image_size=(32, 32), replicas=1):
+def choose_jit(setting, teacher=None, image_size=(32, 32), replicas=1,
+               deterministic=False):
     """(jit_compile, why) for ``setting`` = auto | true | false.
 
-    ``auto`` compiles with XLA on GPUs, when the teacher compiles, and not
-    on CPUs: there XLA made the training step 35-50 % slower and added its
+    ``auto`` compiles with XLA on GPUs, when the teacher compiles and op
+    determinism is off (``deterministic``: not every XLA op has a
+    deterministic GPU kernel, and Keras refuses XLA under it), and not on
+    CPUs: there XLA made the training step 35-50 % slower and added its
     compile time (measured with benchmarks/train_step.py, see README); nor
-    can XLA compile a CPU step holding cross-replica collectives."""
+    can XLA compile a CPU step holding cross-replica collectives. ``true``
+    is obeyed as asked."""
     import numpy as np
     import tensorflow as tf
     setting = str(setting).lower()
@@ -96,6 +100,10 @@ def choose_jit(setting, teacher=None, image_size=(32, 32), replicas=1):
     if not on_gpu:
         return False, ("jit_compile=auto: off on CPU (XLA measured slower "
                        "there)")
+    if deterministic:
+        return False, ("jit_compile=auto: off under op determinism "
+                       "(--config.deterministic=false, or "
+                       "--config.jit_compile=true, to compile with XLA)")
     if teacher is not None and not _xla_works(
             lambda x: teacher(x, training=False),
             np.zeros((2, *image_size, 3), np.uint8)):
@@ -189,7 +197,8 @@ def build_model(config, dataset, teacher=None, replicas=1):
                          config.embed_dim, method=method)
     lr = step_schedule(learning_rate(config), steps, config.epochs,
                        config.optim.decay_fractions, config.optim.decay_factor)
-    jit, why = choose_jit(config.jit_compile, teacher, size, replicas)
+    jit, why = choose_jit(config.jit_compile, teacher, size, replicas,
+                          config.deterministic)
     logging.info("%s", why)
     sgd = dict(momentum=config.optim.momentum,
                weight_decay=config.optim.weight_decay)
@@ -197,7 +206,10 @@ def build_model(config, dataset, teacher=None, replicas=1):
         optimizer=TorchSGD(lr, **sgd),
         teacher_head_optimizer=(TorchSGD(config.optim.teacher_head_lr, **sgd)
                                 if teacher is not None else None),
-        jit_compile=jit)
+        jit_compile=False)
+    # The loop compiles its own step (``_step_function``) with this; Keras's
+    # own jit_compile is refused (with a warning) under op determinism.
+    model.step_jit_compile = jit
     return model
 
 
@@ -324,7 +336,13 @@ def run(config, workdir, verbose=2, strategy=None, on_step=None):
     finite, and ``UserError`` (before writing anything) for bad input or a
     workdir that belongs to another run. ``on_step(epoch, step, logs)`` is
     called after every training step (0-based; logs are the epoch's running
-    means)."""
+    means). With ``config.deterministic``, TensorFlow's op determinism is
+    on for the run and the process's setting is restored after it."""
+    with runtime.op_determinism(config.deterministic):
+        return _run(config, workdir, verbose, strategy, on_step)
+
+
+def _run(config, workdir, verbose, strategy, on_step):
     import tensorflow as tf
 
     from ega_tf import serving
@@ -337,8 +355,6 @@ def run(config, workdir, verbose=2, strategy=None, on_step=None):
     state, done = wd.claim(workdir, config)
     if state == "done":
         return _reported(done, workdir)
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
     runtime.set_seed(config.seed)
     runtime.set_precision(config.precision)
     dataset = load_dataset(config)
@@ -412,7 +428,7 @@ def _loop(config, model, strategy, train, test, ckpt, history, history_path,
           workdir, start_epoch, start_step, verbose, chief, on_step):
     """The epochs; returns the history rows."""
     import tensorflow as tf
-    jit = bool(model.jit_compile)
+    jit = bool(model.step_jit_compile)
     train_step = _step_function(model, strategy, model.train_step, jit)
     eval_step = _step_function(model, strategy, model.test_step, jit)
     steps = train.steps_per_epoch

@@ -55,6 +55,29 @@ class TeacherCacheTest(TestCase):
 
 class XlaChoiceTest(TestCase):
 
+    def test_under_op_determinism_auto_is_off_and_true_is_obeyed(self):
+        from unittest import mock
+
+        import tensorflow as tf
+        from tensorflow.python.framework import config as tf_config
+        with mock.patch.object(tf.config, "list_physical_devices",
+                               return_value=["GPU:0"]):
+            self.assertEqual(training.choose_jit("auto")[0], True)
+            jit, why = training.choose_jit("auto", deterministic=True)
+        self.assertFalse(jit)
+        self.assertIn("off under op determinism", why)
+        # The loop compiles its step with what was chosen, which Keras's
+        # own jit_compile would refuse under op determinism.
+        c = config_lib.default_config()
+        c.dataset, c.student, c.distill = "digits", "resnet8", "none"
+        c.jit_compile = "true"
+        c = config_lib.resolve(c)
+        with training.runtime.op_determinism(True):
+            model = training.build_model(c, data.load("digits"))
+            self.assertTrue(tf_config.is_op_determinism_enabled())
+        self.assertTrue(model.step_jit_compile)
+        self.assertFalse(tf_config.is_op_determinism_enabled())
+
     def test_auto_is_off_on_cpu_and_says_why(self):
         jit, why = training.choose_jit("auto")
         self.assertFalse(jit)
