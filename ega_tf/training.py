@@ -343,8 +343,6 @@ def run(config, workdir, verbose=2, strategy=None, on_step=None):
 
 
 def _run(config, workdir, verbose, strategy, on_step):
-    import tensorflow as tf
-
     from ega_tf import serving
     from ega_tf.data import pipeline
 
