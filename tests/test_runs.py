@@ -240,6 +240,10 @@ class ProcessesTest(TestCase):
         # (ring across processes, local within one): equal to float32.
         a, b = history_rows(tmp / "mw"), history_rows(tmp / "mirrored")
         self.assertLen(a, 2)
+        apart = max(abs(v - row_b[k]) / max(abs(v), 1e-12)
+                    for row_a, row_b in zip(a, b) for k, v in row_a.items())
+        # Both on this machine: 1.2e-7 measured.
+        print(f"two workers against two mirrored replicas: {apart:.1e}")
         for row_a, row_b in zip(a, b):
             for k, v in row_a.items():
                 self.assertAllClose(v, row_b[k], rtol=1e-5, msg=k)
