@@ -59,12 +59,12 @@ def images_per_second(ds, images, batch=BATCH):
 def train_images_per_second(size, steps):
     import keras
     from ega_tf import students
-    from ega_tf.distiller import EGADistiller, build_student
+    from ega_tf.distiller import Distiller, build_student
     from ega_tf.optimizers import TorchSGD
     keras.utils.set_random_seed(0)
     student = build_student(students.create("resnet8x4", 100,
                                             (size, size, 3)), 100, 256)
-    model = EGADistiller(student, None, 100, 256)
+    model = Distiller(student, None, 100, 256)
     model.compile(optimizer=TorchSGD(0.05, 0.9, 5e-4), jit_compile=True)
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (BATCH, size, size, 3), dtype=np.uint8)

@@ -119,7 +119,7 @@ def tf_model(args, images):
     import keras
 
     from ega_tf import runtime, students, training
-    from ega_tf.distiller import EGADistiller, build_student
+    from ega_tf.distiller import Distiller, build_student
     from ega_tf.optimizers import TorchSGD
     runtime.set_precision(args.precision)
     keras.utils.set_random_seed(0)
@@ -129,7 +129,8 @@ def tf_model(args, images):
         teacher = teacher_file.with_precision(teacher, args.teacher_precision)
     student = build_student(students.create(args.student, input_shape=(
         args.image_size, args.image_size, 3)), NUM_CLASSES, EMBED)
-    model = EGADistiller(student, teacher, NUM_CLASSES, EMBED)
+    model = Distiller(student, teacher, NUM_CLASSES, EMBED,
+                      method="ega" if teacher is not None else "none")
     jit, why = training.choose_jit(args.jit, teacher,
                                    (args.image_size, args.image_size))
     model.compile(TorchSGD(0.05), teacher_head_optimizer=(

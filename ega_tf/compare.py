@@ -18,6 +18,7 @@ read FIELD.
 from __future__ import annotations
 
 import os
+import sys
 
 from ega_tf import cli
 from ega_tf.errors import UserError
@@ -40,7 +41,11 @@ def _shortcuts():
 
 
 def define_flags(flag_values):
+    from ega_tf import methods
     from ega_tf.config import default_config
+    # A method from a file adds its fields to the config's loss before
+    # --config.loss.FIELD overrides are read.
+    methods.load_from_argv(sys.argv[1:])
     config = default_config()
     cli.define_config_file(
         flag_values, os.path.join(os.path.dirname(__file__), "config.py"),
@@ -108,11 +113,13 @@ def main(argv, flag_values):
                         "every setting is a --flag (see --help).")
     base = cli.config_from_flags(flag_values, _shortcuts())
     method_names = _axis(flag_values, "methods", base, str)
-    unknown = [m for m in method_names if m not in methods.METHODS]
+    unknown = [m for m in method_names if not methods.is_file_spec(m)
+               and m not in methods.METHODS]
     if unknown:
         raise UserError(f"Unknown method(s) {', '.join(unknown)} in "
                         "--methods. Valid names: "
-                        f"{', '.join(methods.METHODS.names())}.")
+                        f"{', '.join(methods.METHODS.names())} (or "
+                        "path/to/my_method.py:MyMethod).")
     cells = grid.make_cells(
         method_names, _axis(flag_values, "seeds", base, int),
         _axis(flag_values, "student", base, str),

@@ -16,14 +16,6 @@ from ml_collections import config_dict
 from ega_tf.errors import ConfigError, UserError
 
 VARIANTS = ("smoke",)
-# Loss fields that count things (queue lengths, epochs), not weights.
-INT_LOSS_FIELDS = ("crd_dim", "crd_negatives", "seed_queue",
-                   "compress_queue", "dkd_warmup")
-
-
-def methods_fields():
-    from ega_tf.methods import LOSS_FIELDS
-    return LOSS_FIELDS
 
 
 def default_config(arg=None):
@@ -50,7 +42,8 @@ def default_config(arg=None):
     c.trust_saved_model = False  # allow teachers that call a SavedModel
     c.allow_pickle = False      # unpickle checkpoint files (runs their code)
     # ega | none (cross-entropy baseline) | a baseline or ablation: the
-    # registry of ega_tf/methods, listed by --help and docs/methods.md.
+    # registry of ega_tf/methods, listed by --help and docs/methods.md; or
+    # path/to/my_method.py:MyMethod, a method of your own.
     c.distill = "ega"
     # The frozen teacher's arithmetic: float32 | bfloat16 (faster, ~6e-3).
     c.teacher_precision = "float32"
@@ -60,12 +53,13 @@ def default_config(arg=None):
     c.embed_dim = 256           # D, the shared node-embedding width
 
     # The loss weights: None takes the --distill method's published
-    # default (ega_tf/methods.py); resolve() fills them in, and the run's
-    # config.json shows the values used.
+    # default (ega_tf/methods); resolve() fills them in, and the run's
+    # config.json shows the values used. Every registered method's fields
+    # are here, a user's method's too once its file is loaded.
+    from ega_tf import methods
     c.loss = ml_collections.ConfigDict()
-    for name in methods_fields():
-        c.loss[name] = config_dict.placeholder(
-            int if name in INT_LOSS_FIELDS else float)
+    for name, kind in methods.loss_fields().items():
+        c.loss[name] = config_dict.placeholder(kind)
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = config_dict.placeholder(float)  # None: the student's own
@@ -173,7 +167,7 @@ def _problems(config):
          f"data.image_size must be at least 8; got {config.data.image_size}.")
     check(folder.check_on_bad_image, config.data.on_bad_image)
     check(students.STUDENTS.get, config.student)
-    check(methods.METHODS.get, config.distill)
+    check(methods.get, config.distill)
     need(config.embed_dim >= 1,
          f"embed_dim must be positive; got {config.embed_dim}.")
     problems.extend(methods.check_weights(config.distill, config.loss))
@@ -189,11 +183,12 @@ def _problems(config):
     need(o.teacher_head_lr > 0, "optim.teacher_head_lr must be > 0.")
     need(config.epochs >= 1, f"epochs must be at least 1; got "
          f"{config.epochs}.")
-    min_batch = 2 if config.distill != "none" else 1
+    method = _method_or_none(config.distill)
+    min_batch = method.min_batch if method else 1
     need(config.batch_size >= min_batch,
          f"batch_size must be at least {min_batch}"
-         + (" (distillation relates the images of a batch)"
-            if min_batch == 2 else "") + f"; got {config.batch_size}.")
+         + (f" ({method.name} relates the images of a batch)"
+            if min_batch >= 2 else "") + f"; got {config.batch_size}.")
     need(config.eval_batch_size >= 1,
          f"eval_batch_size must be positive; got {config.eval_batch_size}.")
     need(config.padding is None or config.padding >= 0,
@@ -220,9 +215,7 @@ def _problems(config):
     check(distribute.check_strategy, config.distribute.strategy)
     need(config.distribute.cpu_replicas >= 1,
          "distribute.cpu_replicas must be at least 1.")
-    if (config.distill in methods.METHODS
-            and methods.METHODS.get(config.distill).uses_teacher
-            and not config.teacher):
+    if method and method.uses_teacher and not config.teacher:
         problems.append(
             f"--distill={config.distill} needs a teacher: pass "
             "--teacher=FILE.keras. Make one offline with `python -m "
@@ -230,6 +223,16 @@ def _problems(config):
             "--out=teacher.keras`, or use --distill=none for the "
             "cross-entropy baseline.")
     return problems
+
+
+def _method_or_none(distill):
+    """The method class of ``distill``, or None if it names none (that
+    problem is reported on its own)."""
+    from ega_tf import methods
+    try:
+        return methods.get(distill)
+    except UserError:
+        return None
 
 
 def validate(config):

@@ -1,4 +1,4 @@
-"""EGADistiller: a frozen teacher, a student, and the EGA objective.
+"""Distiller: a frozen teacher, a student, and a distillation method.
 
     f_t = T(img_t)                 frozen teacher, inference mode, float32
     x_t = P_t(f_t)                 teacher head Dense(D)           (online)
@@ -6,19 +6,19 @@
     f_s = S(img_s)                 student backbone, pooled
     x_s = P_s(f_s)                 student head Dense(D)
     z_s = C_s(x_s)                 student logits read the aligned embedding
-    L   = gamma * CE(z_s, y) + beta * (w_node * L_node + w_edge * L_edge)
+    L   = gamma * CE(z_s, y) + beta * L_method(x_t, x_s, z_t, z_s, y)
           + alpha * KD_T(z_t, z_s)
 
-or, with ``method``, beta times that method's weighted terms
-(``ega_tf.methods``; EGA is the default method).
-
-The teacher head (P_t, C_t) is trained by the teacher-logit cross-entropy
-alone, with its own optimizer; the student's loss sees x_t and z_t as
-constants. Labels equal to -1 mark unlabeled examples: they take part in EGA
-but not in any cross-entropy or accuracy. ``call()`` is the deployable student
-alone (uint8 image -> logits), so ``predict``/``evaluate``/export see only it.
-With ``teacher=None`` the same network is trained by cross-entropy alone: the
-baseline with the identical pipeline.
+with the method and its weights from ``ega_tf.methods`` (EGA:
+L_method = w_node * L_node + w_edge * L_edge). The teacher head (P_t, C_t)
+is trained by the teacher-logit cross-entropy alone, with its own
+optimizer; the student's loss sees x_t and z_t as constants. Labels equal to
+-1 mark unlabeled examples: they take part in the method but not in any
+cross-entropy or accuracy. ``call()`` is the deployable student alone
+(uint8 image -> logits), so ``predict``/``evaluate``/export see only it.
+With ``teacher=None`` and the method ``none`` the same network is trained by
+cross-entropy alone: the baseline with the identical pipeline. Every sum
+over the global batch goes through ``ega_tf.replicas``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
-from ega_tf import losses
+from ega_tf import losses, replicas
 from ega_tf.constants import CLIP_MEAN, CLIP_STD
 from ega_tf.layers import torch_dense
 
@@ -53,54 +53,50 @@ def build_student(backbone, num_classes, embed_dim=256, mean=CLIP_MEAN,
                        name=name)
 
 
-class EGADistiller(keras.Model):
-    """Distils ``teacher`` into ``student`` with Embedding Graph Alignment,
-    or with another method of ``ega_tf.methods``.
+class Distiller(keras.Model):
+    """Distils ``teacher`` into ``student`` with a method of
+    ``ega_tf.methods``.
 
     Args:
         student: model from ``build_student`` (uint8 image -> dict with
             ``"embedding"`` [B, D] and ``"logits"`` [B, K]).
         teacher: frozen model, uint8 image -> feature [B, F]; or None for
-            the cross-entropy baseline.
+            cross-entropy alone.
         num_classes: K.
         embed_dim: D, the shared node-embedding width (default 256).
-        gamma, beta, alpha: weights of CE, EGA and KD (defaults 1, 1, 0).
-        node_weight, edge_weight: EGA term weights (defaults 0.8, 0.24).
-        kd_temperature: Hinton KD temperature (default 4).
-        method: a layer from ``ega_tf.methods.create`` (its weights replace
-            the six above); None: EGA with the weights above (or, without
-            a teacher, cross-entropy alone).
+        method: a method from ``ega_tf.methods.create``, or a method's
+            name (created here with its published weights, overridden by
+            ``weights``); default ``"none"``.
+        weights: overrides of the named method's weights (gamma, beta,
+            alpha, kd_temperature and its own fields).
 
     Example:
         student = build_student(students.create("resnet8"), 100)
-        model = EGADistiller(student, teacher, num_classes=100)
+        model = Distiller(student, teacher, num_classes=100, method="ega")
         model.compile(optimizer=TorchSGD(0.05),
                       teacher_head_optimizer=TorchSGD(0.01))
         model.fit(train_ds, validation_data=test_ds, epochs=240)
-
-    Ma, Chen & Akata, BMVC 2022, arXiv 2211.13264.
     """
 
     def __init__(self, student, teacher, num_classes, embed_dim=256,
-                 gamma=1.0, beta=1.0, alpha=0.0, node_weight=0.8,
-                 edge_weight=0.24, kd_temperature=4.0, method=None,
-                 **kwargs):
+                 method="none", weights=None, **kwargs):
         super().__init__(**kwargs)
         from ega_tf import methods
         self.student = student
         self.teacher = teacher
         self.num_classes = int(num_classes)
-        if method is None:
-            method = methods.create(
-                "ega" if teacher is not None else "none",
-                dict(gamma=gamma, beta=beta, alpha=alpha,
-                     node_weight=node_weight, edge_weight=edge_weight,
-                     kd_temperature=kd_temperature), embed_dim=embed_dim)
-        if teacher is None and (method.spec.uses_teacher
+        if not isinstance(method, methods.Method):
+            method = methods.create(method, weights, embed_dim=embed_dim)
+        elif weights:
+            raise ValueError("weights apply to a method given by name; a "
+                             "created method has its own (methods.create).")
+        if teacher is None and (method.uses_teacher
                                 or method.w.get("alpha")):
-            raise ValueError(f"Distillation method {method.spec.name!r} "
+            raise ValueError(f"Distillation method {method.name!r} "
                              "needs a teacher.")
         self.method = method
+        # The method's variables (queues, banks, CRD's embeddings), tracked.
+        self.method_state = method.layer
         w = method.w
         self.gamma = float(w["gamma"])
         self.beta = float(w["beta"])
@@ -138,14 +134,14 @@ class EGADistiller(keras.Model):
         if self.distilling:
             names.append("teacher_ce")
             if self.beta:
-                names += list(self.method.spec.terms)
+                names += list(self.method.terms)
             if self.alpha:
                 names.append("kd")
         return names
 
     def train_only_names(self):
         """Terms that have no value on held-out data (CRD's bank)."""
-        return () if self.method.evaluates else tuple(self.method.spec.terms)
+        return () if self.method.evaluates else tuple(self.method.terms)
 
     @property
     def student_variables(self):
@@ -176,7 +172,7 @@ class EGADistiller(keras.Model):
         is its own file."""
         items = {"student": self.student, "optimizer": self.optimizer}
         if self.method.variables:
-            items["method"] = self.method
+            items["method"] = self.method.layer
         if self.distilling:
             items.update(teacher_embed=self.teacher_embed,
                          teacher_classifier=self.teacher_classifier,
@@ -207,27 +203,6 @@ class EGADistiller(keras.Model):
     # single-device update (docs/architecture.md, "Several devices").
 
     @staticmethod
-    def _replicas():
-        ctx = tf.distribute.get_replica_context()
-        return ctx, (ctx.num_replicas_in_sync if ctx is not None else 1)
-
-    def replicas(self):
-        """Replicas in sync (1 outside a strategy)."""
-        return self._replicas()[1]
-
-    def sum_over_replicas(self, x):
-        """``x`` summed over every replica (identity on one)."""
-        ctx, n = self._replicas()
-        return ctx.all_reduce(tf.distribute.ReduceOp.SUM, x) if n > 1 else x
-
-    def gather_global(self, x):
-        """The global batch's rows of ``x``, in replica order (identity on
-        one replica). Its gradient sums every replica's upstream gradient
-        into the local rows."""
-        ctx, n = self._replicas()
-        return ctx.all_gather(x, axis=0) if n > 1 else x
-
-    @staticmethod
     def _masks(y, weight):
         """(labels with -1 -> 0, labeled mask, valid mask). ``weight`` is 0
         for padding rows (evaluation), which take part in nothing."""
@@ -236,13 +211,6 @@ class EGADistiller(keras.Model):
                  ops.reshape(ops.cast(weight, "float32"), (-1,)))
         labeled = ops.cast(y >= 0, "float32") * valid
         return ops.maximum(y, 0), labeled, valid
-
-    def mean_over_global(self, per_example, weights):
-        """(global weighted mean for logging, this replica's share of it:
-        its weighted sum over the global weight)."""
-        count = ops.maximum(self.sum_over_replicas(ops.sum(weights)), 1.0)
-        local = ops.sum(per_example * weights)
-        return self.sum_over_replicas(local) / count, local / count
 
     @staticmethod
     def _ce(labels, logits):
@@ -266,18 +234,18 @@ class EGADistiller(keras.Model):
         logits, teacher logits, the method's batch and state);
         ``objectives`` holds this replica's share of the student's loss and
         of the teacher head's cross-entropy."""
-        from ega_tf.methods.layers import Batch
+        from ega_tf.methods import Batch
         out = self.student(x["student"], training=training)
         s_logits = out["logits"]
         terms, share = {}, {}
-        terms["ce"], share["ce"] = self.mean_over_global(
+        terms["ce"], share["ce"] = replicas.mean(
             self._ce(labels, s_logits), labeled)
         total = self.gamma * terms["ce"]
         student = self.gamma * share["ce"]
         t_logits, batch, state = None, None, None
         if self.distilling:
             x_t, t_logits = self._teacher_forward(x)
-            terms["teacher_ce"], share["teacher_ce"] = self.mean_over_global(
+            terms["teacher_ce"], share["teacher_ce"] = replicas.mean(
                 self._ce(labels, t_logits), labeled)
             batch = Batch(
                 x_t=ops.stop_gradient(x_t), x_s=out["embedding"],
@@ -285,7 +253,7 @@ class EGADistiller(keras.Model):
                 labels=labels, labeled=labeled, valid=valid,
                 raw_labels=ops.where(valid > 0, ops.reshape(
                     ops.cast(y, "int32"), (-1,)), -1),
-                index=x.get("index"), training=training, distiller=self)
+                index=x.get("index"), training=training)
             if self.beta:
                 result = self.method.compute(batch)
                 terms.update(result.terms)
@@ -293,7 +261,7 @@ class EGADistiller(keras.Model):
                 student += self.beta * result.share
                 state = result.state
             if self.alpha:
-                terms["kd"], kd_share = self.mean_over_global(
+                terms["kd"], kd_share = replicas.mean(
                     losses.kd_per_example(batch.t_logits, s_logits,
                                           self.kd_temperature), valid)
                 total += self.alpha * terms["kd"]
@@ -344,3 +312,15 @@ class EGADistiller(keras.Model):
             x, y, labels, labeled, valid, False)
         return self._update_metrics(terms, labels, labeled, s_logits,
                                     t_logits)
+
+
+class EGADistiller(Distiller):
+    """The ``Distiller`` under its first name, with EGA as the default
+    method when there is a teacher (``none`` without one)."""
+
+    def __init__(self, student, teacher, num_classes, embed_dim=256,
+                 method=None, weights=None, **kwargs):
+        if method is None:
+            method = "ega" if teacher is not None else "none"
+        super().__init__(student, teacher, num_classes, embed_dim, method,
+                         weights, **kwargs)

@@ -133,14 +133,15 @@ def create(config):
 
 
 def check_batch(config, replicas):
-    """The global batch must split evenly, and a graph loss needs at least
-    two examples per replica."""
+    """The global batch must split evenly, and leave each replica the
+    examples its method needs (two for a method that relates them)."""
     per, rest = divmod(config.batch_size, replicas)
     if rest:
         raise UserError(f"batch_size {config.batch_size} does not divide "
                         f"among {replicas} replicas; use a multiple of "
                         f"{replicas}.")
-    least = 2 if config.distill != "none" else 1
+    from ega_tf import methods
+    least = methods.get(config.distill).min_batch
     if per < least:
         raise UserError(f"batch_size {config.batch_size} leaves {per} "
                         f"example(s) per replica on {replicas} replicas; "

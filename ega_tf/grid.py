@@ -39,6 +39,9 @@ SUMMARY = "summary.md"
 COLUMNS = ("method", "student", "labeled_fraction", "seed", "status",
            "epochs", "test_top1_best", "test_top1_last", "train_top1_last",
            "overfit_gap", "teacher_head_top1_last", "wall_time_s", "workdir")
+# The methods every other is compared with in summary.md: cross-entropy
+# alone and the paper's.
+REFERENCES = ("none", "ega")
 # The fields a cell sets; the rest of the config is the grid's.
 AXES = ("distill", "student", "labeled_fraction", "seed")
 
@@ -52,9 +55,10 @@ class Cell:
 
     @property
     def name(self):
-        """The cell's workdir name: stable when axes are extended."""
-        return (f"{self.method}_{self.student}_lf{self.labeled_fraction:g}"
-                f"_s{self.seed}")
+        """The cell's workdir name: stable when axes are extended (a
+        method from a file is named by its class's name)."""
+        return (f"{methods.name_of(self.method)}_{self.student}_lf"
+                f"{self.labeled_fraction:g}_s{self.seed}")
 
     @property
     def group(self):
@@ -70,7 +74,7 @@ def make_cells(method_names, seeds, students, fractions) -> List[Cell]:
     """The grid's cells, seed-major (every method of seed 0 first, so a
     partial grid already compares the methods)."""
     for name in method_names:
-        methods.METHODS.get(name)  # an unknown name lists the valid ones
+        methods.get(name)  # an unknown name lists the valid ones
     return [Cell(m, s, float(f), int(seed)) for s in students
             for f in fractions for seed in seeds for m in method_names]
 
@@ -83,8 +87,7 @@ def cell_config(base, cell):
     c = base.copy_and_resolve_references()
     c.distill, c.student = cell.method, cell.student
     c.labeled_fraction, c.seed = cell.labeled_fraction, cell.seed
-    used = set(methods.METHODS.get(cell.method).defaults) | set(
-        methods.GENERAL_FIELDS)
+    used = set(methods.get(cell.method).fields())
     with c.loss.unlocked():
         for field in list(c.loss.keys()):
             if field not in used:
@@ -298,7 +301,7 @@ def summarise(rows, method_order, silhouettes=None):
                                               for r in fine])[0],
                     "silhouette": (silhouettes or {}).get(key)})
     for s in out:
-        for ref in ("none", "ega"):
+        for ref in REFERENCES:
             other = next((o for o in out if (o["student"],
                           o["labeled_fraction"], o["method"]) ==
                           (s["student"], s["labeled_fraction"], ref)), None)

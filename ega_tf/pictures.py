@@ -21,6 +21,7 @@ import os
 import numpy as np
 from absl import logging
 
+from ega_tf import methods
 from ega_tf.errors import UserError
 from ega_tf.io_utils import atomic_output
 
@@ -238,36 +239,40 @@ def draw(cell_configs, cells, rows, workdir, method_order, points=1000,
     config = cell_configs[chosen[0]]
     dataset = training.load_dataset(config)
     teacher = (training.load_teacher(config) if any(
-        c.method != "none" for c in chosen) else None)
+        training.uses_teacher(cell_configs[c]) for c in chosen) else None)
     test_images, test_labels = dataset.test.images, dataset.test.labels
     points_idx = subset(test_labels, points)
     classes = min(8, dataset.num_classes)
     batch_idx = class_batch(test_labels, classes)
     block = 8 if len(batch_idx) == 8 * classes else None
     embed_panels, graph_panels, student_graphs = [], [], []
-    teacher_panel, teacher_graph, node = None, None, None
+    teacher_panel, teacher_graph, nodes = None, None, []
     for cell in chosen:
         model = training.restore_model(cell_configs[cell], os.path.join(
-            workdir, cell.name), dataset, teacher if cell.method != "none"
-            else None)
+            workdir, cell.name), dataset,
+            teacher if training.uses_teacher(cell_configs[cell]) else None)
         xs, xt, ft = embeddings_of(model, test_images[points_idx])
         embed_panels.append((cell.method, xs))
         if ft is not None and teacher_panel is None:
             teacher_panel = ("teacher (frozen features)", ft)
         bxs, bxt, _ = embeddings_of(model, test_images[batch_idx])
         student_graphs.append((f"E_s {cell.method}", correlation(bxs)))
-        if bxt is not None and (teacher_graph is None or cell.method ==
-                                "ega"):
+        # N = corr(x_t, x_s) of every method with a node term (EGA's);
+        # E_t of the first of them, else of the first with a teacher.
+        aligns = "node" in methods.get(cell.method).terms
+        if bxt is not None and (teacher_graph is None or
+                                (aligns and not nodes)):
             teacher_graph = (f"E_t (teacher head of {cell.method})",
                              correlation(bxt))
-        if cell.method == "ega":
-            node = ("N of ega (x_t vs x_s)", correlation(bxt, bxs))
+        if aligns:
+            nodes.append((f"N of {cell.method} (x_t vs x_s)",
+                          correlation(bxt, bxs)))
         keras.backend.clear_session(free_memory=False)
     panels = ([teacher_panel] if teacher_panel else []) + embed_panels
     scores = embedding_figure(panels, test_labels[points_idx],
                               os.path.join(workdir, EMBEDDINGS))
-    graph_panels = ([teacher_graph] if teacher_graph else []) + (
-        [node] if node else []) + student_graphs
+    graph_panels = ([teacher_graph] if teacher_graph else []) + nodes + (
+        student_graphs)
     graph_figure(graph_panels, os.path.join(workdir, GRAPHS), block)
     offset = 1 if teacher_panel else 0
     silhouettes = {(c.student, c.labeled_fraction, c.method): s

@@ -28,8 +28,9 @@ SHORTCUTS = {
     "teacher": "Teacher .keras file, or a published checkpoint (converted "
                "once and cached).",
     "distill": "ega: cross-entropy + EGA from the teacher; none: "
-               "cross-entropy alone; or a baseline or ablation (listed "
-               "at the end of --help, docs/methods.md).",
+               "cross-entropy alone; a baseline or ablation (listed "
+               "at the end of --help, docs/methods.md); or a method of "
+               "your own: path/to/my_method.py:MyMethod.",
     "epochs": "Training epochs (the decays stay at 150/240, 180/240, "
               "210/240 of the run).",
     "batch_size": "Images per step.",
@@ -50,7 +51,11 @@ SHORTCUTS = {
 
 
 def define_flags(flag_values):
+    from ega_tf import methods
     from ega_tf.config import default_config
+    # A method from a file adds its fields to the config's loss before
+    # --config.loss.FIELD overrides are read.
+    methods.load_from_argv(sys.argv[1:])
     cli.define_config_file(
         flag_values, os.path.join(os.path.dirname(__file__), "config.py"),
         "Python config file with get_config(); `file.py:smoke` shrinks it "

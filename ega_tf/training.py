@@ -53,14 +53,17 @@ class DivergedError(RunStopped):
 
 
 def default_workdir(config):
-    """``runs/<dataset>_<student>_<distill>_s<seed>``; a ``folder:PATH``
-    dataset is named by the folder's base name."""
+    """``runs/<dataset>_<student>_<method>_s<seed>``; a ``folder:PATH``
+    dataset is named by the folder's base name, a method from a file by
+    its class's name."""
+    from ega_tf import methods
     from ega_tf.data.sources import FOLDER_PREFIX
     name = config.dataset
     if name.startswith(FOLDER_PREFIX):
         name = os.path.basename(os.path.normpath(
             name[len(FOLDER_PREFIX):])) or "folder"
-    return os.path.join("runs", f"{name}_{config.student}_{config.distill}"
+    method = methods.name_of(config.distill)
+    return os.path.join("runs", f"{name}_{config.student}_{method}"
                         f"_s{config.seed}")
 
 
@@ -159,6 +162,12 @@ def teacher_features(config, teacher, dataset, workdir, chief, verbose):
     return tuple(out)
 
 
+def uses_teacher(config):
+    """Whether ``config``'s method reads a teacher."""
+    from ega_tf import methods
+    return methods.get(config.distill).uses_teacher
+
+
 def learning_rate(config):
     """The student's base rate; the linear rule scales it from the
     published batch of 64 when asked to."""
@@ -172,7 +181,7 @@ def build_model(config, dataset, teacher=None, replicas=1):
     """The EGADistiller for ``config`` on ``dataset``, compiled (in the
     current strategy's scope)."""
     from ega_tf import layers, methods, students
-    from ega_tf.distiller import EGADistiller, build_student
+    from ega_tf.distiller import Distiller, build_student
     from ega_tf.optimizers import TorchSGD, step_schedule
 
     size = dataset.image_size
@@ -189,12 +198,10 @@ def build_model(config, dataset, teacher=None, replicas=1):
         config.distill, dict(config.loss), num_examples=len(dataset.train),
         embed_dim=config.embed_dim, seed=config.seed, steps_per_epoch=steps,
         labels=dataset.train.labels)
-    if hasattr(method, "memory_mb"):
-        logging.info("crd: two memory banks of %d x %d, %.1f MiB; %d "
-                     "negatives per anchor.", len(dataset.train),
-                     method.w["crd_dim"], method.memory_mb(), method.k)
-    model = EGADistiller(student, teacher, dataset.num_classes,
-                         config.embed_dim, method=method)
+    if method.describe_state():
+        logging.info("%s", method.describe_state())
+    model = Distiller(student, teacher, dataset.num_classes,
+                      config.embed_dim, method=method)
     lr = step_schedule(learning_rate(config), steps, config.epochs,
                        config.optim.decay_fractions, config.optim.decay_factor)
     jit, why = choose_jit(config.jit_compile, teacher, size, replicas,
@@ -219,7 +226,7 @@ def restore_model(config, workdir, dataset=None, teacher=None):
     finished run (its embeddings, its teacher head). ``dataset`` and
     ``teacher`` are loaded when not given."""
     dataset = dataset or load_dataset(config)
-    if teacher is None and config.distill != "none":
+    if teacher is None and uses_teacher(config):
         teacher = load_teacher(config, dataset.image_size)
     model = build_model(config, dataset, teacher)
     ckpt = Checkpointer(model, os.path.join(workdir, wd.CHECKPOINTS))
@@ -358,7 +365,7 @@ def _run(config, workdir, verbose, strategy, on_step):
     dataset = load_dataset(config)
     with strategy.scope():
         teacher = (load_teacher(config, dataset.image_size)
-                   if config.distill != "none" else None)
+                   if uses_teacher(config) else None)
         model = build_model(config, dataset, teacher, replicas)
     if chief:
         os.makedirs(workdir, exist_ok=True)
@@ -368,7 +375,7 @@ def _run(config, workdir, verbose, strategy, on_step):
         dataset.train, config.batch_size, seed=config.seed,
         padding=config.padding, teacher_view=config.teacher_view,
         deterministic=config.deterministic, features=train_features,
-        index=config.distill == "crd", **config.input)
+        index=model.method.uses_index, **config.input)
     test = pipeline.EvalStream(dataset.test, config.eval_batch_size,
                                features=test_features, **config.input)
 

@@ -1,5 +1,5 @@
-"""EGADistiller: known answers from a fixed teacher, gradient routing,
-unlabeled examples, precision and XLA."""
+"""Distiller: known answers from a fixed teacher, gradient routing,
+unlabeled examples, precision and XLA; EGADistiller, its first name."""
 
 import keras
 import numpy as np
@@ -7,7 +7,7 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 from ega_tf import students
-from ega_tf.distiller import EGADistiller, build_student
+from ega_tf.distiller import Distiller, EGADistiller, build_student
 from ega_tf.optimizers import TorchSGD
 from tests.references import np_ce, np_ega
 from tests.test_case import TestCase, conv_teacher
@@ -19,8 +19,9 @@ def make(teacher=True, alpha=0.0, jit=False):
     keras.utils.set_random_seed(0)
     student = build_student(students.create("resnet8", input_shape=(S, S, 3)),
                             K, D)
-    model = EGADistiller(student, conv_teacher(S) if teacher else None, K, D,
-                         alpha=alpha)
+    model = Distiller(student, conv_teacher(S) if teacher else None, K, D,
+                      method="ega" if teacher else "none",
+                      weights={"alpha": alpha})
     model.compile(TorchSGD(0.05), teacher_head_optimizer=TorchSGD(0.01)
                   if teacher else None, jit_compile=jit)
     return model
@@ -46,7 +47,7 @@ def expected_terms(model, x, y):
             "teacher_ce": np_ce(z_t, y)}
 
 
-class EGADistillerTest(TestCase):
+class DistillerTest(TestCase):
 
     @parameterized.named_parameters(("all_labeled", None),
                                     ("some_unlabeled",
@@ -159,3 +160,17 @@ class EGADistillerTest(TestCase):
             got = model.train_on_batch(x, y, return_dict=True)
             self.assertTrue(all(np.isfinite(v) for v in got.values()))
         self.run_precision_test(check)
+
+
+class EGADistillerTest(TestCase):
+
+    def test_the_first_name_distils_with_ega_by_default(self):
+        keras.utils.set_random_seed(0)
+        student = build_student(students.create(
+            "resnet8", input_shape=(S, S, 3)), K, D)
+        model = EGADistiller(student, conv_teacher(S), K, D)
+        self.assertEqual((model.method.name, model.beta), ("ega", 1.0))
+        alone = EGADistiller(student, None, K, D)
+        self.assertEqual(alone.method.name, "none")
+        with self.assertRaisesRegex(ValueError, "'ega' needs a teacher"):
+            Distiller(student, None, K, D, method="ega")

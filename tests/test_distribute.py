@@ -11,7 +11,7 @@ import tensorflow as tf
 from ega_tf import config as config_lib
 from ega_tf import data, distribute, layers, students, training
 from ega_tf.data import pipeline
-from ega_tf.distiller import EGADistiller, build_student
+from ega_tf.distiller import Distiller, build_student
 from ega_tf.errors import UserError
 from ega_tf.optimizers import TorchSGD
 from tests.test_case import (TestCase, conv_teacher, lockstep_errors,
@@ -42,7 +42,7 @@ def build(strategy, jit=False, sync_batchnorm=True):
         student = build_student(students.create(
             "resnet8", input_shape=(S, S, 3)), K, D)
         layers.synchronize_batchnorm(student, sync_batchnorm)
-        model = EGADistiller(student, conv_teacher(S), K, D)
+        model = Distiller(student, conv_teacher(S), K, D, method="ega")
         model.compile(TorchSGD(0.01), teacher_head_optimizer=TorchSGD(0.01),
                       jit_compile=jit)
     return model, strategy

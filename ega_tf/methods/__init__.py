@@ -1,166 +1,200 @@
 """Distillation methods, by name (``--distill=NAME``), on one footing.
 
-Every method reads what EGA's published code wires its baselines to: the
-256-d projections ``x_t`` (the online teacher head's, treated as given) and
-``x_s`` (the student's), and, where it needs them, the teacher head's and
-the student's logits and the labels (-1: unlabeled). The student's loss is
+Each method is one class (``ega_tf.methods.base.Method``) that declares its
+name, logged terms, published weights and their source, its integer fields
+and valid ranges, what it reads and its state; ``@register`` puts it in
+``METHODS``. The built-in ones are in ``builtin.py``; a user's own method is
+a class in a Python file, named on the command line as
+``--distill=path/to/my_method.py:MyMethod`` (docs/methods.md, "Write your
+own method"). The student's loss is
 
     L = gamma * CE + alpha * KD_T(z_t, z_s) + beta * L_method
 
-with each method's published weights as the defaults of ``METHODS`` (one
-table; ``--config.loss.FIELD`` overrides any). docs/methods.md gives each
-formula, its source and how examples labeled -1 are handled.
-
-Relational losses (EGA, RKD, PKT, SP, NCE) are computed over the global
-batch (every replica's rows, gathered); per-example losses (hint, KD, DKD,
-the KL of CCL, SEED, CompRess, CRD) are averaged over the global batch. Queues
-(SEED, CompRess) and memory banks (CRD) are non-trainable variables, updated
-with the global batch after each step, checkpointed with the model.
+with each method's published weights as its defaults; ``--config.loss.FIELD``
+overrides any. Nothing here imports TensorFlow: ``--help`` prints the table.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Dict, Tuple
+import hashlib
+import importlib
+import importlib.util
+import os
+import sys
 
+from ega_tf.errors import UserError
+from ega_tf.methods.base import (GENERAL_DEFAULTS, GENERAL_FIELDS, Batch,
+                                 Method, Range, Result)
 from ega_tf.registry import Registry
 
-# This module is the table (no TensorFlow: ``--help`` lists it); the
-# layers that compute the methods are in ``ega_tf.methods.layers``.
-
-
-@dataclasses.dataclass(frozen=True)
-class MethodSpec:
-    name: str
-    # The terms it logs, besides ce, teacher_ce, kd and loss.
-    terms: Tuple[str, ...]
-    # Published weights: gamma, alpha, beta and the method's own fields.
-    defaults: Dict[str, float]
-    # Where the defaults come from.
-    source: str
-    uses_teacher: bool = True
-
+__all__ = ["Batch", "GENERAL_FIELDS", "METHODS", "Method", "Range",
+           "Result", "check_weights", "create", "describe", "get",
+           "loss_fields", "register", "resolve_weights"]
 
 METHODS: Registry = Registry("distillation method")
-_EGA = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
-for _spec in [
-    MethodSpec("none", (), {"gamma": 1.0, "alpha": 0.0, "beta": 0.0},
-               "cross-entropy alone", uses_teacher=False),
-    MethodSpec("ega", ("node", "edge"),
-               {**_EGA, "node_weight": 0.8, "edge_weight": 0.24},
-               "EGA's train_student.py defaults"),
-    MethodSpec("ega_node", ("node",),
-               {**_EGA, "node_weight": 0.8, "edge_weight": 0.0},
-               "EGA, node term only"),
-    MethodSpec("ega_edge", ("edge",),
-               {**_EGA, "node_weight": 0.0, "edge_weight": 0.24},
-               "EGA, edge term only"),
-    MethodSpec("kd", (), {"gamma": 0.1, "alpha": 0.9, "beta": 0.0,
-                          "kd_temperature": 4.0},
-               "RepDistiller's KD recipe (-r 0.1 -a 0.9 -b 0, T=4)"),
-    MethodSpec("hint", ("hint",), {**_EGA, "beta": 100.0},
-               "RepDistiller's FitNet weight (-b 100)"),
-    MethodSpec("rkd", ("rkd_distance", "rkd_angle"),
-               {**_EGA, "rkd_distance": 25.0, "rkd_angle": 50.0},
-               "RepDistiller's RKD (25 distance + 50 angle, -b 1)"),
-    MethodSpec("pkt", ("pkt",), {**_EGA, "beta": 30000.0},
-               "RepDistiller's PKT weight (-b 30000)"),
-    MethodSpec("sp", ("sp",), {**_EGA, "beta": 3000.0},
-               "RepDistiller's SP weight (-b 3000)"),
-    MethodSpec("nce", ("nce",), {**_EGA, "nce_temperature": 0.1},
-               "EGA's NCE (T 0.1, -b 1)"),
-    MethodSpec("ccl", ("nce", "kl"), {**_EGA, "nce_temperature": 0.1,
-                                      "ccl_kl_temperature": 1.0},
-               "EGA's CCL (NCE + symmetric KL at T 1, -b 1)"),
-    MethodSpec("crd", ("crd",), {**_EGA, "beta": 0.8, "crd_dim": 128,
-                                 "crd_negatives": 16384,
-                                 "crd_temperature": 0.07,
-                                 "crd_momentum": 0.5},
-               "RepDistiller's CRD (-b 0.8; 128-d, 16384 negatives, T 0.07,"
-               " momentum 0.5)"),
-    MethodSpec("dkd", ("tckd", "nckd"), {**_EGA, "dkd_alpha": 1.0,
-                                         "dkd_beta": 8.0,
-                                         "dkd_temperature": 4.0,
-                                         "dkd_warmup": 20},
-               "mdistiller's DKD for resnet32x4 -> resnet8x4 (alpha 1, beta "
-               "8, T 4, 20-epoch warm-up)"),
-    MethodSpec("seed", ("seed",), {**_EGA, "seed_queue": 65536,
-                                   "seed_student_t": 0.2,
-                                   "seed_teacher_t": 1e-4},
-               "SEED's defaults (queue 65536, T_s 0.2, T_t 1e-4)"),
-    MethodSpec("compress", ("compress",), {**_EGA, "compress_queue": 128000,
-                                           "compress_t": 0.04},
-               "CompRess-1q (queue 128000, T 0.04)"),
-]:
-    METHODS.register(_spec.name, _spec)
-
-# Every field any method reads; the config holds them all (None: the
-# method's default, or not used by it).
-LOSS_FIELDS = sorted({k for s in METHODS.names()
-                      for k in METHODS.get(s).defaults} | {"kd_temperature"})
+# A user's file, by its --distill spec ("path.py:Class"), once loaded.
+_FROM_FILES = {}
 
 
-def resolve_weights(name, overrides):
-    """The method's defaults with ``overrides`` (config.loss, None = keep)
-    applied; also kd_temperature (used whenever alpha > 0)."""
-    spec = METHODS.get(name)
-    weights = {"kd_temperature": 4.0, **spec.defaults}
+def register(cls):
+    """Class decorator: adds a ``Method`` subclass to ``METHODS`` under its
+    ``name`` (its declarations are checked first)."""
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise TypeError(f"@register takes a Method subclass; got {cls!r}.")
+    cls.check_declarations()
+    METHODS.register(cls.name, cls)
+    return cls
+
+
+def is_file_spec(distill):
+    """Whether ``distill`` names a class in a Python file
+    (``path/to/file.py:ClassName``)."""
+    path, _, cls = str(distill).rpartition(":")
+    return path.endswith(".py") and bool(cls)
+
+
+def _load_file(spec):
+    """The Method subclass ``spec`` (``path.py:Class``) names, its file
+    executed once per process."""
+    if spec in _FROM_FILES:
+        return _FROM_FILES[spec]
+    path, _, name = spec.rpartition(":")
+    if not os.path.isfile(path):
+        raise UserError(f"--distill={spec}: {path!r} does not exist. Name "
+                        "a Python file and a class in it: "
+                        "--distill=path/to/my_method.py:MyMethod.")
+    module_name = "ega_tf_user_method_" + hashlib.sha1(
+        os.path.abspath(path).encode()).hexdigest()[:12]
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except UserError:
+        raise
+    except Exception as e:  # the user's file: its error names its line
+        del sys.modules[module_name]
+        raise UserError(f"--distill={spec}: running {path!r} failed: "
+                        f"{type(e).__name__}: {e}") from e
+    cls = getattr(module, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        found = sorted(k for k, v in vars(module).items()
+                       if isinstance(v, type) and issubclass(v, Method)
+                       and v is not Method and v.__module__ == module_name)
+        raise UserError(
+            f"--distill={spec}: {path!r} has no Method subclass named "
+            f"{name!r}" + (f" (it defines {', '.join(found)})" if found
+                           else "; subclass ega_tf.methods.Method") + ".")
+    if cls.name not in METHODS:
+        try:
+            register(cls)
+        except ValueError as e:
+            raise UserError(f"--distill={spec}: {e}") from None
+    elif METHODS.get(cls.name) is not cls:
+        raise UserError(f"--distill={spec}: its name {cls.name!r} is taken "
+                        "by another method; give the class another name.")
+    _FROM_FILES[spec] = cls
+    return cls
+
+
+def get(distill):
+    """The Method class of ``distill``: a registered name, or a
+    ``path.py:Class`` spec (the file is loaded and the class registered).
+    An unknown name is a UserError listing the valid ones."""
+    if is_file_spec(distill):
+        return _load_file(distill)
+    return METHODS.get(distill)
+
+
+def name_of(distill):
+    """The method's name (for workdir names): its class's ``name``."""
+    return get(distill).name
+
+
+def load_from_argv(argv, flags=("distill", "methods")):
+    """Loads the user methods ``argv`` names in ``--distill`` (or a
+    comma-separated ``--methods``) before the config is built, so that
+    their fields exist for ``--config.loss.FIELD`` overrides."""
+    for i, arg in enumerate(argv):
+        for flag in flags:
+            value = None
+            if arg.startswith(f"--{flag}="):
+                value = arg.split("=", 1)[1]
+            elif arg == f"--{flag}" and i + 1 < len(argv):
+                value = argv[i + 1]
+            for item in (value or "").split(","):
+                if is_file_spec(item):
+                    get(item)
+
+
+def loss_fields():
+    """{field: int or float} of every field a registered method reads; the
+    config holds them all (None: the method's default, or not read)."""
+    fields = {f: float for f in GENERAL_FIELDS}
+    for name in METHODS.names():
+        cls = METHODS.get(name)
+        for field in cls.fields():
+            fields[field] = int if field in cls.integer_fields else float
+    return dict(sorted(fields.items()))
+
+
+def resolve_weights(distill, overrides):
+    """The method's defaults (and kd_temperature) with ``overrides``
+    (config.loss; None keeps a default) applied to the fields it reads."""
+    cls = get(distill)
+    weights = {**GENERAL_DEFAULTS, **cls.defaults}
     for k, v in overrides.items():
-        if v is not None:
+        if v is not None and k in weights:
             weights[k] = v
     return weights
 
 
-def describe():
-    """The table of methods and their default weights, one per line."""
-    lines = []
-    for name in METHODS.names():
-        spec = METHODS.get(name)
-        weights = ", ".join(f"{k}={v:g}" for k, v in spec.defaults.items())
-        lines.append(f"  {name}: {weights} ({spec.source})")
-    return "\n".join(lines)
-
-
-GENERAL_FIELDS = ("gamma", "alpha", "beta", "kd_temperature")
-
-
-def check_weights(name, loss):
-    """The problems of ``loss`` (config.loss) for method ``name``, as
-    messages: fields the method does not read, and values out of range."""
-    if name not in METHODS:
-        return []
-    spec = METHODS.get(name)
-    used = set(spec.defaults) | set(GENERAL_FIELDS)
+def check_weights(distill, loss):
+    """The problems of ``loss`` (config.loss) for method ``distill``, as
+    messages: fields it does not read, values out of their range."""
+    try:
+        cls = get(distill)
+    except UserError:
+        return []  # the unknown name is reported on its own
+    used = cls.fields()
     problems = []
     for field, value in loss.items():
         if value is None:
             continue
         if field not in used:
             problems.append(
-                f"loss.{field} is not read by --distill={name} (it reads "
+                f"loss.{field} is not read by --distill={distill} (it reads "
                 f"{', '.join(sorted(used))}); drop it or pick the method "
                 "that uses it.")
-        elif field.endswith(("temperature", "_t")) and not value > 0:
-            problems.append(f"loss.{field} must be > 0; got {value}.")
-        elif field == "crd_momentum" and not 0 <= value < 1:
-            problems.append(f"loss.crd_momentum must be in [0, 1); got "
+            continue
+        limit = cls.limit(field)
+        if value not in limit:
+            problems.append(f"loss.{field} must be {limit.describe()}; got "
                             f"{value}.")
-        elif field in ("crd_dim", "crd_negatives", "seed_queue",
-                       "compress_queue") and not value >= 1:
-            problems.append(f"loss.{field} must be at least 1; got {value}.")
-        elif not value >= 0:
-            problems.append(f"loss.{field} must be >= 0; got {value}.")
-    if not spec.uses_teacher and (loss.get("alpha") or 0) > 0:
+        elif field in cls.integer_fields and value != int(value):
+            problems.append(f"loss.{field} counts things: it must be a "
+                            f"whole number; got {value}.")
+    if not cls.uses_teacher and (loss.get("alpha") or 0) > 0:
         problems.append(f"loss.alpha > 0 distils the teacher's logits, "
-                        f"which --distill={name} has no teacher for; use "
+                        f"which --distill={distill} has no teacher for; use "
                         "--distill=kd.")
     return problems
 
 
-def create(name, weights=None, num_examples=0, embed_dim=256, seed=0,
+def describe():
+    """The table of methods and their default weights, one per line."""
+    lines = []
+    for name in METHODS.names():
+        cls = METHODS.get(name)
+        weights = ", ".join(f"{k}={v:g}" for k, v in cls.defaults.items())
+        lines.append(f"  {name}: {weights} ({cls.source})")
+    return "\n".join(lines)
+
+
+def create(distill, weights=None, num_examples=0, embed_dim=256, seed=0,
            steps_per_epoch=1, labels=None):
-    """The method layer ``name``, built (its state is created in the
-    current strategy scope).
+    """The method ``distill`` (a name or a ``path.py:Class`` spec) with its
+    state built (in the current strategy's scope).
 
     Args:
         weights: overrides of the method's published defaults (None values
@@ -174,17 +208,12 @@ def create(name, weights=None, num_examples=0, embed_dim=256, seed=0,
         labels: the training labels (-1: unlabeled); CRD samples its
             negatives from them.
     """
-    from ega_tf.methods import layers
-    spec = METHODS.get(name)
-    weights = resolve_weights(name, weights or {})
-    kwargs = {}
-    cls = layers.CLASSES[name]
-    if cls in (layers.Queue, layers.CRD) and num_examples < 2:
-        raise ValueError(f"{name} needs num_examples (the training set's "
-                         f"size) of at least 2; got {num_examples}.")
-    if name == "crd":
-        kwargs["labels"] = labels
-    layer = cls(spec, weights, num_examples, embed_dim, seed,
-                steps_per_epoch, **kwargs)
-    layer.build(None)
-    return layer
+    cls = get(distill)
+    method = cls(resolve_weights(distill, weights or {}),
+                 num_examples=num_examples, embed_dim=embed_dim, seed=seed,
+                 steps_per_epoch=steps_per_epoch, labels=labels)
+    return method.build()
+
+
+# The built-in methods register themselves when their module runs.
+importlib.import_module("ega_tf.methods.builtin")
