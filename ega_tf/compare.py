@@ -92,7 +92,7 @@ def header(config, cells, args):
     """summary.md's heading: what was compared, and the command."""
     import shlex
     axes = {
-        "methods": list(dict.fromkeys(c.method for c in cells)),
+        "methods": list(dict.fromkeys(c.label for c in cells)),
         "seeds": list(dict.fromkeys(c.seed for c in cells))}
     return "\n".join([
         f"# Comparison on {config.dataset}", "",
@@ -137,15 +137,16 @@ def main(argv, flag_values):
 
     grid.run(base, cells, workdir, flag_values.verbose, log)
     rows = grid.collect(cells, workdir)
+    # Tables and figures name a method from a file by its class's name.
+    labels = list(dict.fromkeys(methods.name_of(m) for m in method_names))
     silhouettes = {}
     if flag_values.pictures:
-        silhouettes = pictures.draw(configs, cells, rows, workdir,
-                                    method_names,
+        silhouettes = pictures.draw(configs, cells, rows, workdir, labels,
                                     flag_values.embedding_points, log)
     grid.write_tables(rows, workdir, header(next(iter(configs.values())),
                                             cells,
                                             cli.command_line(flag_values)),
-                      method_names, silhouettes)
+                      labels, silhouettes)
     with open(os.path.join(workdir, grid.SUMMARY)) as f:
         print(f.read())
     print("Wrote " + ", ".join(os.path.join(workdir, n) for n in (

@@ -157,7 +157,7 @@ class Distiller(keras.Model):
         their variables here, so a checkpoint can be restored before the
         first step."""
         if self.distilling and teacher_head_optimizer is None:
-            raise ValueError("EGADistiller with a teacher needs "
+            raise ValueError("A Distiller with a teacher needs "
                              "teacher_head_optimizer for the online head.")
         super().compile(optimizer=optimizer, **kwargs)
         self.optimizer.build(self.student_variables)

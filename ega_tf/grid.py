@@ -54,20 +54,25 @@ class Cell:
     seed: int
 
     @property
+    def label(self):
+        """The method's name in tables, figures and the cell's workdir (a
+        method from a file: its class's name)."""
+        return methods.name_of(self.method)
+
+    @property
     def name(self):
-        """The cell's workdir name: stable when axes are extended (a
-        method from a file is named by its class's name)."""
-        return (f"{methods.name_of(self.method)}_{self.student}_lf"
-                f"{self.labeled_fraction:g}_s{self.seed}")
+        """The cell's workdir name: stable when axes are extended."""
+        return (f"{self.label}_{self.student}_lf{self.labeled_fraction:g}"
+                f"_s{self.seed}")
 
     @property
     def group(self):
         """The cells averaged together: all seeds of one setting."""
-        return (self.student, self.labeled_fraction, self.method)
+        return (self.student, self.labeled_fraction, self.label)
 
     def describe(self):
-        return (f"{self.method} {self.student} labeled={self.labeled_fraction:g}"
-                f" seed={self.seed}")
+        return (f"{self.label} {self.student} labeled="
+                f"{self.labeled_fraction:g} seed={self.seed}")
 
 
 def make_cells(method_names, seeds, students, fractions) -> List[Cell]:
@@ -229,7 +234,7 @@ def collect(cells, workdir) -> List[Dict]:
         train_top1 = 100 * last["top1"] if "top1" in last else None
         test_last = results.get("test_top1_last")
         rows.append({
-            "method": cell.method, "student": cell.student,
+            "method": cell.label, "student": cell.student,
             "labeled_fraction": cell.labeled_fraction, "seed": cell.seed,
             "status": state, "epochs": len(history),
             "test_top1_best": results.get("test_top1_best"),

@@ -393,7 +393,7 @@ class EGADistillationLoss(keras.distillation.DistillationLoss):
     outputs) must produce [B, D] embeddings of the same D when
     ``node_weight > 0`` (the edge term alone works across widths). For the
     published recipe (independent views, online teacher head, separate
-    logging of every term) use ``ega_tf.distiller.EGADistiller``.
+    logging of every term) use ``ega_tf.distiller.Distiller``.
 
     Example:
         distiller = keras.distillation.Distiller(
@@ -424,7 +424,7 @@ class EGADistillationLoss(keras.distillation.DistillationLoss):
                 "The EGA node term needs embeddings of equal width; got "
                 f"teacher {teacher_outputs.shape[-1]} and student "
                 f"{student_outputs.shape[-1]}. Set node_weight=0 or use "
-                "ega_tf.distiller.EGADistiller, which learns projections.")
+                "ega_tf.distiller.Distiller, which learns projections.")
 
     def compute_loss(self, teacher_outputs, student_outputs, **kwargs):
         if self.node_weight == 0:

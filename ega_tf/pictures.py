@@ -224,10 +224,10 @@ def draw(cell_configs, cells, rows, workdir, method_order, points=1000,
     first = cells[0]
     chosen = []
     for method in method_order:
-        cell = next((c for c in cells if c.method == method
+        cell = next((c for c in cells if c.label == method
                      and (c.student, c.labeled_fraction) ==
                      (first.student, first.labeled_fraction)
-                     and (c.student, c.labeled_fraction, c.method, c.seed)
+                     and (c.student, c.labeled_fraction, c.label, c.seed)
                      in finished), None)
         if cell is not None:
             chosen.append(cell)
@@ -252,20 +252,20 @@ def draw(cell_configs, cells, rows, workdir, method_order, points=1000,
             workdir, cell.name), dataset,
             teacher if training.uses_teacher(cell_configs[cell]) else None)
         xs, xt, ft = embeddings_of(model, test_images[points_idx])
-        embed_panels.append((cell.method, xs))
+        embed_panels.append((cell.label, xs))
         if ft is not None and teacher_panel is None:
             teacher_panel = ("teacher (frozen features)", ft)
         bxs, bxt, _ = embeddings_of(model, test_images[batch_idx])
-        student_graphs.append((f"E_s {cell.method}", correlation(bxs)))
+        student_graphs.append((f"E_s {cell.label}", correlation(bxs)))
         # N = corr(x_t, x_s) of every method with a node term (EGA's);
         # E_t of the first of them, else of the first with a teacher.
         aligns = "node" in methods.get(cell.method).terms
         if bxt is not None and (teacher_graph is None or
                                 (aligns and not nodes)):
-            teacher_graph = (f"E_t (teacher head of {cell.method})",
+            teacher_graph = (f"E_t (teacher head of {cell.label})",
                              correlation(bxt))
         if aligns:
-            nodes.append((f"N of {cell.method} (x_t vs x_s)",
+            nodes.append((f"N of {cell.label} (x_t vs x_s)",
                           correlation(bxt, bxs)))
         keras.backend.clear_session(free_memory=False)
     panels = ([teacher_panel] if teacher_panel else []) + embed_panels
@@ -275,7 +275,7 @@ def draw(cell_configs, cells, rows, workdir, method_order, points=1000,
         student_graphs)
     graph_figure(graph_panels, os.path.join(workdir, GRAPHS), block)
     offset = 1 if teacher_panel else 0
-    silhouettes = {(c.student, c.labeled_fraction, c.method): s
+    silhouettes = {(c.student, c.labeled_fraction, c.label): s
                    for c, s in zip(chosen, scores[offset:])}
     if teacher_panel:
         silhouettes[(first.student, first.labeled_fraction,

@@ -14,7 +14,7 @@ metrics, and the resumed epoch replays its deterministic stream from that
 step (``fit`` restarts an epoch's metrics and cannot start mid-epoch). It
 also stops at the first non-finite loss term, naming it, and reads the
 metrics over all replicas (Keras keeps them per replica until read outside
-the replica step). The model itself is a plain ``EGADistiller``, which
+the replica step). The model itself is a plain ``Distiller``, which
 ``fit`` trains as well.
 """
 
@@ -178,7 +178,7 @@ def learning_rate(config):
 
 
 def build_model(config, dataset, teacher=None, replicas=1):
-    """The EGADistiller for ``config`` on ``dataset``, compiled (in the
+    """The Distiller for ``config`` on ``dataset``, compiled (in the
     current strategy's scope)."""
     from ega_tf import layers, methods, students
     from ega_tf.distiller import Distiller, build_student

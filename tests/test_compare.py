@@ -174,7 +174,7 @@ class CompareInputTest(TestCase):
                 f"--workdir={tmp}/w"]
         for args, message in (
                 (["--methods=ega,fitnet"], "Unknown method(s) fitnet in "
-                 "--methods. Valid names: ccl, compress, crd"),
+                 "--methods. Valid names: ccl, "),
                 (["--seeds=0,one"], "--seeds takes comma-separated values"),
                 (["--seeds=1,1"], "--seeds needs distinct values"),
                 (["--seeds=0,1", "--config.seed=3"], "--seeds and "

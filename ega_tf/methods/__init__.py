@@ -21,6 +21,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import traceback
 
 from ega_tf.errors import UserError
 from ega_tf.methods.base import (GENERAL_DEFAULTS, GENERAL_FIELDS, Batch,
@@ -63,19 +64,27 @@ def _load_file(spec):
         raise UserError(f"--distill={spec}: {path!r} does not exist. Name "
                         "a Python file and a class in it: "
                         "--distill=path/to/my_method.py:MyMethod.")
+    # One module per file, however the path is written.
     module_name = "ega_tf_user_method_" + hashlib.sha1(
-        os.path.abspath(path).encode()).hexdigest()[:12]
-    module_spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[module_name] = module
-    try:
-        module_spec.loader.exec_module(module)
-    except UserError:
-        raise
-    except Exception as e:  # the user's file: its error names its line
-        del sys.modules[module_name]
-        raise UserError(f"--distill={spec}: running {path!r} failed: "
-                        f"{type(e).__name__}: {e}") from e
+        os.path.realpath(path).encode()).hexdigest()[:12]
+    module = sys.modules.get(module_name)
+    if module is None:
+        module_spec = importlib.util.spec_from_file_location(module_name,
+                                                             path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except UserError:
+            raise
+        except Exception as e:  # the user's file: say where and why
+            del sys.modules[module_name]
+            lines = [f.lineno for f in traceback.extract_tb(e.__traceback__)
+                     if os.path.realpath(f.filename) == os.path.realpath(
+                         path)]
+            where = f"{path}:{lines[-1]}" if lines else path
+            raise UserError(f"--distill={spec}: running the file failed at "
+                            f"{where}: {type(e).__name__}: {e}") from e
     cls = getattr(module, name, None)
     if not (isinstance(cls, type) and issubclass(cls, Method)):
         found = sorted(k for k, v in vars(module).items()
