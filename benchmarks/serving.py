@@ -5,6 +5,8 @@ LiteRT) and ONNX (run by ONNX Runtime).
 
     python benchmarks/serving.py                       # resnet8x4, 32 px
     python benchmarks/serving.py --student=resnet8 --repeats=50
+    python benchmarks/serving.py --student=keras.applications.MobileNetV3Small \
+        --classes=10
 
 The student (random weights: speed does not depend on them) is exported as
 training exports it, then converted with ``ega_tf.serving.export_tflite``
@@ -27,7 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--student", default="resnet8x4")
+    ap.add_argument("--student", default="resnet8x4",
+                    help="any --student of ega_tf.train")
     ap.add_argument("--image_size", type=int, default=32)
     ap.add_argument("--classes", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=30)
@@ -43,8 +46,9 @@ def main():
     size = args.image_size
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (64, size, size, 3), np.uint8)
-    student = build_student(students.create(
-        args.student, input_shape=(size, size, 3)), args.classes, 256)
+    backbone, inp = students.build(args.student, (size, size, 3))
+    student = build_student(backbone, args.classes, 256, mean=inp.mean,
+                            std=inp.std, bgr=inp.bgr)
 
     def timed(fn, batch):
         x = images[:batch]

@@ -10,6 +10,8 @@ each published default is what it is.
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -37,7 +39,21 @@ def default_config(arg=None):
     c.data.on_bad_image = "skip"
 
     # The two networks.
+    # A zoo name (resnet8x4, ...), keras.applications.NAME,
+    # path/to/model.keras or package.module:function (README, "Your own
+    # student").
     c.student = "resnet8x4"
+    c.student_weights = config_dict.placeholder(str)  # a weights file
+    # A user's model that outputs logits: the layer giving its features.
+    c.student_feature_layer = config_dict.placeholder(str)
+    # How the student's input is normalised, (pixel / 255 - mean) / std per
+    # channel (bgr: in BGR order); None: what its kind implies (the zoo:
+    # CLIP's; keras.applications: measured from its preprocess_input; a
+    # model of yours: raw pixels if it starts with a Rescaling layer).
+    c.student_input = ml_collections.ConfigDict()
+    c.student_input.mean = config_dict.placeholder(tuple)
+    c.student_input.std = config_dict.placeholder(tuple)
+    c.student_input.bgr = config_dict.placeholder(bool)
     c.teacher = ""              # .keras teacher or a published checkpoint
     c.trust_saved_model = False  # allow teachers that call a SavedModel
     c.allow_pickle = False      # unpickle checkpoint files (runs their code)
@@ -135,7 +151,7 @@ def resolve(config):
                 config.distill, config.loss).items():
             config.loss[name] = value
     if config.optim.lr is None:
-        config.optim.lr = students.default_lr(config.student)
+        config.optim.lr = students.parse(config.student).default_lr
     return config
 
 
@@ -166,7 +182,16 @@ def _problems(config):
     need(config.data.image_size is None or config.data.image_size >= 8,
          f"data.image_size must be at least 8; got {config.data.image_size}.")
     check(folder.check_on_bad_image, config.data.on_bad_image)
-    check(students.STUDENTS.get, config.student)
+    check(students.parse, config.student)
+    for field in ("mean", "std"):
+        value = config.student_input[field]
+        need(value is None or (len(value) == 3 and (
+            field == "mean" or all(v > 0 for v in value))),
+             f"student_input.{field} must be three numbers"
+             + (", each > 0" if field == "std" else "") + f"; got {value}.")
+    need(config.student_weights is None
+         or os.path.isfile(config.student_weights),
+         f"student_weights {config.student_weights!r} does not exist.")
     check(methods.get, config.distill)
     need(config.embed_dim >= 1,
          f"embed_dim must be positive; got {config.embed_dim}.")

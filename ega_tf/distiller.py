@@ -29,19 +29,23 @@ from keras import layers, ops
 
 from ega_tf import losses, replicas
 from ega_tf.constants import CLIP_MEAN, CLIP_STD
-from ega_tf.layers import torch_dense
+from ega_tf.layers import ReverseChannels, torch_dense
 
 
 def build_student(backbone, num_classes, embed_dim=256, mean=CLIP_MEAN,
-                  std=CLIP_STD, name="student"):
+                  std=CLIP_STD, name="student", bgr=False):
     """The deployable student: uint8 [N, H, W, 3] -> (x_s, logits).
 
-    Normalisation is inside, so the exported model accepts plain images.
-    The head layers compute in float32 whatever the global dtype policy.
+    Normalisation is inside, so the exported model accepts plain images:
+    ``(pixel / 255 - mean) / std`` per channel (``bgr``: in BGR order), what
+    ``backbone`` takes. The head layers compute in float32 whatever the
+    global dtype policy.
     """
     inputs = keras.Input(shape=backbone.input_shape[1:], dtype="uint8",
                          name="image")
     x = layers.Rescaling(1.0 / 255.0, name="to_unit")(inputs)
+    if bgr:
+        x = ReverseChannels(name="to_bgr")(x)
     x = layers.Normalization(mean=list(mean), variance=[s * s for s in std],
                              name="normalize")(x)
     pooled = backbone(x)

@@ -28,7 +28,7 @@ from typing import Dict, List
 import numpy as np
 from absl import logging
 
-from ega_tf import methods
+from ega_tf import methods, students
 from ega_tf import workdir as wd
 from ega_tf.errors import ConfigError, UserError
 from ega_tf.io_utils import atomic_output
@@ -60,18 +60,24 @@ class Cell:
         return methods.name_of(self.method)
 
     @property
+    def student_label(self):
+        """The student's name in tables and workdirs (a model of yours: its
+        file's or function's name)."""
+        return students.parse(self.student).label
+
+    @property
     def name(self):
         """The cell's workdir name: stable when axes are extended."""
-        return (f"{self.label}_{self.student}_lf{self.labeled_fraction:g}"
-                f"_s{self.seed}")
+        return (f"{self.label}_{self.student_label}_lf"
+                f"{self.labeled_fraction:g}_s{self.seed}")
 
     @property
     def group(self):
         """The cells averaged together: all seeds of one setting."""
-        return (self.student, self.labeled_fraction, self.label)
+        return (self.student_label, self.labeled_fraction, self.label)
 
     def describe(self):
-        return (f"{self.label} {self.student} labeled="
+        return (f"{self.label} {self.student_label} labeled="
                 f"{self.labeled_fraction:g} seed={self.seed}")
 
 
@@ -234,7 +240,7 @@ def collect(cells, workdir) -> List[Dict]:
         train_top1 = 100 * last["top1"] if "top1" in last else None
         test_last = results.get("test_top1_last")
         rows.append({
-            "method": cell.label, "student": cell.student,
+            "method": cell.label, "student": cell.student_label,
             "labeled_fraction": cell.labeled_fraction, "seed": cell.seed,
             "status": state, "epochs": len(history),
             "test_top1_best": results.get("test_top1_best"),

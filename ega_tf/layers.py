@@ -113,6 +113,15 @@ def synchronize_batchnorm(model, synchronized=True):
 
 
 @keras.saving.register_keras_serializable(package="ega_tf")
+class ReverseChannels(layers.Layer):
+    """RGB -> BGR (the last axis reversed), for students whose input is
+    normalised in BGR order (keras.applications' "caffe" networks)."""
+
+    def call(self, x):
+        return x[..., ::-1]
+
+
+@keras.saving.register_keras_serializable(package="ega_tf")
 class ChannelShuffle(layers.Layer):
     """ShuffleNet's channel shuffle in NHWC: channels (g, C/g) -> (C/g, g).
 

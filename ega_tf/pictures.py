@@ -227,15 +227,17 @@ def draw(cell_configs, cells, rows, workdir, method_order, points=1000,
         cell = next((c for c in cells if c.label == method
                      and (c.student, c.labeled_fraction) ==
                      (first.student, first.labeled_fraction)
-                     and (c.student, c.labeled_fraction, c.label, c.seed)
+                     and (c.student_label, c.labeled_fraction, c.label,
+                          c.seed)
                      in finished), None)
         if cell is not None:
             chosen.append(cell)
     if not chosen:
         logging.warning("No finished cell: no embeddings or graphs drawn.")
         return {}
-    log(f"Embeddings and graphs of {len(chosen)} runs ({first.student}, "
-        f"labeled {first.labeled_fraction:g}, the first seed of each).")
+    log(f"Embeddings and graphs of {len(chosen)} runs "
+        f"({first.student_label}, labeled {first.labeled_fraction:g}, the "
+        "first seed of each).")
     config = cell_configs[chosen[0]]
     dataset = training.load_dataset(config)
     teacher = (training.load_teacher(config) if any(
@@ -275,9 +277,9 @@ def draw(cell_configs, cells, rows, workdir, method_order, points=1000,
         student_graphs)
     graph_figure(graph_panels, os.path.join(workdir, GRAPHS), block)
     offset = 1 if teacher_panel else 0
-    silhouettes = {(c.student, c.labeled_fraction, c.label): s
+    silhouettes = {(c.student_label, c.labeled_fraction, c.label): s
                    for c, s in zip(chosen, scores[offset:])}
     if teacher_panel:
-        silhouettes[(first.student, first.labeled_fraction,
+        silhouettes[(first.student_label, first.labeled_fraction,
                      "teacher")] = scores[0]
     return silhouettes

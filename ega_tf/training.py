@@ -56,14 +56,15 @@ def default_workdir(config):
     """``runs/<dataset>_<student>_<method>_s<seed>``; a ``folder:PATH``
     dataset is named by the folder's base name, a method from a file by
     its class's name."""
-    from ega_tf import methods
+    from ega_tf import methods, students
     from ega_tf.data.sources import FOLDER_PREFIX
     name = config.dataset
     if name.startswith(FOLDER_PREFIX):
         name = os.path.basename(os.path.normpath(
             name[len(FOLDER_PREFIX):])) or "folder"
     method = methods.name_of(config.distill)
-    return os.path.join("runs", f"{name}_{config.student}_{method}"
+    student = students.parse(config.student).label
+    return os.path.join("runs", f"{name}_{student}_{method}"
                         f"_s{config.seed}")
 
 
@@ -189,9 +190,14 @@ def build_model(config, dataset, teacher=None, replicas=1):
     # the teacher creates layers too, and the student's initial weights
     # must not depend on how many.
     runtime.set_seed(config.seed)
-    student = build_student(
-        students.create(config.student, input_shape=(*size, 3)),
-        dataset.num_classes, config.embed_dim)
+    backbone, student_input = students.build(
+        config.student, (*size, 3), weights=config.student_weights,
+        feature_layer=config.student_feature_layer,
+        mean=config.student_input.mean, std=config.student_input.std,
+        bgr=config.student_input.bgr)
+    student = build_student(backbone, dataset.num_classes, config.embed_dim,
+                            mean=student_input.mean, std=student_input.std,
+                            bgr=student_input.bgr)
     layers.synchronize_batchnorm(student, config.distribute.sync_batchnorm)
     steps = len(dataset.train) // config.batch_size
     method = methods.create(

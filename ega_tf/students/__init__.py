@@ -1,4 +1,5 @@
-"""The student zoo: RepDistiller's CIFAR networks, by name.
+"""Students: RepDistiller's CIFAR networks by name (the zoo), and any other
+network (``sources``: keras.applications, a .keras file, a factory).
 
 ``create(name)`` returns a functional ``keras.Model`` mapping a normalised
 float image batch [N, H, W, 3] to the pooled feature [N, C]; with
@@ -80,3 +81,11 @@ def create(name, num_classes=None, input_shape=(32, 32, 3)):
     logits = torch_dense(num_classes, pooled.shape[-1], name="classifier")(
         pooled)
     return keras.Model(inputs, logits, name=name)
+
+
+# Any network as a student (imported last: it reads the zoo above).
+from ega_tf.students.sources import (CLIP_INPUT, Input, Source,  # noqa: E402
+                                     build, parse)
+
+__all__ = ["CLIP_INPUT", "Input", "STUDENTS", "Source", "build", "create",
+           "default_lr", "names", "parse"]
