@@ -54,6 +54,10 @@ def default_config(arg=None):
     c.student_input.mean = config_dict.placeholder(tuple)
     c.student_input.std = config_dict.placeholder(tuple)
     c.student_input.bgr = config_dict.placeholder(bool)
+    # BatchNorm momentum of the student's moving statistics; None: the
+    # recipe's 0.9 (PyTorch's 0.1) for the zoo and keras.applications, a
+    # model of yours keeps its own.
+    c.student_bn_momentum = config_dict.placeholder(float)
     c.teacher = ""              # .keras teacher or a published checkpoint
     c.trust_saved_model = False  # allow teachers that call a SavedModel
     c.allow_pickle = False      # unpickle checkpoint files (runs their code)
@@ -189,6 +193,10 @@ def _problems(config):
             field == "mean" or all(v > 0 for v in value))),
              f"student_input.{field} must be three numbers"
              + (", each > 0" if field == "std" else "") + f"; got {value}.")
+    need(config.student_bn_momentum is None
+         or 0 <= config.student_bn_momentum < 1,
+         "student_bn_momentum must be in [0, 1); got "
+         f"{config.student_bn_momentum}.")
     need(config.student_weights is None
          or os.path.isfile(config.student_weights),
          f"student_weights {config.student_weights!r} does not exist.")

@@ -194,7 +194,7 @@ def build_model(config, dataset, teacher=None, replicas=1):
         config.student, (*size, 3), weights=config.student_weights,
         feature_layer=config.student_feature_layer,
         mean=config.student_input.mean, std=config.student_input.std,
-        bgr=config.student_input.bgr)
+        bgr=config.student_input.bgr, bn_momentum=config.student_bn_momentum)
     student = build_student(backbone, dataset.num_classes, config.embed_dim,
                             mean=student_input.mean, std=student_input.std,
                             bgr=student_input.bgr)
