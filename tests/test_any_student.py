@@ -126,6 +126,28 @@ class AnyStudentTest(TestCase):
     def test_mobilenet_v3_input_is_its_own_rescaling(self):
         self.check_inputs(("MobileNetV3Small",))
 
+    def test_batchnorm_follows_the_recipe_unless_the_model_is_yours(self):
+        from ega_tf.layers import batchnorm_layers
+
+        def momenta(model):
+            return {layer.momentum for layer in batchnorm_layers(model)}
+        net, _ = students.build("keras.applications.MobileNetV3Small",
+                                (32, 32, 3))
+        self.assertEqual(momenta(net), {0.9})  # keras's own: 0.999
+        self.assertEqual(students.parse(
+            "keras.applications.MobileNetV3Small").default_lr, 0.01)
+        tmp = self.tmp_path()
+        inputs = keras.Input((32, 32, 3))
+        x = keras.layers.BatchNormalization(momentum=0.99)(
+            keras.layers.Rescaling(1 / 255)(inputs))
+        keras.Model(inputs, x).save(tmp / "bn.keras")
+        mine, inp = students.build(str(tmp / "bn.keras"), (32, 32, 3))
+        self.assertEqual(momenta(mine), {0.99})
+        self.assertEqual(inp, students.sources.RAW_PIXELS)
+        mine, _ = students.build(str(tmp / "bn.keras"), (32, 32, 3),
+                                 bn_momentum=0.5)
+        self.assertEqual(momenta(mine), {0.5})
+
     def check_inputs(self, names):
         """The student's normalisation layers, on uint8 images, give what
         the network's own preprocess_input gives (caffe: BGR and ImageNet
