@@ -6,6 +6,7 @@ import os
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from ega_tf import serving, students
@@ -211,6 +212,7 @@ class DeploymentTest(TestCase):
                          "--format=onnx", "--quantize=int8")
         self.assertOneLineError(r, "--quantize applies to --format=tflite")
 
+    @pytest.mark.slow  # 12 s: ShuffleNet's conversion
     def test_grouped_convolutions_convert_to_onnx(self):
         """ShuffleNet's grouped convolutions run on CPU as XLA-marked
         functions, which tf2onnx cannot convert until they are inlined."""
