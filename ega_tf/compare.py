@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ega_tf import cli
+from ega_tf import analysis, cli
 from ega_tf.errors import UserError
 
 # The grid's axes: each a list flag that sets one config field per cell.
@@ -64,8 +64,10 @@ def define_flags(flag_values):
                "line per epoch.", flag_values)
     cli.define("bool", "pictures", True, "Draw curves.png, embeddings.png "
                "and graphs.png (needs matplotlib).", flag_values)
-    cli.define("integer", "embedding_points", 1000, "Test images in the "
-               "t-SNE pictures (balanced over classes).", flag_values)
+    cli.define("integer", "embedding_points", analysis.PROBE_POINTS,
+               "Test images in the t-SNE pictures (balanced over classes; "
+               f"at most {analysis.PROBE_POINTS}, the runs keep that many).",
+               flag_values)
 
 
 def _axis(flag_values, flag, config, convert):
@@ -126,6 +128,11 @@ def main(argv, flag_values):
         _axis(flag_values, "labeled_fraction", base, float))
     if flag_values.pictures:
         pictures.check_matplotlib()
+        if not 2 <= flag_values.embedding_points <= analysis.PROBE_POINTS:
+            raise UserError(
+                f"--embedding_points={flag_values.embedding_points}: the "
+                f"pictures draw from 2 to {analysis.PROBE_POINTS} test images "
+                "(each run keeps the embeddings of that many).")
     workdir = flag_values.workdir or os.path.join(
         "runs", f"compare_{base.dataset.replace(':', '_').replace('/', '_')}")
     configs = grid.configs(base, cells)
@@ -139,14 +146,13 @@ def main(argv, flag_values):
     rows = grid.collect(cells, workdir)
     # Tables and figures name a method from a file by its class's name.
     labels = list(dict.fromkeys(methods.name_of(m) for m in method_names))
-    silhouettes = {}
     if flag_values.pictures:
-        silhouettes = pictures.draw(configs, cells, rows, workdir, labels,
-                                    flag_values.embedding_points, log)
+        pictures.draw(rows, workdir, labels, flag_values.embedding_points,
+                      log)
     grid.write_tables(rows, workdir, header(next(iter(configs.values())),
                                             cells,
                                             cli.command_line(flag_values)),
-                      labels, silhouettes)
+                      labels)
     with open(os.path.join(workdir, grid.SUMMARY)) as f:
         print(f.read())
     print("Wrote " + ", ".join(os.path.join(workdir, n) for n in (

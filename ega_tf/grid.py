@@ -28,7 +28,7 @@ from typing import Dict, List
 import numpy as np
 from absl import logging
 
-from ega_tf import methods, students
+from ega_tf import analysis, methods, students
 from ega_tf import workdir as wd
 from ega_tf.errors import ConfigError, UserError
 from ega_tf.io_utils import atomic_output
@@ -38,7 +38,8 @@ RESULTS_CSV = "results.csv"
 SUMMARY = "summary.md"
 COLUMNS = ("method", "student", "labeled_fraction", "seed", "status",
            "epochs", "test_top1_best", "test_top1_last", "train_top1_last",
-           "overfit_gap", "teacher_head_top1_last", "wall_time_s", "workdir")
+           "overfit_gap", "teacher_head_top1_last", "test_silhouette",
+           "wall_time_s", "workdir")
 # The methods every other is compared with in summary.md: cross-entropy
 # alone and the paper's.
 REFERENCES = ("none", "ega")
@@ -174,6 +175,12 @@ def run(base, cells, workdir, verbose=0, log=print, after_cell=None):
         number = f"[{cells.index(cell) + 1:{width}d}/{len(cells)}]"
         if cell not in todo:
             status[cell] = cell_state(path)
+            if status[cell] == "finished" and not os.path.exists(
+                    os.path.join(path, analysis.PROBE)):
+                log(f"{number} {cell.describe()}: finished by an earlier "
+                    f"version; writing its {analysis.PROBE}...")
+                training.write_probe_of(cell_configs[cell], path)
+                keras.backend.clear_session(free_memory=False)
             continue
         state = cell_state(path)
         log(f"{number} {cell.describe()}: "
@@ -250,8 +257,11 @@ def collect(cells, workdir) -> List[Dict]:
                             if train_top1 is not None and test_last is not
                             None else None),
             "teacher_head_top1_last": results.get("teacher_head_top1_last"),
+            "test_silhouette": results.get("test_silhouette"),
+            "teacher_silhouette": results.get("teacher_silhouette"),
             "wall_time_s": results.get("wall_time_s"),
-            "workdir": cell.name, "_history": history})
+            "distill": cell.method, "workdir": cell.name,
+            "_history": history})
     return rows
 
 
@@ -283,15 +293,16 @@ def _mean_std(values):
     return float(np.mean(values)), std
 
 
-def _pm(mean, std):
+def _pm(mean, std, digits=2):
     if mean is None:
         return "–"
-    return f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None
+                                   else "")
 
 
-def summarise(rows, method_order, silhouettes=None):
+def summarise(rows, method_order):
     """Per setting and method: the aggregated numbers (dicts); the list
-    also carries the teacher's silhouettes."""
+    also carries the teacher's silhouette of each setting."""
     groups = {}
     for row in rows:
         key = (row["student"], row["labeled_fraction"], row["method"])
@@ -310,7 +321,8 @@ def summarise(rows, method_order, silhouettes=None):
                     "last": last, "gap": gap,
                     "wall_time_s": _mean_std([r["wall_time_s"]
                                               for r in fine])[0],
-                    "silhouette": (silhouettes or {}).get(key)})
+                    "silhouette": _mean_std([r["test_silhouette"]
+                                             for r in fine])})
     for s in out:
         for ref in REFERENCES:
             other = next((o for o in out if (o["student"],
@@ -320,8 +332,13 @@ def summarise(rows, method_order, silhouettes=None):
                               if other and other["last"][0] is not None
                               and s["last"][0] is not None else None)
     out = _Summary(out)
-    out.teacher_silhouettes = {k[:2]: v for k, v in (silhouettes or {})
-                               .items() if k[2] == "teacher"}
+    # The frozen teacher's features are the same in every run of a setting.
+    out.teacher_silhouettes = {}
+    for row in rows:
+        if row.get("teacher_silhouette") is not None:
+            out.teacher_silhouettes.setdefault(
+                (row["student"], row["labeled_fraction"]),
+                row["teacher_silhouette"])
     return out
 
 
@@ -349,8 +366,7 @@ def summary_markdown(summary, header):
                 f"| {s['method']} | {runs} | {_pm(*s['best'])} | "
                 f"{_pm(*s['last'])} | {_signed(s['vs_none'])} | "
                 f"{_signed(s['vs_ega'])} | {_pm(*s['gap'])} | "
-                + (f"{s['silhouette']:.3f}" if s["silhouette"] is not None
-                   else "–")
+                + _pm(*s["silhouette"], digits=3)
                 + f" | {_duration(s['wall_time_s']) if s['wall_time_s'] else '–'} |")
         teacher = (silhouettes_of(summary) or {}).get((student, fraction))
         if teacher is not None:
@@ -363,8 +379,10 @@ def summary_markdown(summary, header):
         "top-1. train − test: the final epoch's training top-1 (the running "
         "accuracy over the epoch's augmented labeled images, as the training "
         "loop logs it) minus its test top-1, the paper's measure of "
-        "overfitting. Silhouette: of the first seed's test-set embeddings "
-        "x_s by class, cosine distance (embeddings.png). Wall time: per run.",
+        "overfitting. Silhouette: of the test-set embeddings x_s by class, "
+        "cosine distance, on a fixed class-balanced choice of up to "
+        f"{analysis.PROBE_POINTS} test images, mean ± standard deviation over "
+        "seeds (embeddings.png draws the first seed's). Wall time: per run.",
         ""]
     return "\n".join(lines)
 
@@ -379,10 +397,10 @@ def _signed(v):
     return "–" if v is None else f"{v:+.2f}"
 
 
-def write_tables(rows, workdir, header, method_order, silhouettes=None):
+def write_tables(rows, workdir, header, method_order):
     """results.csv and summary.md; returns the summary."""
     write_results_csv(rows, os.path.join(workdir, RESULTS_CSV))
-    summary = summarise(rows, method_order, silhouettes)
+    summary = summarise(rows, method_order)
     with atomic_output(os.path.join(workdir, SUMMARY)) as tmp:
         with open(tmp, "w") as f:
             f.write(summary_markdown(summary, header))

@@ -9,8 +9,8 @@
   teacher's edge matrix E_t (correlations of the EGA run's x_t), each
   method's E_s, and the node matrix N of the EGA student.
 
-The embeddings come from each cell's checkpoint (``training.
-restore_model``); t-SNE and the silhouette from scikit-learn.
+The arrays come from each run's ``probe.npz`` (``ega_tf.analysis``), the
+silhouettes from its results; t-SNE from scikit-learn.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import os
 import numpy as np
 from absl import logging
 
-from ega_tf import methods
+from ega_tf import analysis, methods
 from ega_tf.errors import UserError
 from ega_tf.io_utils import atomic_output
 
@@ -99,48 +99,6 @@ def curves(rows, method_order, path):
     _save(fig, path)
 
 
-def subset(labels, points):
-    """Indices of up to ``points`` test examples, as many of each class
-    as possible, in test order (a fixed choice)."""
-    labels = np.asarray(labels)
-    classes = np.unique(labels[labels >= 0])
-    per = max(1, math.ceil(points / len(classes)))
-    picked = np.concatenate([np.flatnonzero(labels == c)[:per]
-                             for c in classes])
-    return np.sort(picked)[:points]
-
-
-def class_batch(labels, classes=8, per_class=8):
-    """A fixed batch ordered by class: ``per_class`` test examples of each
-    of the first ``classes`` classes (the correlations then show the
-    class blocks)."""
-    labels = np.asarray(labels)
-    return np.concatenate([np.flatnonzero(labels == c)[:per_class]
-                           for c in range(classes)])
-
-
-def embeddings_of(model, images, batch_size=256):
-    """(student x_s, teacher head x_t or None, frozen teacher features or
-    None) of ``images``, in inference mode."""
-    xs, xt, ft = [], [], []
-    for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size]
-        xs.append(np.asarray(model.student(x, training=False)["embedding"]))
-        if model.teacher is not None:
-            f = model.teacher(x, training=False)
-            ft.append(np.asarray(f))
-            xt.append(np.asarray(model.teacher_embed(f)))
-    join = (lambda parts: np.concatenate(parts) if parts else None)
-    return join(xs), join(xt), join(ft)
-
-
-def silhouette(embedding, labels):
-    from sklearn.metrics import silhouette_score
-    if len(np.unique(labels)) < 2:
-        return None
-    return float(silhouette_score(embedding, labels, metric="cosine"))
-
-
 def tsne(embedding, seed=0):
     from sklearn.manifold import TSNE
     perplexity = float(min(30.0, max(2.0, (len(embedding) - 1) / 3)))
@@ -150,17 +108,14 @@ def tsne(embedding, seed=0):
 
 
 def embedding_figure(panels, labels, path):
-    """``panels``: [(title, embedding)]; returns their silhouettes."""
+    """``panels``: [(title, embedding, silhouette or None)]."""
     plt = _pyplot()
     cols = min(4, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, squeeze=False,
                              figsize=(3.3 * cols, 3.3 * rows))
-    scores = []
     cmap = "tab10" if len(np.unique(labels)) <= 10 else "tab20"
-    for ax, (title, emb) in zip(axes.flat, panels):
-        score = silhouette(emb, labels)
-        scores.append(score)
+    for ax, (title, emb, score) in zip(axes.flat, panels):
         xy = tsne(emb)
         ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap=cmap, s=6,
                    linewidths=0)
@@ -172,18 +127,6 @@ def embedding_figure(panels, labels, path):
         ax.axis("off")
     fig.tight_layout()
     _save(fig, path)
-    return scores
-
-
-def correlation(a, b=None):
-    """Pearson correlations of the rows of ``a`` with those of ``b``."""
-    def standard(x):
-        x = np.asarray(x, np.float64)
-        x = x - x.mean(1, keepdims=True)
-        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True),
-                              1e-12)
-    a = standard(a)
-    return a @ (a if b is None else standard(b)).T
 
 
 def graph_figure(panels, path, block=None):
@@ -210,76 +153,62 @@ def graph_figure(panels, path, block=None):
     _save(fig, path)
 
 
-def draw(cell_configs, cells, rows, workdir, method_order, points=1000,
+def draw(rows, workdir, method_order, points=analysis.PROBE_POINTS,
          log=print):
-    """The three figures for a grid; returns {(student, fraction, method):
-    silhouette} of the embeddings drawn (the first seed of each method in
-    the first setting)."""
-    import keras
-
-    from ega_tf import training
+    """The three figures of a grid, from the arrays its runs wrote
+    (``probe.npz``, see ``ega_tf.analysis``): the first finished seed of
+    each method in the first setting. No model is built."""
     curves(rows, method_order, os.path.join(workdir, CURVES))
-    finished = {(r["student"], r["labeled_fraction"], r["method"], r["seed"])
-                for r in rows if r["status"] == "finished"}
-    first = cells[0]
+    finished = [r for r in rows if r["status"] == "finished"]
+    if not finished:
+        logging.warning("No finished run: no embeddings or graphs drawn.")
+        return
+    setting = (finished[0]["student"], finished[0]["labeled_fraction"])
     chosen = []
     for method in method_order:
-        cell = next((c for c in cells if c.label == method
-                     and (c.student, c.labeled_fraction) ==
-                     (first.student, first.labeled_fraction)
-                     and (c.student_label, c.labeled_fraction, c.label,
-                          c.seed)
-                     in finished), None)
-        if cell is not None:
-            chosen.append(cell)
+        row = next((r for r in finished if r["method"] == method and
+                    (r["student"], r["labeled_fraction"]) == setting), None)
+        probe = row and analysis.read_probe(os.path.join(workdir,
+                                                         row["workdir"]))
+        if probe is not None:
+            chosen.append((row, probe))
     if not chosen:
-        logging.warning("No finished cell: no embeddings or graphs drawn.")
-        return {}
-    log(f"Embeddings and graphs of {len(chosen)} runs "
-        f"({first.student_label}, labeled {first.labeled_fraction:g}, the "
-        "first seed of each).")
-    config = cell_configs[chosen[0]]
-    dataset = training.load_dataset(config)
-    teacher = (training.load_teacher(config) if any(
-        training.uses_teacher(cell_configs[c]) for c in chosen) else None)
-    test_images, test_labels = dataset.test.images, dataset.test.labels
-    points_idx = subset(test_labels, points)
-    classes = min(8, dataset.num_classes)
-    batch_idx = class_batch(test_labels, classes)
-    block = 8 if len(batch_idx) == 8 * classes else None
-    embed_panels, graph_panels, student_graphs = [], [], []
-    teacher_panel, teacher_graph, nodes = None, None, []
-    for cell in chosen:
-        model = training.restore_model(cell_configs[cell], os.path.join(
-            workdir, cell.name), dataset,
-            teacher if training.uses_teacher(cell_configs[cell]) else None)
-        xs, xt, ft = embeddings_of(model, test_images[points_idx])
-        embed_panels.append((cell.label, xs))
-        if ft is not None and teacher_panel is None:
-            teacher_panel = ("teacher (frozen features)", ft)
-        bxs, bxt, _ = embeddings_of(model, test_images[batch_idx])
-        student_graphs.append((f"E_s {cell.label}", correlation(bxs)))
+        logging.warning("No run wrote %s: no embeddings or graphs drawn.",
+                        analysis.PROBE)
+        return
+    log(f"Embeddings and graphs of {len(chosen)} runs ({setting[0]}, "
+        f"labeled {setting[1]:g}, the first seed of each), from their "
+        f"{analysis.PROBE}.")
+    labels = chosen[0][1]["labels"]
+    picked = analysis.subset(labels, points)
+    embed_panels, student_graphs, nodes = [], [], []
+    teacher_panel, teacher_graph = None, None
+    for row, probe in chosen:
+        method = row["method"]
+        embed_panels.append((method, probe["x_s"][picked],
+                             row.get("test_silhouette")))
+        has_teacher = "features" in probe
+        if has_teacher and teacher_panel is None:
+            teacher_panel = ("teacher (frozen features)",
+                             probe["features"][picked],
+                             row.get("teacher_silhouette"))
+        student_graphs.append((f"E_s {method}",
+                               analysis.correlation(probe["batch_x_s"])))
         # N = corr(x_t, x_s) of every method with a node term (EGA's);
         # E_t of the first of them, else of the first with a teacher.
-        aligns = "node" in methods.get(cell.method).terms
-        if bxt is not None and (teacher_graph is None or
-                                (aligns and not nodes)):
-            teacher_graph = (f"E_t (teacher head of {cell.label})",
-                             correlation(bxt))
-        if aligns:
-            nodes.append((f"N of {cell.label} (x_t vs x_s)",
-                          correlation(bxt, bxs)))
-        keras.backend.clear_session(free_memory=False)
-    panels = ([teacher_panel] if teacher_panel else []) + embed_panels
-    scores = embedding_figure(panels, test_labels[points_idx],
-                              os.path.join(workdir, EMBEDDINGS))
-    graph_panels = ([teacher_graph] if teacher_graph else []) + nodes + (
-        student_graphs)
-    graph_figure(graph_panels, os.path.join(workdir, GRAPHS), block)
-    offset = 1 if teacher_panel else 0
-    silhouettes = {(c.student_label, c.labeled_fraction, c.label): s
-                   for c, s in zip(chosen, scores[offset:])}
-    if teacher_panel:
-        silhouettes[(first.student_label, first.labeled_fraction,
-                     "teacher")] = scores[0]
-    return silhouettes
+        aligns = "node" in methods.get(row["distill"]).terms
+        if has_teacher and (teacher_graph is None or (aligns and not nodes)):
+            teacher_graph = (f"E_t (teacher head of {method})",
+                             analysis.correlation(probe["batch_x_t"]))
+        if aligns and has_teacher:
+            nodes.append((f"N of {method} (x_t vs x_s)", analysis.correlation(
+                probe["batch_x_t"], probe["batch_x_s"])))
+    embedding_figure(([teacher_panel] if teacher_panel else []) +
+                     embed_panels, labels[picked],
+                     os.path.join(workdir, EMBEDDINGS))
+    batch_labels = chosen[0][1]["batch_labels"]
+    sizes = np.unique(batch_labels, return_counts=True)[1]
+    block = (int(sizes[0]) if len(set(sizes)) == 1 and
+             list(batch_labels) == sorted(batch_labels) else None)
+    graph_figure(([teacher_graph] if teacher_graph else []) + nodes +
+                 student_graphs, os.path.join(workdir, GRAPHS), block)

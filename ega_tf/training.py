@@ -242,6 +242,18 @@ def restore_model(config, workdir, dataset=None, teacher=None):
     return model
 
 
+def write_probe_of(config, workdir):
+    """Writes ``probe.npz`` for a run finished before runs wrote it (its
+    model restored), and adds its silhouettes to its results.json."""
+    from ega_tf import analysis
+    dataset = load_dataset(config)
+    model = restore_model(config, workdir, dataset)
+    results_path = os.path.join(workdir, wd.RESULTS)
+    results = wd.read_json(results_path)
+    results.update(analysis.write_probe(model, dataset.test, workdir))
+    wd.write_json(results_path, results)
+
+
 class Checkpointer:
     """The distiller's ``checkpoint_items()``, the progress (completed
     epochs, steps into the next) and the running metrics, in TF checkpoints.
@@ -355,72 +367,108 @@ def run(config, workdir, verbose=2, strategy=None, on_step=None):
         return _run(config, workdir, verbose, strategy, on_step)
 
 
-def _run(config, workdir, verbose, strategy, on_step):
-    from ega_tf import serving
-    from ega_tf.data import pipeline
+class _Run:
+    """One run's state from setup to results: what it was asked (config,
+    workdir, strategy, output), what it built (dataset, model, streams,
+    checkpointer) and where it stands (history, the epoch and step it
+    starts from)."""
 
-    strategy = strategy or distribute.create(config)
-    replicas = strategy.num_replicas_in_sync
-    distribute.check_batch(config, replicas)
-    chief = distribute.is_chief()
-    state, done = wd.claim(workdir, config)
-    if state == "done":
-        return _reported(done, workdir)
-    runtime.set_seed(config.seed)
-    runtime.set_precision(config.precision)
-    dataset = load_dataset(config)
-    with strategy.scope():
-        teacher = (load_teacher(config, dataset.image_size)
-                   if uses_teacher(config) else None)
-        model = build_model(config, dataset, teacher, replicas)
-    if chief:
-        os.makedirs(workdir, exist_ok=True)
-    train_features, test_features = teacher_features(
-        config, teacher, dataset, workdir, chief, verbose)
-    train = pipeline.TrainStream(
-        dataset.train, config.batch_size, seed=config.seed,
-        padding=config.padding, teacher_view=config.teacher_view,
-        deterministic=config.deterministic, features=train_features,
-        index=model.method.uses_index, **config.input)
-    test = pipeline.EvalStream(dataset.test, config.eval_batch_size,
-                               features=test_features, **config.input)
+    def __init__(self, config, workdir, strategy, verbose, on_step):
+        self.config, self.workdir = config, workdir
+        self.strategy, self.verbose, self.on_step = strategy, verbose, on_step
+        self.chief = distribute.is_chief()
+        self.history_path = os.path.join(workdir, wd.HISTORY)
+        # Other workers write their checkpoints to a scratch directory
+        # (MultiWorkerMirroredStrategy needs every worker to save).
+        self.scratch = (None if self.chief else
+                        tempfile.mkdtemp(prefix="ega_tf_worker_"))
 
-    own_dir = os.path.join(workdir, wd.CHECKPOINTS)
-    scratch = None if chief else tempfile.mkdtemp(prefix="ega_tf_worker_")
-    with strategy.scope():
-        ckpt = Checkpointer(model, scratch or own_dir, read_from=own_dir)
-    start_epoch, start_step = ckpt.restore()
-    os.makedirs(workdir, exist_ok=True)
-    history_path = os.path.join(workdir, wd.HISTORY)
-    history = [r for r in wd.read_history(history_path)
-               if r["epoch"] < start_epoch]
-    if chief:
-        wd.write_json(os.path.join(workdir, wd.CONFIG),
-                      json.loads(config.to_json()))
-        wd.write_history(history_path, history)
-    try:
-        history = _loop(config, model, strategy, train, test, ckpt, history,
-                        history_path, workdir, start_epoch, start_step,
-                        verbose, chief, on_step)
-        results = _results(config, model, history)
-        if config.export and chief:
-            path = os.path.join(workdir, wd.SAVED_MODEL)
-            serving.export_student(model.student, path, dataset.class_names)
+    def build(self):
+        """Data, teacher, model, input streams; the newest checkpoint
+        restored and the history trimmed to it."""
+        from ega_tf.data import pipeline
+        config, strategy = self.config, self.strategy
+        runtime.set_seed(config.seed)
+        runtime.set_precision(config.precision)
+        self.dataset = dataset = load_dataset(config)
+        with strategy.scope():
+            teacher = (load_teacher(config, dataset.image_size)
+                       if uses_teacher(config) else None)
+            self.model = build_model(config, dataset, teacher,
+                                     strategy.num_replicas_in_sync)
+        if self.chief:
+            os.makedirs(self.workdir, exist_ok=True)
+        train_features, test_features = teacher_features(
+            config, teacher, dataset, self.workdir, self.chief, self.verbose)
+        self.train = pipeline.TrainStream(
+            dataset.train, config.batch_size, seed=config.seed,
+            padding=config.padding, teacher_view=config.teacher_view,
+            deterministic=config.deterministic, features=train_features,
+            index=self.model.method.uses_index, **config.input)
+        self.test = pipeline.EvalStream(dataset.test, config.eval_batch_size,
+                                        features=test_features,
+                                        **config.input)
+        own_dir = os.path.join(self.workdir, wd.CHECKPOINTS)
+        with strategy.scope():
+            self.ckpt = Checkpointer(self.model, self.scratch or own_dir,
+                                     read_from=own_dir)
+        self.start_epoch, self.start_step = self.ckpt.restore()
+        os.makedirs(self.workdir, exist_ok=True)
+        self.history = [r for r in wd.read_history(self.history_path)
+                        if r["epoch"] < self.start_epoch]
+        if self.chief:
+            wd.write_json(os.path.join(self.workdir, wd.CONFIG),
+                          json.loads(config.to_json()))
+            wd.write_history(self.history_path, self.history)
+
+    def finish(self):
+        """The results of a run whose epochs are done: the probe of its
+        test embeddings (``analysis``) and the exported student, on the
+        chief; results.json written last."""
+        from ega_tf import analysis, serving
+        results = _results(self.config, self.model, self.history)
+        if not self.chief:
+            return results
+        results.update(analysis.write_probe(self.model, self.dataset.test,
+                                            self.workdir))
+        if self.config.export:
+            path = os.path.join(self.workdir, wd.SAVED_MODEL)
+            serving.export_student(self.model.student, path,
+                                   self.dataset.class_names)
             results["saved_model"] = path
-    except DivergedError as e:
-        if chief:
-            wd.write_json(os.path.join(workdir, wd.RESULTS), {
-                **_results(config, model, history), "status": "diverged",
+        wd.write_json(os.path.join(self.workdir, wd.RESULTS), results)
+        return results
+
+    def record_divergence(self, e):
+        if self.chief:
+            wd.write_json(os.path.join(self.workdir, wd.RESULTS), {
+                **_results(self.config, self.model, self.history),
+                "status": "diverged",
                 "diverged": {"term": e.term, "value": str(e.value),
                              "epoch": e.epoch + 1, "step": e.step + 1,
                              "message": str(e)}})
+
+    def close(self):
+        if self.scratch:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _run(config, workdir, verbose, strategy, on_step):
+    strategy = strategy or distribute.create(config)
+    distribute.check_batch(config, strategy.num_replicas_in_sync)
+    state, done = wd.claim(workdir, config)
+    if state == "done":
+        return _reported(done, workdir)
+    run = _Run(config, workdir, strategy, verbose, on_step)
+    try:
+        run.build()
+        _loop(run)
+        return run.finish()
+    except DivergedError as e:
+        run.record_divergence(e)
         raise
     finally:
-        if scratch:
-            shutil.rmtree(scratch, ignore_errors=True)
-    if chief:
-        wd.write_json(os.path.join(workdir, wd.RESULTS), results)
-    return results
+        run.close()
 
 
 def _reported(results, workdir):
@@ -435,22 +483,25 @@ def _reported(results, workdir):
     return results
 
 
-def _loop(config, model, strategy, train, test, ckpt, history, history_path,
-          workdir, start_epoch, start_step, verbose, chief, on_step):
-    """The epochs; returns the history rows."""
+def _loop(run):
+    """The epochs of ``run`` (a ``_Run``, built), appending to its
+    history."""
     import tensorflow as tf
+    config, model, strategy = run.config, run.model, run.strategy
+    train, test, ckpt, history = run.train, run.test, run.ckpt, run.history
+    chief, on_step, start_epoch = run.chief, run.on_step, run.start_epoch
     jit = bool(model.step_jit_compile)
     train_step = _step_function(model, strategy, model.train_step, jit)
     eval_step = _step_function(model, strategy, model.test_step, jit)
     steps = train.steps_per_epoch
     every = config.checkpoint_every_steps or 0
-    progress = _Progress(verbose, config.epochs, steps)
+    progress = _Progress(run.verbose, config.epochs, steps)
     writers = ({s: tf.summary.create_file_writer(os.path.join(
-        workdir, wd.LOGS, s)) for s in ("train", "validation")} if chief
+        run.workdir, wd.LOGS, s)) for s in ("train", "validation")} if chief
         else {})
     schedule = model.optimizer.learning_rate
     for epoch in range(start_epoch, config.epochs):
-        skip = start_step if epoch == start_epoch else 0
+        skip = run.start_step if epoch == start_epoch else 0
         if not skip:  # a resumed epoch keeps its restored running metrics
             model.reset_metrics()
         iterator = iter(train.distributed(strategy, epoch, skip))
@@ -490,7 +541,7 @@ def _loop(config, model, strategy, train, test, ckpt, history, history_path,
             # The row goes in before the checkpoint: a crash between the
             # two resumes from the previous checkpoint, and the history is
             # trimmed to it.
-            wd.write_history(history_path, history)
+            wd.write_history(run.history_path, history)
             for split, values in (("train", logs), ("validation", val)):
                 with writers[split].as_default(step=epoch + 1):
                     for k, v in values.items():
@@ -498,7 +549,6 @@ def _loop(config, model, strategy, train, test, ckpt, history, history_path,
         if (epoch + 1) % config.checkpoint_every == 0 or \
                 epoch + 1 == config.epochs:
             ckpt.save(epoch + 1, 0, (epoch + 1) * steps)
-    return history
 
 
 def _results(config, model, history):

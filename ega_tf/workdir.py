@@ -31,9 +31,11 @@ RESULTS = "results.json"
 CHECKPOINTS = "checkpoints"
 LOGS = "logs"
 SAVED_MODEL = "saved_model"
+# Test embeddings kept for ega_tf.compare (ega_tf/analysis.py).
+PROBE = "probe.npz"
 FEATURES = ("teacher_features_train.npz", "teacher_features_test.npz")
 RUN_FILES = (CONFIG, HISTORY, RESULTS, CHECKPOINTS, LOGS, SAVED_MODEL,
-             *FEATURES)
+             PROBE, *FEATURES)
 
 # Fields that may change between the runs of one workdir: they do not
 # change what is computed.

@@ -4,6 +4,7 @@ pictures, resuming and workdir checks), a grid killed and rerun (slow), the
 bad-input messages; the summary's arithmetic."""
 
 import csv
+import json
 import math
 import os
 import signal
@@ -12,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from ega_tf import grid, methods, pictures
+from ega_tf import analysis, grid, methods, pictures
 from tests.test_case import TestCase, history_rows, pixel_teacher
 
 ALL = ",".join(["none", "kd", "hint", "rkd", "pkt", "sp", "nce", "ccl", "crd",
@@ -95,6 +96,53 @@ class CompareGridTest(TestCase):
             image = matplotlib.image.imread(self.workdir / name)
             self.assertGreater(image.shape[1], min_width, name)
             self.assertGreater(image[..., :3].std(), 0.05, name)  # not blank
+
+    def test_pictures_and_silhouettes_come_from_the_runs_files(self):
+        """Each run kept its test embeddings (probe.npz) and silhouettes:
+        a rerun draws every picture with no checkpoint left to restore,
+        and --pictures=false keeps the silhouette column."""
+        import shutil
+        copy = self.dir / "copy"
+        shutil.copytree(self.workdir, copy)
+        # A run finished before runs kept a probe: its model is restored
+        # once to write it (the only one).
+        old = copy / "kd_resnet8_lf0.1_s0"
+        os.remove(old / analysis.PROBE)
+        results = json.loads((old / "results.json").read_text())
+        del results["test_silhouette"], results["teacher_silhouette"]
+        (old / "results.json").write_text(json.dumps(results))
+        for name in os.listdir(copy):
+            if (copy / name).is_dir() and copy / name != old:
+                self.assertTrue((copy / name / analysis.PROBE).exists())
+                shutil.rmtree(copy / name / "checkpoints")
+        for name in (pictures.EMBEDDINGS, pictures.GRAPHS, grid.SUMMARY):
+            os.remove(copy / name)
+        args = [a for a in self.args if not a.startswith("--workdir")]
+        r = self.run_cli("compare", *args, f"--workdir={copy}")
+        self.assertSucceeded(r)
+        self.assertIn("from their probe.npz", r.stdout)
+        self.assertNotIn("training...", r.stdout)
+        self.assertEqual(r.stdout.count("finished by an earlier version"), 1)
+        written = analysis.read_probe(old)
+        kept = analysis.read_probe(self.workdir / old.name)
+        self.assertEqual(sorted(written), sorted(kept))
+        for key in kept:  # the same machine: bit for bit
+            self.assertAllEqual(written[key], kept[key])
+        for name in (pictures.EMBEDDINGS, pictures.GRAPHS):
+            self.assertTrue((copy / name).exists(), name)
+        r = self.run_cli("compare", *args, f"--workdir={copy}",
+                         "--pictures=false")
+        self.assertSucceeded(r)
+        table = [line for line in (copy / grid.SUMMARY).read_text()
+                 .splitlines() if line.startswith("| ega |")]
+        self.assertEqual(len(table), 1)
+        # As the run computed it, from the embeddings it kept.
+        ega = self.workdir / "ega_resnet8_lf0.1_s0"
+        probe = analysis.read_probe(ega)
+        expected = analysis.silhouette(probe["x_s"], probe["labels"])
+        self.assertEqual(table[0].split("|")[8].strip(), f"{expected:.3f}")
+        results = json.loads((ega / "results.json").read_text())
+        self.assertAllClose(results["test_silhouette"], expected, rtol=1e-6)
 
     def test_rerun_keeps_every_finished_cell(self):
         before = (self.workdir / grid.RESULTS_CSV).read_bytes()
@@ -215,7 +263,9 @@ class SummaryTest(TestCase):
                              "status": "finished",
                              "test_top1_best": last + 1,
                              "test_top1_last": last,
-                             "overfit_gap": 100 - last, "wall_time_s": 10.0})
+                             "overfit_gap": 100 - last, "wall_time_s": 10.0,
+                             "test_silhouette": last / 1000,
+                             "teacher_silhouette": 0.5})
         rows.append({**rows[-1], "seed": 3, "status": "diverged",
                      "test_top1_last": 1.0})
         summary = grid.summarise(rows, ["none", "ega"])
@@ -228,7 +278,10 @@ class SummaryTest(TestCase):
         self.assertAllClose(ega["gap"][0], 18.0)
         text = grid.summary_markdown(summary, "# t")
         self.assertIn("| ega | 3 (1 diverged) | 83.00 ± 2.65 | 82.00 ± 2.65 "
-                      "| +10.00 | +0.00 | 18.00 ± 2.65 | – | 10 s |", text)
+                      "| +10.00 | +0.00 | 18.00 ± 2.65 | 0.082 ± 0.003 | "
+                      "10 s |", text)
+        self.assertIn("The frozen teacher's features: silhouette 0.500.",
+                      text)
 
     def test_silhouette_against_its_definition(self):
         rng = np.random.default_rng(0)
@@ -244,5 +297,15 @@ class SummaryTest(TestCase):
             b = min(dist[i, labels == c].mean() for c in set(labels)
                     if c != labels[i])
             s.append((b - a) / max(a, b))
-        self.assertAllClose(pictures.silhouette(x, labels), np.mean(s),
+        self.assertAllClose(analysis.silhouette(x, labels), np.mean(s),
                             rtol=1e-9)
+
+    def test_a_smaller_picture_draws_from_the_runs_probe(self):
+        """The pictures' first P of the probe's points are the first P of
+        the test split's, so a run's 1,000 serve any smaller picture."""
+        labels = np.random.default_rng(1).integers(0, 7, 3000)
+        labels[labels == 3] = 9  # a class absent, one with a gap
+        probe = analysis.subset(labels, analysis.PROBE_POINTS)
+        for points in (2, 60, 500, 999, 1000):
+            self.assertAllEqual(probe[analysis.subset(labels[probe], points)],
+                                analysis.subset(labels, points))
