@@ -36,3 +36,24 @@ def load_model(path, **kwargs):
     import keras
     register_custom_objects()
     return keras.saving.load_model(path, **kwargs)
+
+
+def load_user_file(path, what, hint=""):
+    """The model in a user's ``.keras`` file, or one ``UserError`` line
+    saying what is wrong with the file (``what`` names it: "Student",
+    "Model file"; ``hint`` is appended to an unreadable file's message)."""
+    import os
+    import zipfile
+
+    from ega_tf.errors import UserError, first_line
+    if not os.path.isfile(path):
+        raise UserError(f"{what} {path!r} does not exist.")
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{what} {path!r} is not a valid Keras file: a "
+                        ".keras file is a zip archive, and this one is not "
+                        "(truncated, or another format renamed).")
+    try:
+        return load_model(path, compile=False)
+    except Exception as e:  # zip/h5/deserialisation errors
+        raise UserError(f"{what} {path!r} is not a valid Keras file "
+                        f"({first_line(e)}).{hint}") from None

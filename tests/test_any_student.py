@@ -188,7 +188,7 @@ class AnyStudentTest(TestCase):
                  "probabilities (softmax). Name the layer that gives its "
                  "features: --config.student_feature_layer="),
                 ([f"--student={tmp}/first.keras"], "that is channels-first"),
-                ([f"--student={tmp}/text.keras"], "is not a Keras model"),
+                ([f"--student={tmp}/text.keras"], "is not a valid Keras file"),
                 ([f"--student={tmp}/absent.keras"], "does not exist"),
                 (["--student=keras.applications.MobileNetV9"],
                  "Valid names: ConvNeXtBase"),

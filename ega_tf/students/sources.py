@@ -234,23 +234,11 @@ def measure_input(preprocess, what="the network"):
 
 # ---------------------------------------------------- a user's own network
 def _load_file(path):
-    import zipfile
-
     from ega_tf import serialization
-    if not os.path.isfile(path):
-        raise UserError(f"Student file {path!r} does not exist.")
-    if not zipfile.is_zipfile(path):
-        raise UserError(f"Student {path!r} is not a Keras model: a .keras "
-                        "file is a zip archive, and this one is not "
-                        "(truncated, or another format renamed).")
-    try:
-        return serialization.load_model(path, compile=False)
-    except Exception as e:  # zip/h5/deserialisation errors
-        raise UserError(f"Could not read student {path!r}: "
-                        f"{first_line(e)}. Is it a complete model saved with "
-                        "model.save('...keras'), with its custom layers "
-                        "registered (keras.saving.register_keras_"
-                        "serializable)?") from None
+    return serialization.load_user_file(
+        path, "Student", " Is it a complete model saved with "
+        "model.save('...keras'), with its custom layers registered "
+        "(keras.saving.register_keras_serializable)?")
 
 
 def _call_factory(spec, input_shape):

@@ -18,7 +18,6 @@ refused here and not halfway through a training run.
 from __future__ import annotations
 
 import os
-import zipfile
 
 import numpy as np
 
@@ -28,18 +27,8 @@ from ega_tf.errors import UserError, first_line
 def _load_inner(path, endpoint):
     import keras
     if path.endswith(".keras"):
-        if not os.path.isfile(path):
-            raise UserError(f"Model file {path!r} does not exist.")
         from ega_tf import serialization
-        if not zipfile.is_zipfile(path):
-            raise UserError(f"{path!r} is not a valid Keras file: a .keras "
-                            "file is a zip archive, and this one is not "
-                            "(truncated, or another format renamed).")
-        try:
-            return serialization.load_model(path, compile=False)
-        except Exception as e:
-            raise UserError(f"{path!r} is not a valid Keras file "
-                            f"({first_line(e)}).") from None
+        return serialization.load_user_file(path, "Model file")
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
         return keras.layers.TFSMLayer(os.path.abspath(path),
                                       call_endpoint=endpoint,
