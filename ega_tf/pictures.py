@@ -60,6 +60,7 @@ def _colours(method_order):
 def curves(rows, method_order, path):
     """One row of panels per (student, labeled fraction)."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
     settings = list(dict.fromkeys((r["student"], r["labeled_fraction"])
                                   for r in rows))
     fig, axes = plt.subplots(len(settings), len(PANELS), squeeze=False,
@@ -82,8 +83,10 @@ def curves(rows, method_order, path):
                 values = np.array([[scale * row[key] for row in h[:epochs]]
                                    for h in runs])
                 x = np.arange(1, epochs + 1)
+                # Markers while there are too few epochs to draw a line.
                 ax.plot(x, values.mean(0), styles[method],
-                        color=colours[method], label=method, lw=1.4)
+                        color=colours[method], label=method, lw=1.4,
+                        marker="o" if epochs < 3 else None, ms=3)
                 if len(runs) > 1:
                     ax.fill_between(x, values.min(0), values.max(0),
                                     color=colours[method], alpha=0.15,
@@ -91,6 +94,7 @@ def curves(rows, method_order, path):
             ax.set_title(f"{title}\n{student}, labeled {fraction:g}",
                          fontsize=9)
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5),
