@@ -253,19 +253,30 @@ def _label_pairs(labels):
     return positive, negative
 
 
+# EGA's NCE and CCL add this inside their logarithms.
+NCE_EPSILON = 1e-10
+
+
 def nce_loss(teacher_emb, student_emb, labels, temperature=0.1):
-    """EGA code's supervised contrastive loss: p_ij = softmax over j of
-    cos(s_i, t_j) / T; -log p over positive pairs plus -log(1 - p) over
-    negative pairs, each averaged (see ``_label_pairs``)."""
+    """EGA code's supervised contrastive loss, per row as published: for
+    each student row i, p_ij = softmax over j of cos(s_i, t_j) / T; the
+    mean of -log(p_ij + eps) over its positives j plus the mean of
+    -log(1 - p_ij + eps) over its negatives; then the mean over the rows.
+    Positives and negatives as ``_label_pairs`` says: an unlabeled row has
+    itself as its only positive and no negative part, and a row without
+    negatives (a batch of one class) adds 0 for them where the published
+    code divides by zero."""
     sim = ops.matmul(unit_rows(student_emb),
                      ops.transpose(unit_rows(teacher_emb))) / temperature
-    log_p = ops.log_softmax(sim, axis=-1)
-    p = ops.exp(log_p)
+    p = ops.softmax(sim, axis=-1)
     positive, negative = _label_pairs(labels)
-    pos = -ops.sum(positive * log_p) / ops.maximum(ops.sum(positive), 1.0)
-    neg_log = ops.log(ops.maximum(1.0 - p, 1e-12))
-    neg = -ops.sum(negative * neg_log) / ops.maximum(ops.sum(negative), 1.0)
-    return pos + neg
+
+    def row_mean(mask, values):
+        return ops.sum(mask * values, -1) / ops.maximum(ops.sum(mask, -1),
+                                                        1.0)
+    pos = row_mean(positive, -ops.log(p + NCE_EPSILON))
+    neg = row_mean(negative, -ops.log(1.0 - p + NCE_EPSILON))
+    return ops.mean(pos + neg)
 
 
 def symmetric_kl_per_example(teacher_logits, student_logits,

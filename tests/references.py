@@ -131,21 +131,25 @@ def np_sp(t, s):
     return float(((gram(t) - gram(s)) ** 2).sum() / b / b)
 
 
-def np_nce(t, s, y, temperature=0.1):
+def np_nce(t, s, y, temperature=0.1, eps=1e-10):
+    """EGA's NCE.py in float64, row by row: for student row i, the mean of
+    -log(p_ij + eps) over its positives plus the mean of -log(1 - p_ij +
+    eps) over its negatives, averaged over rows. An unlabeled row's only
+    positive is itself; a part with no pairs adds 0."""
     t, s, y = np_unit(t), np_unit(s), np.asarray(y)
     b = len(y)
-    logits = s @ t.T / temperature
-    logp = logits - np.log(np.exp(logits - logits.max(1, keepdims=True))
-                           .sum(1, keepdims=True)) - logits.max(1,
-                                                                keepdims=True)
-    pos, neg = [], []
+    p = np_softmax(s @ t.T / temperature)
+    rows = []
     for i in range(b):
+        pos, neg = [], []
         for j in range(b):
             if i == j or (y[i] >= 0 and y[j] >= 0 and y[i] == y[j]):
-                pos.append(-logp[i, j])
+                pos.append(-np.log(p[i, j] + eps))
             elif y[i] >= 0 and y[j] >= 0:
-                neg.append(-np.log(1 - np.exp(logp[i, j])))
-    return (np.mean(pos) if pos else 0.0) + (np.mean(neg) if neg else 0.0)
+                neg.append(-np.log(1 - p[i, j] + eps))
+        rows.append((np.mean(pos) if pos else 0.0)
+                    + (np.mean(neg) if neg else 0.0))
+    return float(np.mean(rows))
 
 
 def np_sym_kl(tl, sl, temperature=1.0):

@@ -128,6 +128,26 @@ class LossFunctionTest(TestCase):
                 self.assertTrue(np.all(np.isfinite(g.numpy())),
                                 f"{name} gradient on {kind}")
 
+    def test_nce_averages_per_row_as_published(self):
+        """EGA's NCE.py averages each row's positives and negatives, then
+        the rows; pooling every pair of the batch into one mean gives
+        another number when classes are unevenly represented."""
+        rng = np.random.default_rng(7)
+        y = np.array([0] * 9 + [1] * 2 + [2] * 1 + [-1] * 4)
+        t = rng.normal(size=(len(y), 8)).astype(np.float32)
+        s = (t + 0.5 * rng.normal(size=t.shape)).astype(np.float32)
+        got = float(losses.nce_loss(t, s, y, temperature=0.1))
+        self.assertAllClose(got, ref.np_nce(t, s, y, 0.1), rtol=1e-5)
+        # The pooled mean, for contrast.
+        p = ref.np_softmax(ref.np_unit(s) @ ref.np_unit(t).T / 0.1)
+        labeled = y >= 0
+        same = (y[:, None] == y[None, :]) & labeled[:, None] & labeled
+        positive = same | np.eye(len(y), dtype=bool)
+        negative = ~same & labeled[:, None] & labeled
+        pooled = (-np.log(p[positive] + 1e-10).mean()
+                  - np.log(1 - p[negative] + 1e-10).mean())
+        self.assertGreater(abs(got - pooled) / pooled, 0.05)
+
     def test_dkd_reads_only_labeled_examples(self):
         d = embeddings(5)
         known = d["y"] >= 0
@@ -325,11 +345,11 @@ class ReplicasTest(TestCase):
     (FitNets: BatchNorm variances of 1e7), where one step's rounding moves
     a weight by whole units."""
 
-    @parameterized.parameters("crd", "seed", "dkd")
-    def test_two_replicas_equal_one(self, name):
-        """The methods with state or per-replica randomness (banks and
-        negatives, queues, an iteration counter)."""
-        self.check_two_replicas(name)
+    def test_two_replicas_equal_one(self):
+        """CRD: memory banks, negatives drawn per example index (SEED's
+        queue and DKD's iteration counter in the slow tier; a user's
+        method with state in test_user_method)."""
+        self.check_two_replicas("crd")
 
     def check_two_replicas(self, name):
         from ega_tf import distribute
@@ -349,10 +369,11 @@ class ReplicasTest(TestCase):
 
 
 @pytest.mark.slow
-class GraphMethodReplicasTest(TestCase):
-    """Two more graph losses over the gathered batch (EGA's is in
-    test_distribute), as ReplicasTest checks them."""
+class MoreMethodReplicasTest(TestCase):
+    """A queue (SEED), an iteration counter (DKD) and two more graph
+    losses over the gathered batch (EGA's is in test_distribute), as
+    ReplicasTest checks CRD."""
 
-    @parameterized.parameters("ccl", "rkd")
+    @parameterized.parameters("seed", "dkd", "ccl", "rkd")
     def test_two_replicas_equal_one(self, name):
         ReplicasTest.check_two_replicas(self, name)
