@@ -1,9 +1,15 @@
-"""Normalisation statistics shared by teachers and students.
+"""Constants shared across the package: normalisation statistics, and the
+published recipe's length.
 
 Each checkpoint family normalises with the statistics it was trained with;
 the student and the locally pretrained teacher use CLIP's, as EGA's published
 recipe does for both views.
 """
+
+# The published recipe's epochs (RepDistiller, EGA, mdistiller on
+# CIFAR-100). Schedules written in its epochs (the learning-rate decays,
+# DKD's warm-up) keep their place as fractions of a run of other length.
+PUBLISHED_EPOCHS = 240
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

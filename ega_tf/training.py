@@ -203,6 +203,7 @@ def build_model(config, dataset, teacher=None, replicas=1):
     method = methods.create(
         config.distill, dict(config.loss), num_examples=len(dataset.train),
         embed_dim=config.embed_dim, seed=config.seed, steps_per_epoch=steps,
+        epochs=config.epochs,
         labels=dataset.train.labels)
     if method.describe_state():
         logging.info("%s", method.describe_state())

@@ -201,7 +201,7 @@ def describe():
 
 
 def create(distill, weights=None, num_examples=0, embed_dim=256, seed=0,
-           steps_per_epoch=1, labels=None):
+           steps_per_epoch=1, labels=None, epochs=None):
     """The method ``distill`` (a name or a ``path.py:Class`` spec) with its
     state built (in the current strategy's scope).
 
@@ -216,11 +216,14 @@ def create(distill, weights=None, num_examples=0, embed_dim=256, seed=0,
         steps_per_epoch: DKD's warm-up is counted in epochs.
         labels: the training labels (-1: unlabeled); CRD samples its
             negatives from them.
+        epochs: the run's length; schedules published in epochs of the
+            240-epoch recipe (DKD's warm-up) scale to it. None: 240.
     """
     cls = get(distill)
     method = cls(resolve_weights(distill, weights or {}),
                  num_examples=num_examples, embed_dim=embed_dim, seed=seed,
-                 steps_per_epoch=steps_per_epoch, labels=labels)
+                 steps_per_epoch=steps_per_epoch, labels=labels,
+                 **({} if epochs is None else {"epochs": epochs}))
     return method.build()
 
 

@@ -36,6 +36,8 @@ from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
+from ega_tf.constants import PUBLISHED_EPOCHS
+
 # Fields every method reads: the weights of the student's loss, and the
 # temperature of its KD term (used when alpha > 0).
 GENERAL_FIELDS = ("gamma", "alpha", "beta", "kd_temperature")
@@ -136,8 +138,9 @@ class Method:
     min_batch: int = 2
 
     def __init__(self, weights, num_examples=0, embed_dim=256, seed=0,
-                 steps_per_epoch=1, labels=None):
+                 steps_per_epoch=1, labels=None, epochs=PUBLISHED_EPOCHS):
         self.w = dict(weights)
+        self.epochs = int(epochs)
         self.num_examples = int(num_examples)
         self.embed_dim = int(embed_dim)
         self.seed = int(seed)
