@@ -315,6 +315,16 @@ class MethodTest(TestCase):
         model.train_on_batch(*batch(1))
         self.assertAllEqual(method.z.numpy(), z)
 
+    def test_crd_z_estimated_at_every_step_when_asked(self):
+        model = make("crd", crd_z_per_step=1)
+        zs = []
+        for step in range(3):
+            model.train_on_batch(*batch(step))
+            zs.append(model.method.z.numpy())
+        self.assertTrue(np.all(np.asarray(zs) > 0))
+        self.assertNotAllClose(zs[0], zs[1])
+        self.assertNotAllClose(zs[1], zs[2])
+
     @parameterized.parameters(
         dict(epochs=None, dkd_warmup=2),  # 2 of the published 240 epochs
         # The published 20 of 240 in a run of 24 epochs: 2 epochs.

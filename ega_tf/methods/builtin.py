@@ -318,15 +318,17 @@ class CRD(Method):
     unlabeled ones included; an anchor labeled -1 from every example but
     itself. K is at most N - 1. The draws depend on the seed, the step and
     the row's place in the global batch, so they are the same on any number
-    of replicas."""
+    of replicas. The normalisation constant Z is fixed at the first step,
+    as published, while the banks are still random;
+    ``crd_z_per_step=1`` (a deviation) estimates it again at every step."""
     name = "crd"
     terms = {"crd": None}
     defaults = {**_CE_PLUS_METHOD, "beta": 0.8, "crd_dim": 128,
                 "crd_negatives": 16384, "crd_temperature": 0.07,
-                "crd_momentum": 0.5}
-    integer_fields = ("crd_dim", "crd_negatives")
+                "crd_momentum": 0.5, "crd_z_per_step": 0}
+    integer_fields = ("crd_dim", "crd_negatives", "crd_z_per_step")
     limits = {"crd_dim": AT_LEAST_ONE, "crd_negatives": AT_LEAST_ONE,
-              "crd_temperature": POSITIVE,
+              "crd_temperature": POSITIVE, "crd_z_per_step": Range(0.0, 1.0),
               "crd_momentum": Range(0.0, 1.0, high_open=True)}
     source = ("RepDistiller's CRD (-b 0.8; 128-d, 16384 negatives, T 0.07,"
               " momentum 0.5)")
@@ -431,15 +433,17 @@ class CRD(Method):
         for j, (anchor, bank) in enumerate(((v_s, self.bank_t),
                                             (v_t, self.bank_s))):
             pos, negs = tf.gather(bank.value, idx), tf.gather(bank.value, neg)
-            # Z, fixed at the first step: N times the mean of exp(v.m / T)
-            # over the global batch's positives and negatives.
+            # Z: N times the mean of exp(v.m / T) over the global batch's
+            # positives and negatives, at the first step (as published) or
+            # at every step (crd_z_per_step).
             scores = ops.exp(ops.concatenate(
                 [ops.sum(anchor * pos, -1, keepdims=True),
                  ops.einsum("bd,bkd->bk", anchor, negs)], -1) / T)
             scores = ops.stop_gradient(scores) * b.valid[:, None]
             count = replicas.sum(ops.sum(b.valid) * float(self.k + 1))
             mean = replicas.sum(ops.sum(scores)) / count
-            z.append(tf.where(self.z.value[j] > 0, self.z.value[j], mean * n))
+            z.append(mean * n if self.w["crd_z_per_step"] else
+                     tf.where(self.z.value[j] > 0, self.z.value[j], mean * n))
             per = per + losses.crd_per_anchor(anchor, pos, negs, z[j], n, T)
         return self.weighted({"crd": self.per_example(per, b.valid)},
                              state=(v_s, v_t, tf.stack(z)))
