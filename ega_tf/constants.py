@@ -11,6 +11,12 @@ recipe does for both views.
 # DKD's warm-up) keep their place as fractions of a run of other length.
 PUBLISHED_EPOCHS = 240
 
+# A student whose pooled features on the test set are exactly zero in at
+# least this share has collapsed (its last ReLUs dead for nearly every
+# image). Measured on digits (README, "Notes and deviations"): healthy runs
+# stay far below, collapsed ones far above.
+COLLAPSED_SHARE = 0.5
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SWAV_STD = (0.228, 0.224, 0.225)  # SwAV's own evaluation transform

@@ -32,9 +32,16 @@ from ega_tf.constants import CLIP_MEAN, CLIP_STD
 from ega_tf.layers import ReverseChannels, torch_dense
 
 
+# Logged every step and evaluation beside the loss terms (not part of the
+# loss): training.py reads them to say when a student has collapsed.
+DIAGNOSTICS = ("zero_features", "xs_norm")
+
+
 def build_student(backbone, num_classes, embed_dim=256, mean=CLIP_MEAN,
                   std=CLIP_STD, name="student", bgr=False):
-    """The deployable student: uint8 [N, H, W, 3] -> (x_s, logits).
+    """The deployable student: uint8 [N, H, W, 3] -> {"embedding": x_s,
+    "logits", "features": the backbone's pooled features} (serving reads
+    the logits; training watches the features for dead units).
 
     Normalisation is inside, so the exported model accepts plain images:
     ``(pixel / 255 - mean) / std`` per channel (``bgr``: in BGR order), what
@@ -53,8 +60,8 @@ def build_student(backbone, num_classes, embed_dim=256, mean=CLIP_MEAN,
     emb = torch_dense(embed_dim, width, name="embed", dtype="float32")(pooled)
     logits = torch_dense(num_classes, embed_dim, name="classifier",
                          dtype="float32")(emb)
-    return keras.Model(inputs, {"embedding": emb, "logits": logits},
-                       name=name)
+    return keras.Model(inputs, {"embedding": emb, "logits": logits,
+                                "features": pooled}, name=name)
 
 
 class Distiller(keras.Model):
@@ -117,8 +124,14 @@ class Distiller(keras.Model):
                 dtype="float32")
             self.teacher_embed.build((None, width))
             self.teacher_classifier.build((None, embed_dim))
+        # Diagnostics beside the terms, when the student gives its pooled
+        # features (build_student's do): the share of them exactly zero
+        # (dead ReLUs: a collapsed student) and the mean norm of x_s.
+        outputs = getattr(student, "output", None)
+        self.diagnostics = (DIAGNOSTICS if isinstance(outputs, dict) and
+                            "features" in outputs else ())
         self._trackers = {n: keras.metrics.Mean(name=n)
-                          for n in self.loss_names()}
+                          for n in (*self.loss_names(), *self.diagnostics)}
         self._accuracy = {
             "top1": keras.metrics.SparseCategoricalAccuracy(name="top1")}
         if num_classes >= 5:
@@ -244,6 +257,17 @@ class Distiller(keras.Model):
         terms, share = {}, {}
         terms["ce"], share["ce"] = replicas.mean(
             self._ce(labels, s_logits), labeled)
+        if self.diagnostics:
+            features = ops.cast(out["features"], "float32")
+            terms["zero_features"], _ = replicas.mean(ops.mean(ops.cast(
+                ops.equal(features, 0.0), "float32"), -1), valid)
+            # Scaled by the row's largest entry first, so a norm past the
+            # float32 range's square root does not overflow.
+            emb = ops.cast(out["embedding"], "float32")
+            big = ops.maximum(ops.max(ops.abs(emb), -1, keepdims=True),
+                              1e-30)
+            terms["xs_norm"], _ = replicas.mean(ops.squeeze(big, -1) * ops.sqrt(
+                ops.sum(ops.square(emb / big), -1)), valid)
         total = self.gamma * terms["ce"]
         student = self.gamma * share["ce"]
         t_logits, batch, state = None, None, None

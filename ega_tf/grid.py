@@ -30,6 +30,7 @@ from absl import logging
 
 from ega_tf import analysis, methods, students
 from ega_tf import workdir as wd
+from ega_tf.constants import COLLAPSED_SHARE
 from ega_tf.errors import ConfigError, UserError
 from ega_tf.io_utils import atomic_output
 
@@ -37,7 +38,7 @@ GRID = "grid.json"
 RESULTS_CSV = "results.csv"
 SUMMARY = "summary.md"
 COLUMNS = ("method", "student", "labeled_fraction", "seed", "status",
-           "epochs", "test_top1_best", "test_top1_last", "train_top1_last",
+           "collapsed", "epochs", "test_top1_best", "test_top1_last", "train_top1_last",
            "overfit_gap", "teacher_head_top1_last", "test_silhouette",
            "wall_time_s", "workdir")
 # The methods every other is compared with in summary.md: cross-entropy
@@ -191,7 +192,10 @@ def run(base, cells, workdir, verbose=0, log=print, after_cell=None):
                 results = training.run(cell_configs[cell], path, verbose)
             status[cell] = "finished"
             text = (f"test top-1 last {results['test_top1_last']:.2f}, best "
-                    f"{results['test_top1_best']:.2f}")
+                    f"{results['test_top1_best']:.2f}"
+                    + (" (COLLAPSED since epoch "
+                       f"{results['collapsed_since_epoch']})"
+                       if results.get("collapsed") else ""))
         except training.DivergedError as e:
             status[cell] = "diverged"
             text = f"DIVERGED ({e})"
@@ -250,6 +254,7 @@ def collect(cells, workdir) -> List[Dict]:
             "method": cell.label, "student": cell.student_label,
             "labeled_fraction": cell.labeled_fraction, "seed": cell.seed,
             "status": state, "epochs": len(history),
+            "collapsed": bool(results.get("collapsed", False)),
             "test_top1_best": results.get("test_top1_best"),
             "test_top1_last": test_last,
             "train_top1_last": train_top1,
@@ -317,7 +322,9 @@ def summarise(rows, method_order):
         gap = _mean_std([r["overfit_gap"] for r in fine])
         out.append({"student": key[0], "labeled_fraction": key[1],
                     "method": key[2], "runs": len(fine),
-                    "diverged": len(g) - len(fine), "best": best,
+                    "diverged": len(g) - len(fine),
+                    "collapsed": sum(bool(r.get("collapsed")) for r in fine),
+                    "best": best,
                     "last": last, "gap": gap,
                     "wall_time_s": _mean_std([r["wall_time_s"]
                                               for r in fine])[0],
@@ -360,8 +367,10 @@ def summary_markdown(summary, header):
         for s in summary:
             if (s["student"], s["labeled_fraction"]) != (student, fraction):
                 continue
-            runs = str(s["runs"]) + (f" ({s['diverged']} diverged)"
-                                     if s["diverged"] else "")
+            notes = [f"{s[k]} {k}" for k in ("diverged", "collapsed")
+                     if s[k]]
+            runs = str(s["runs"]) + (f" ({', '.join(notes)})" if notes
+                                     else "")
             lines.append(
                 f"| {s['method']} | {runs} | {_pm(*s['best'])} | "
                 f"{_pm(*s['last'])} | {_signed(s['vs_none'])} | "
@@ -379,7 +388,12 @@ def summary_markdown(summary, header):
         "top-1. train − test: the final epoch's training top-1 (the running "
         "accuracy over the epoch's augmented labeled images, as the training "
         "loop logs it) minus its test top-1, the paper's measure of "
-        "overfitting. Silhouette: of the test-set embeddings x_s by class, "
+        "overfitting. Collapsed: finished runs whose student ended with at "
+        f"least {100 * COLLAPSED_SHARE:.0f} % of its pooled features exactly "
+        "zero on the test set "
+        "(dead ReLUs; counted in the means, which they pull down: their "
+        "accuracy is the collapse's, not the method's). Diverged: runs "
+        "stopped at a non-finite loss, left out of the means. Silhouette: of the test-set embeddings x_s by class, "
         "cosine distance, on a fixed class-balanced choice of up to "
         f"{analysis.PROBE_POINTS} test images, mean ± standard deviation over "
         "seeds (embeddings.png draws the first seed's). Wall time: per run.",

@@ -31,6 +31,7 @@ from absl import logging
 
 from ega_tf import distribute, runtime
 from ega_tf import workdir as wd
+from ega_tf.constants import COLLAPSED_SHARE
 from ega_tf.errors import RunStopped, UserError, first_line
 
 # Reported first when several terms stop being finite at once.
@@ -323,7 +324,10 @@ def _step_function(model, strategy, step_fn, jit):
 
 def _first_non_finite(logs):
     """The first term of ``logs`` that is not finite: the cross-entropies,
-    then the method's terms, the total last; None if all are."""
+    then the method's terms, the total last; None if all are. The
+    diagnostics (zero_features, xs_norm) are not terms: they follow."""
+    from ega_tf.distiller import DIAGNOSTICS
+    logs = {k: v for k, v in logs.items() if k not in DIAGNOSTICS}
     order = sorted(logs, key=lambda k: (k == "loss", k not in FIRST_TERMS))
     return next((k for k in order if not math.isfinite(logs[k])), None)
 
@@ -472,6 +476,32 @@ def _run(config, workdir, verbose, strategy, on_step):
         run.close()
 
 
+def collapse(history):
+    """(collapsed, epoch, share): whether the last epoch's student has
+    collapsed (``val_zero_features`` >= COLLAPSED_SHARE), since which epoch
+    (1-based) without recovering, and the last share; share None when the
+    run does not log it."""
+    since, share = None, None
+    for row in history:
+        share = row.get("val_zero_features")
+        if share is None:
+            return False, None, None
+        if share >= COLLAPSED_SHARE:
+            since = since or row["epoch"] + 1
+        else:
+            since = None
+    return since is not None, since, share
+
+
+def _collapse_warning(epoch, share):
+    logging.warning(
+        "The student has collapsed at epoch %d: %.0f%% of its pooled "
+        "features are exactly zero on the test set (dead ReLUs; at least "
+        "%.0f%% counts as collapsed). Its accuracy is not the method's: "
+        "try a smaller method weight (--config.loss.beta) or learning rate.",
+        epoch, 100 * share, 100 * COLLAPSED_SHARE)
+
+
 def _reported(results, workdir):
     """A finished (or diverged) run, reported as it stands."""
     if results.get("status") == "diverged":
@@ -501,6 +531,10 @@ def _loop(run):
         run.workdir, wd.LOGS, s)) for s in ("train", "validation")} if chief
         else {})
     schedule = model.optimizer.learning_rate
+
+    def last_lr():  # the rate of the last step taken
+        return (float(schedule(model.optimizer.iterations - 1))
+                if callable(schedule) else float(schedule))
     for epoch in range(start_epoch, config.epochs):
         skip = run.start_step if epoch == start_epoch else 0
         if not skip:  # a resumed epoch keeps its restored running metrics
@@ -512,9 +546,7 @@ def _loop(run):
             logs = {k: float(v) for k, v in train_step(iterator).items()}
             bad = _first_non_finite(logs)
             if bad:
-                lr = float(schedule(model.optimizer.iterations - 1)) if \
-                    callable(schedule) else float(schedule)
-                raise DivergedError(bad, logs[bad], epoch, step, lr)
+                raise DivergedError(bad, logs[bad], epoch, step, last_lr())
             progress.update(step, logs)
             done = epoch * steps + step + 1
             if every and done % every == 0 and step + 1 < steps:
@@ -532,11 +564,15 @@ def _loop(run):
         bad = _first_non_finite({k[4:]: v for k, v in val.items()})
         if bad:
             raise DivergedError(f"val_{bad}", val[f"val_{bad}"], epoch,
-                                steps - 1, float("nan"))
+                                steps - 1, last_lr())
         row = {"epoch": epoch, **logs, **val,
                "epoch_seconds": time.time() - progress.begin,
                "train_seconds": train_seconds}
+        was_collapsed = collapse(history)[0]
         history.append(row)
+        collapsed, _, share = collapse(history)
+        if collapsed and not was_collapsed:
+            _collapse_warning(epoch + 1, share)
         progress.end(epoch, {**logs, **val})
         if chief:
             # The row goes in before the checkpoint: a crash between the
@@ -554,7 +590,11 @@ def _loop(run):
 
 def _results(config, model, history):
     last = history[-1] if history else {}
+    collapsed, since, share = collapse(history)
     return {
+        "collapsed": collapsed,
+        "collapsed_since_epoch": since,
+        "test_zero_features_last": share,
         "status": "finished",
         "dataset": config.dataset, "student": config.student,
         "distill": config.distill, "teacher": config.teacher or None,

@@ -278,6 +278,7 @@ class SummaryTest(TestCase):
                              "teacher_silhouette": 0.5})
         rows.append({**rows[-1], "seed": 3, "status": "diverged",
                      "test_top1_last": 1.0})
+        rows[3]["collapsed"] = True  # ega, seed 0: counted, and flagged
         summary = grid.summarise(rows, ["none", "ega"])
         none, ega = summary
         self.assertAllClose(none["last"], (72.0, 2.0))
@@ -287,7 +288,8 @@ class SummaryTest(TestCase):
         self.assertAllClose((ega["vs_none"], none["vs_ega"]), (10.0, -10.0))
         self.assertAllClose(ega["gap"][0], 18.0)
         text = grid.summary_markdown(summary, "# t")
-        self.assertIn("| ega | 3 (1 diverged) | 83.00 ± 2.65 | 82.00 ± 2.65 "
+        self.assertIn("| ega | 3 (1 diverged, 1 collapsed) | 83.00 ± 2.65 | "
+                      "82.00 ± 2.65 "
                       "| +10.00 | +0.00 | 18.00 ± 2.65 | 0.082 ± 0.003 | "
                       "10 s |", text)
         self.assertIn("The frozen teacher's features: silhouette 0.500.",

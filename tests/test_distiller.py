@@ -43,8 +43,12 @@ def expected_terms(model, x, y):
     z_t = model.teacher_classifier(x_t).numpy()
     ega, node, edge = np_ega(x_t, out["embedding"].numpy())
     ce = np_ce(out["logits"].numpy(), y)
+    features = out["features"].numpy()
     return {"loss": ce + ega, "ce": ce, "node": node, "edge": edge,
-            "teacher_ce": np_ce(z_t, y)}
+            "teacher_ce": np_ce(z_t, y),
+            "zero_features": float(np.mean(features == 0)),
+            "xs_norm": float(np.linalg.norm(out["embedding"].numpy(),
+                                            axis=1).mean())}
 
 
 class DistillerTest(TestCase):
@@ -58,6 +62,21 @@ class DistillerTest(TestCase):
         want = expected_terms(model, x, y)
         self.assertTermsClose(model.train_on_batch(x, y, return_dict=True),
                               want)
+
+    def test_dead_features_are_counted(self):
+        """zero_features is the share of pooled features exactly 0: with
+        the last block's BatchNorm shifted far below zero, every ReLU is
+        dead."""
+        model = make(teacher=False)
+        x, y = batch()
+        self.assertLess(model.test_on_batch(x["student"], y,
+                                            return_dict=True)[
+                                                "zero_features"], 0.5)
+        last_bn = [l for l in model.student.layers[-3]._flatten_layers()
+                   if isinstance(l, keras.layers.BatchNormalization)][-1]
+        last_bn.beta.assign(last_bn.beta - 1e4)
+        got = model.test_on_batch(x["student"], y, return_dict=True)
+        self.assertEqual(got["zero_features"], 1.0)
 
     def test_all_unlabeled_batch_trains_on_ega_only(self):
         model = make()
@@ -125,7 +144,8 @@ class DistillerTest(TestCase):
         x, y = batch()
         out = model.student(x["student"], training=True)
         got = model.train_on_batch(x, y, return_dict=True)
-        self.assertEqual(set(got), {"loss", "ce", "top1", "top5"})
+        self.assertEqual(set(got), {"loss", "ce", "top1", "top5",
+                                    "zero_features", "xs_norm"})
         self.assertTermsClose(got, {"loss": np_ce(out["logits"].numpy(), y)})
 
     def test_checkpoint_items_name_the_whole_trainable_state(self):

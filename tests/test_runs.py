@@ -302,3 +302,60 @@ class ProcessesTest(TestCase):
              f"--workdir={tmp}/k"]))
         self.assertEqual(
             history_rows(tmp / "whole"), history_rows(tmp / "k"))
+
+
+_DEAD = '''
+import keras
+
+
+def dead(input_shape):
+    """A student whose pooled features are all exactly zero."""
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(8, 3)(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.ReLU(max_value=0.0)(x))
+'''
+
+
+class CollapseTest(TestCase):
+
+    def test_history_says_since_when_and_whether_it_recovered(self):
+        def rows(*shares):
+            return [{"epoch": i, "val_zero_features": s}
+                    for i, s in enumerate(shares)]
+        self.assertEqual(training.collapse(rows(0.0, 0.1)),
+                         (False, None, 0.1))
+        self.assertEqual(training.collapse(rows(0.1, 0.6, 0.9)),
+                         (True, 2, 0.9))
+        self.assertEqual(training.collapse(rows(0.6, 0.1, 0.5)),
+                         (True, 3, 0.5))  # threshold included; recovered once
+        self.assertEqual(training.collapse(rows(0.9, 0.2)),
+                         (False, None, 0.2))
+        self.assertEqual(training.collapse([{"epoch": 0}]),
+                         (False, None, None))  # a run that does not log it
+
+    def test_a_dead_student_says_so_in_one_line_and_in_its_results(self):
+        import sys
+        tmp = self.tmp_path()
+        (tmp / "dead_student.py").write_text(_DEAD)
+        sys.path.insert(0, str(tmp))
+        self.addCleanup(sys.path.remove, str(tmp))
+        c = config_lib.default_config()
+        c.dataset, c.student, c.distill = ("digits", "dead_student:dead",
+                                           "none")
+        c.epochs, c.export = 2, False
+        with self.assertLogs("absl", "WARNING") as logs:
+            results = training.run(config_lib.resolve(c), str(tmp / "w"),
+                                   verbose=0)
+        warnings = [m for m in logs.output if "collapsed" in m]
+        self.assertLen(warnings, 1)  # once, not every epoch
+        self.assertIn("collapsed at epoch 1: 100% of its pooled features "
+                      "are exactly zero", warnings[0])
+        self.assertEqual((results["collapsed"],
+                          results["collapsed_since_epoch"],
+                          results["test_zero_features_last"]), (True, 1, 1.0))
+        saved = json.loads((tmp / "w" / "results.json").read_text())
+        self.assertEqual(saved["collapsed"], True)
+        self.assertEqual([r["val_zero_features"]
+                          for r in history_rows(tmp / "w")], [1.0, 1.0])
