@@ -81,22 +81,30 @@ def silhouette(embedding, labels):
                                   metric="cosine"))
 
 
-def embeddings_of(model, images, batch_size=256):
+def embeddings_of(model, images, batch_size=64):
     """(student x_s, teacher head x_t, frozen teacher features) of
-    ``images`` in inference mode; the teacher's two are None without a
-    teacher."""
-    def array(t):  # float32 also under a bfloat16 policy
-        return np.asarray(t).astype(np.float32)
-    xs, xt, ft = [], [], []
+    ``images`` in inference mode, float32; the teacher's two are None
+    without a teacher. Run as one traced function: called eagerly, a
+    ResNet-50-sized teacher at 224 px held 23 GB for a batch of 256 (3.6
+    GB traced, and 5x faster)."""
+    import tensorflow as tf
+    teacher = model.teacher
+
+    @tf.function(reduce_retracing=True)
+    def forward(x):
+        out = {"x_s": model.student(x, training=False)["embedding"]}
+        if teacher is not None:
+            out["features"] = teacher(x, training=False)
+            out["x_t"] = model.teacher_embed(out["features"])
+        return out
+
+    parts = {}
     for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size]
-        xs.append(array(model.student(x, training=False)["embedding"]))
-        if model.teacher is not None:
-            f = model.teacher(x, training=False)
-            ft.append(array(f))
-            xt.append(array(model.teacher_embed(f)))
-    join = (lambda parts: np.concatenate(parts) if parts else None)
-    return join(xs), join(xt), join(ft)
+        for k, v in forward(images[i:i + batch_size]).items():
+            # float32 also under a bfloat16 policy
+            parts.setdefault(k, []).append(np.asarray(v).astype(np.float32))
+    join = {k: np.concatenate(v) for k, v in parts.items()}
+    return join["x_s"], join.get("x_t"), join.get("features")
 
 
 def probe(model, test):

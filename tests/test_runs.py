@@ -230,8 +230,8 @@ class ProcessesTest(TestCase):
                       r.stdout)
         written = sorted(p.name for p in (tmp / "mw").iterdir())
         self.assertEqual(written, ["checkpoints", "config.json",
-                                   "history.csv", "logs", "results.json",
-                                   "saved_model"])
+                                   "history.csv", "logs", "probe.npz",
+                                   "results.json", "saved_model"])
         self.assertSucceeded(self.run_cli(
             "train", *args, f"--workdir={tmp}/mirrored",
             "--config.distribute.strategy=mirrored",
