@@ -298,6 +298,31 @@ def _mean_std(values):
     return float(np.mean(values)), std
 
 
+def _interval(values):
+    """(mean, half-width of its 95 % Student-t interval) of the finite
+    ``values``; the half-width is None below two values."""
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return None, None
+    mean = float(np.mean(values))
+    if len(values) < 2:
+        return mean, None
+    from scipy import stats
+    half = (stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1)
+            / math.sqrt(len(values)))
+    return mean, float(half)
+
+
+def _range(mean, half, signed=False):
+    """"[lo, hi]" of an interval, "–" without one; a difference's interval
+    that excludes 0 is marked *."""
+    if mean is None or half is None:
+        return "–"
+    f = "+.2f" if signed else ".2f"
+    text = f"[{mean - half:{f}}, {mean + half:{f}}]"
+    return text + ("*" if signed and abs(mean) > half else "")
+
+
 def _pm(mean, std, digits=2):
     if mean is None:
         return "–"
@@ -322,6 +347,10 @@ def summarise(rows, method_order):
         gap = _mean_std([r["overfit_gap"] for r in fine])
         out.append({"student": key[0], "labeled_fraction": key[1],
                     "method": key[2], "runs": len(fine),
+                    "last_by_seed": {r["seed"]: r["test_top1_last"]
+                                     for r in fine},
+                    "last_ci": _interval([r["test_top1_last"]
+                                          for r in fine])[1],
                     "diverged": len(g) - len(fine),
                     "collapsed": sum(bool(r.get("collapsed")) for r in fine),
                     "best": best,
@@ -335,9 +364,15 @@ def summarise(rows, method_order):
             other = next((o for o in out if (o["student"],
                           o["labeled_fraction"], o["method"]) ==
                           (s["student"], s["labeled_fraction"], ref)), None)
-            s[f"vs_{ref}"] = (s["last"][0] - other["last"][0]
-                              if other and other["last"][0] is not None
-                              and s["last"][0] is not None else None)
+            # Paired by seed: the same seed gives both runs the same data
+            # order, views and labeled subset.
+            mine, theirs = s["last_by_seed"], (other or {}).get(
+                "last_by_seed", {})
+            diffs = [mine[k] - theirs[k] for k in sorted(mine)
+                     if k in theirs and mine[k] is not None
+                     and theirs[k] is not None]
+            s[f"vs_{ref}"], s[f"vs_{ref}_ci"] = _interval(diffs)
+            s[f"vs_{ref}_pairs"] = len(diffs)
     out = _Summary(out)
     # The frozen teacher's features are the same in every run of a setting.
     out.teacher_silhouettes = {}
@@ -361,9 +396,9 @@ def summary_markdown(summary, header):
     for student, fraction in settings:
         lines += [f"## {student}, labeled fraction {fraction:g}", "",
                   "| method | runs | test top-1 best | test top-1 last | "
-                  "Δ last vs none | Δ last vs ega | train − test (last) | "
-                  "embedding silhouette | wall time |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "95 % CI (last) | Δ last vs none | Δ last vs ega | "
+                  "train − test (last) | embedding silhouette | wall time |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for s in summary:
             if (s["student"], s["labeled_fraction"]) != (student, fraction):
                 continue
@@ -373,8 +408,9 @@ def summary_markdown(summary, header):
                                      else "")
             lines.append(
                 f"| {s['method']} | {runs} | {_pm(*s['best'])} | "
-                f"{_pm(*s['last'])} | {_signed(s['vs_none'])} | "
-                f"{_signed(s['vs_ega'])} | {_pm(*s['gap'])} | "
+                f"{_pm(*s['last'])} | {_range(s['last'][0], s['last_ci'])} | "
+                f"{_difference(s, 'none')} | {_difference(s, 'ega')} | "
+                f"{_pm(*s['gap'])} | "
                 + _pm(*s["silhouette"], digits=3)
                 + f" | {_duration(s['wall_time_s']) if s['wall_time_s'] else '–'} |")
         teacher = (silhouettes_of(summary) or {}).get((student, fraction))
@@ -384,8 +420,12 @@ def summary_markdown(summary, header):
         lines.append("")
     lines += [
         "Test top-1 in %, mean ± standard deviation over seeds (best: the "
-        "best epoch; last: the final epoch). Δ: difference of the mean last "
-        "top-1. train − test: the final epoch's training top-1 (the running "
+        "best epoch; last: the final epoch), and the 95 % Student-t "
+        "interval of the mean last top-1. Δ: the mean over seeds of the "
+        "difference in last top-1 to the reference run of the same seed "
+        "(paired: the same seed gives both the same data order, views and "
+        "labeled subset), with its 95 % t interval; * where that interval "
+        "excludes 0, the methods then differ at that level. train − test: the final epoch's training top-1 (the running "
         "accuracy over the epoch's augmented labeled images, as the training "
         "loop logs it) minus its test top-1, the paper's measure of "
         "overfitting. Collapsed: finished runs whose student ended with at "
@@ -409,6 +449,17 @@ def silhouettes_of(summary):
 
 def _signed(v):
     return "–" if v is None else f"{v:+.2f}"
+
+
+def _difference(s, ref):
+    """Δ to ``ref``: the mean paired difference and its interval."""
+    mean, half = s[f"vs_{ref}"], s[f"vs_{ref}_ci"]
+    if mean is None:
+        return "–"
+    if s["method"] == ref:
+        return _signed(mean)
+    return _signed(mean) + ("" if half is None else
+                            " " + _range(mean, half, signed=True))
 
 
 def write_tables(rows, workdir, header, method_order):

@@ -88,8 +88,8 @@ class CompareGridTest(TestCase):
         self.assertEqual([line.split("|")[1].strip() for line in table],
                          self.METHODS.split(","))
         none_row = table[0].split("|")
-        self.assertEqual(none_row[5].strip(), "+0.00")  # none vs none
-        silhouettes = [float(line.split("|")[8]) for line in table]
+        self.assertEqual(none_row[6].strip(), "+0.00")  # none vs none
+        silhouettes = [float(line.split("|")[9]) for line in table]
         self.assertTrue(all(-1 <= s <= 1 for s in silhouettes))
         self.assertIn("The frozen teacher's features: silhouette", summary)
         import matplotlib.image
@@ -143,7 +143,7 @@ class CompareGridTest(TestCase):
         ega = self.workdir / "ega_resnet8_lf0.1_s0"
         probe = analysis.read_probe(ega)
         expected = analysis.silhouette(probe["x_s"], probe["labels"])
-        self.assertEqual(table[0].split("|")[8].strip(), f"{expected:.3f}")
+        self.assertEqual(table[0].split("|")[9].strip(), f"{expected:.3f}")
         results = json.loads((ega / "results.json").read_text())
         self.assertAllClose(results["test_silhouette"], expected, rtol=1e-6)
 
@@ -287,13 +287,40 @@ class SummaryTest(TestCase):
         self.assertEqual((ega["runs"], ega["diverged"]), (3, 1))
         self.assertAllClose((ega["vs_none"], none["vs_ega"]), (10.0, -10.0))
         self.assertAllClose(ega["gap"][0], 18.0)
+        # 95 % intervals: t(0.975, 2 degrees of freedom) = 4.3026527...
+        t2 = 4.302652729911275
+        self.assertAllClose(ega["last_ci"],
+                            t2 * np.std([80, 81, 85], ddof=1) / np.sqrt(3))
+        # Paired by seed: differences 10, 9, 11 (seed 3 diverged, unpaired).
+        self.assertEqual(ega["vs_none_pairs"], 3)
+        self.assertAllClose(ega["vs_none_ci"], t2 * 1.0 / np.sqrt(3))
         text = grid.summary_markdown(summary, "# t")
         self.assertIn("| ega | 3 (1 diverged, 1 collapsed) | 83.00 ± 2.65 | "
-                      "82.00 ± 2.65 "
-                      "| +10.00 | +0.00 | 18.00 ± 2.65 | 0.082 ± 0.003 | "
-                      "10 s |", text)
+                      "82.00 ± 2.65 | [75.43, 88.57] "
+                      "| +10.00 [+7.52, +12.48]* | +0.00 | 18.00 ± 2.65 | "
+                      "0.082 ± 0.003 | 10 s |", text)
+        self.assertIn("| none | 3 | 73.00 ± 2.00 | 72.00 ± 2.00 | "
+                      "[67.03, 76.97] | +0.00 | -10.00 [-12.48, -7.52]* |",
+                      text)
         self.assertIn("The frozen teacher's features: silhouette 0.500.",
                       text)
+
+    def test_a_paired_difference_within_noise_is_not_marked(self):
+        rows = [{"student": "s", "labeled_fraction": 1.0, "method": m,
+                 "seed": seed, "status": "finished", "test_top1_best": v,
+                 "test_top1_last": v, "overfit_gap": 0.0,
+                 "wall_time_s": 1.0, "test_silhouette": None}
+                for m, values in (("none", [70.0, 75.0, 72.0]),
+                                  ("ega", [71.0, 73.0, 74.0]))
+                for seed, v in enumerate(values)]
+        none, ega = grid.summarise(rows, ["none", "ega"])
+        # Differences +1, -2, +2: mean 1/3, interval wide across 0.
+        self.assertAllClose(ega["vs_none"], 1 / 3)
+        text = grid.summary_markdown(grid.summarise(rows, ["none", "ega"]),
+                                     "# t")
+        line = next(x for x in text.splitlines() if x.startswith("| ega |"))
+        self.assertIn("+0.33 [", line)
+        self.assertNotIn("*", line)
 
     def test_silhouette_against_its_definition(self):
         rng = np.random.default_rng(0)
