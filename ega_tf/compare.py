@@ -149,6 +149,7 @@ def main(argv, flag_values):
     if flag_values.pictures:
         pictures.draw(rows, workdir, labels, flag_values.embedding_points,
                       log)
+    grid.write_hparams(rows, {c.name: configs[c] for c in cells}, workdir)
     grid.write_tables(rows, workdir, header(next(iter(configs.values())),
                                             cells,
                                             cli.command_line(flag_values)),

@@ -35,6 +35,8 @@ from ega_tf.errors import ConfigError, UserError
 from ega_tf.io_utils import atomic_output
 
 GRID = "grid.json"
+# TensorBoard's HParams dashboard: one run per cell (tensorboard --logdir).
+HPARAMS = "hparams"
 RESULTS_CSV = "results.csv"
 SUMMARY = "summary.md"
 COLUMNS = ("method", "student", "labeled_fraction", "seed", "status",
@@ -268,6 +270,35 @@ def collect(cells, workdir) -> List[Dict]:
             "distill": cell.method, "workdir": cell.name,
             "_history": history})
     return rows
+
+
+def write_hparams(rows, configs_by_name, workdir):
+    """One TensorBoard run per finished cell under ``workdir/hparams/``:
+    its method, student, labeled fraction, seed and method weights as
+    hyperparameters, its test top-1 (last and best), training top-1 and
+    silhouette as metrics, for the HParams dashboard. Rewritten whole each
+    time (atomically): a rerun of the grid gives the same files."""
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import api as hp
+    metrics = ("test_top1_last", "test_top1_best", "train_top1_last",
+               "test_silhouette")
+    with atomic_output(os.path.join(workdir, HPARAMS)) as tmp:
+        for row in rows:
+            if row["status"] != "finished":
+                continue
+            config = configs_by_name[row["workdir"]]
+            params = {"method": row["method"], "student": row["student"],
+                      "labeled_fraction": float(row["labeled_fraction"]),
+                      "seed": int(row["seed"])}
+            params.update({f"loss.{k}": float(v) for k, v in
+                           sorted(config.loss.items()) if v is not None})
+            with tf.summary.create_file_writer(
+                    os.path.join(tmp, row["workdir"])).as_default():
+                hp.hparams(params, trial_id=row["workdir"])
+                for name in metrics:
+                    if row.get(name) is not None:
+                        tf.summary.scalar(name, row[name], step=row["epochs"])
+    logging.info("Wrote %s/ for TensorBoard's HParams dashboard.", HPARAMS)
 
 
 def write_results_csv(rows, path):

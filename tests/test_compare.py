@@ -115,7 +115,8 @@ class CompareGridTest(TestCase):
         del results["test_silhouette"], results["teacher_silhouette"]
         (old / "results.json").write_text(json.dumps(results))
         for name in os.listdir(copy):
-            if (copy / name).is_dir() and copy / name != old:
+            if ((copy / name).is_dir() and copy / name != old
+                    and name != grid.HPARAMS):
                 self.assertTrue((copy / name / analysis.PROBE).exists())
                 shutil.rmtree(copy / name / "checkpoints")
         for name in (pictures.EMBEDDINGS, pictures.GRAPHS, grid.SUMMARY):
@@ -146,6 +147,37 @@ class CompareGridTest(TestCase):
         self.assertEqual(table[0].split("|")[9].strip(), f"{expected:.3f}")
         results = json.loads((ega / "results.json").read_text())
         self.assertAllClose(results["test_silhouette"], expected, rtol=1e-6)
+
+    def test_every_cell_on_tensorboards_hparams_dashboard(self):
+        import glob
+
+        import tensorflow as tf
+        from tensorboard.plugins.hparams import plugin_data_pb2
+        cell = "ega_resnet8_lf0.1_s0"
+        results = json.loads((self.workdir / cell / "results.json")
+                             .read_text())
+        events, = glob.glob(str(self.workdir / grid.HPARAMS / cell /
+                                "events*"))
+        params, scalars = {}, {}
+        for event in tf.compat.v1.train.summary_iterator(events):
+            for v in event.summary.value:
+                plugin = v.metadata.plugin_data
+                if plugin.plugin_name == "hparams":
+                    info = plugin_data_pb2.HParamsPluginData.FromString(
+                        plugin.content).session_start_info
+                    params = {k: x.string_value or x.number_value
+                              for k, x in info.hparams.items()}
+                else:
+                    scalars[v.tag] = (event.step,
+                                      float(tf.make_ndarray(v.tensor)))
+        self.assertEqual((params["method"], params["student"],
+                          params["loss.node_weight"],
+                          params["loss.edge_weight"]),
+                         ("ega", "resnet8", 0.8, 0.24))
+        self.assertAllClose(scalars["test_top1_last"],
+                            (1, results["test_top1_last"]), rtol=1e-6)
+        self.assertEqual(len(os.listdir(self.workdir / grid.HPARAMS)),
+                         len(self.METHODS.split(",")))
 
     def test_rerun_keeps_every_finished_cell(self):
         before = (self.workdir / grid.RESULTS_CSV).read_bytes()
