@@ -11,6 +11,11 @@ recipe does for both views.
 # DKD's warm-up) keep their place as fractions of a run of other length.
 PUBLISHED_EPOCHS = 240
 
+# Logged every step and evaluation beside the loss terms (not part of the
+# loss, never a reason to stop): the share of the student's pooled features
+# exactly zero, and the mean norm of its embedding x_s.
+DIAGNOSTICS = ("zero_features", "xs_norm")
+
 # A student whose pooled features on the test set are exactly zero in at
 # least this share has collapsed (its last ReLUs dead for nearly every
 # image). Measured on digits (README, "Notes and deviations"): healthy runs

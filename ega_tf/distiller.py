@@ -28,13 +28,8 @@ import tensorflow as tf
 from keras import layers, ops
 
 from ega_tf import losses, replicas
-from ega_tf.constants import CLIP_MEAN, CLIP_STD
+from ega_tf.constants import CLIP_MEAN, CLIP_STD, DIAGNOSTICS
 from ega_tf.layers import ReverseChannels, torch_dense
-
-
-# Logged every step and evaluation beside the loss terms (not part of the
-# loss): training.py reads them to say when a student has collapsed.
-DIAGNOSTICS = ("zero_features", "xs_norm")
 
 
 def build_student(backbone, num_classes, embed_dim=256, mean=CLIP_MEAN,

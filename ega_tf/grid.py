@@ -332,16 +332,12 @@ def _mean_std(values):
 def _interval(values):
     """(mean, half-width of its 95 % Student-t interval) of the finite
     ``values``; the half-width is None below two values."""
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    if not values:
-        return None, None
-    mean = float(np.mean(values))
-    if len(values) < 2:
+    mean, std = _mean_std(values)
+    if std is None:
         return mean, None
     from scipy import stats
-    half = (stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1)
-            / math.sqrt(len(values)))
-    return mean, float(half)
+    n = sum(v is not None and math.isfinite(v) for v in values)
+    return mean, float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
 
 
 def _range(mean, half, signed=False):

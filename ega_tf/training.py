@@ -31,7 +31,7 @@ from absl import logging
 
 from ega_tf import distribute, runtime
 from ega_tf import workdir as wd
-from ega_tf.constants import COLLAPSED_SHARE
+from ega_tf.constants import COLLAPSED_SHARE, DIAGNOSTICS
 from ega_tf.errors import RunStopped, UserError, first_line
 
 # Reported first when several terms stop being finite at once.
@@ -326,7 +326,6 @@ def _first_non_finite(logs):
     """The first term of ``logs`` that is not finite: the cross-entropies,
     then the method's terms, the total last; None if all are. The
     diagnostics (zero_features, xs_norm) are not terms: they follow."""
-    from ega_tf.distiller import DIAGNOSTICS
     logs = {k: v for k, v in logs.items() if k not in DIAGNOSTICS}
     order = sorted(logs, key=lambda k: (k == "loss", k not in FIRST_TERMS))
     return next((k for k in order if not math.isfinite(logs[k])), None)
@@ -401,8 +400,7 @@ class _Run:
                        if uses_teacher(config) else None)
             self.model = build_model(config, dataset, teacher,
                                      strategy.num_replicas_in_sync)
-        if self.chief:
-            os.makedirs(self.workdir, exist_ok=True)
+        os.makedirs(self.workdir, exist_ok=True)
         train_features, test_features = teacher_features(
             config, teacher, dataset, self.workdir, self.chief, self.verbose)
         self.train = pipeline.TrainStream(
@@ -418,7 +416,6 @@ class _Run:
             self.ckpt = Checkpointer(self.model, self.scratch or own_dir,
                                      read_from=own_dir)
         self.start_epoch, self.start_step = self.ckpt.restore()
-        os.makedirs(self.workdir, exist_ok=True)
         self.history = [r for r in wd.read_history(self.history_path)
                         if r["epoch"] < self.start_epoch]
         if self.chief:
