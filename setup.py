@@ -27,6 +27,8 @@ setup(
         "ml-collections>=1.0",
         "scikit-learn",
         "numpy",
+        # compare --tune: the samplers that propose each trial's weights.
+        "optuna>=4.5,<5",
     ],
     extras_require={
         # torch==2.13.0 is pinned: an unpinned torch pulls the CUDA build.

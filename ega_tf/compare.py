@@ -10,9 +10,12 @@ Every cell is an ordinary ``ega_tf.train`` workdir (<workdir>/<method>_
 cells and resumes an interrupted one. The grid's workdir receives
 results.csv (one row per run), summary.md (mean ± std over seeds, the
 differences to none and ega, train - test top-1), curves.png,
-embeddings.png and graphs.png. Any config field applies to every cell
-(--config.epochs=...); --config.loss.FIELD applies to the methods that
-read FIELD.
+embeddings.png and graphs.png. Each cell holds out a validation split
+(VAL_FRACTION of each class's labeled training images, unless
+--config.data.val_fraction says otherwise); summary.md reports the test
+top-1 of the epoch chosen on it beside the last epoch's. Any config
+field applies to every cell (--config.epochs=...); --config.loss.FIELD
+applies to the methods that read FIELD.
 """
 
 from __future__ import annotations
@@ -32,6 +35,13 @@ AXES = {
     "labeled_fraction": ("labeled_fraction", "Fraction(s) of the training "
                          "labels kept; the rest become -1."),
 }
+
+
+# The validation split of every cell unless --config.data.val_fraction is
+# given (0 turns it off): a tenth of each class's labeled training images,
+# held out with the cell's seed, so summary.md can report the test top-1 of
+# the epoch chosen on them and --tune can search on them.
+VAL_FRACTION = 0.1
 
 
 def _shortcuts():
@@ -62,6 +72,14 @@ def define_flags(flag_values):
                "runs/compare_<dataset>).", flag_values)
     cli.define("integer", "verbose", 0, "0: one line per run; 2: also one "
                "line per epoch.", flag_values)
+    cli.define("integer", "tune", 0, "Trials per method searching its "
+               "main weights (and, with --tune_lr, the learning rate) on "
+               "the validation split before the grid trains; 0: the "
+               "published weights (README, 'Tuning').", flag_values)
+    cli.define("integer", "tune_epochs", None, "Epochs of each trial "
+               "(default: the config's epochs).", flag_values)
+    cli.define("bool", "tune_lr", False, "Also search the learning rate "
+               "(over lr/10 .. 3 lr).", flag_values)
     cli.define("bool", "pictures", True, "Draw curves.png, embeddings.png "
                "and graphs.png (needs matplotlib).", flag_values)
     cli.define("integer", "embedding_points", analysis.PROBE_POINTS,
@@ -101,7 +119,10 @@ def header(config, cells, args):
         f"Teacher `{config.teacher}`; {config.epochs} "
         f"epoch{'s' if config.epochs != 1 else ''}, batch "
         f"{config.batch_size}; methods {', '.join(axes['methods'])}; seeds "
-        f"{', '.join(map(str, axes['seeds']))}.", "",
+        f"{', '.join(map(str, axes['seeds']))}; "
+        + (f"validation: {config.data.val_fraction:g} of each class's "
+           "labeled training images, held out." if config.data.val_fraction
+           else "no validation split."), "",
         "Made by:", "", "```",
         "python -m ega_tf.compare " + " ".join(shlex.quote(a)
                                                for a in args),
@@ -109,11 +130,15 @@ def header(config, cells, args):
 
 
 def main(argv, flag_values):
-    from ega_tf import grid, methods, pictures
+    from ega_tf import grid, methods, pictures, tuning
     if len(argv) > 1:
         raise UserError(f"Unexpected argument(s) {' '.join(argv[1:])}: "
                         "every setting is a --flag (see --help).")
     base = cli.config_from_flags(flag_values, _shortcuts())
+    from ml_collections import config_flags
+    if "data.val_fraction" not in config_flags.get_override_values(
+            flag_values["config"]) and not base.data.val_fraction:
+        base.data.val_fraction = VAL_FRACTION
     method_names = _axis(flag_values, "methods", base, str)
     unknown = [m for m in method_names if not methods.is_file_spec(m)
                and m not in methods.METHODS]
@@ -136,13 +161,25 @@ def main(argv, flag_values):
     workdir = flag_values.workdir or os.path.join(
         "runs", f"compare_{base.dataset.replace(':', '_').replace('/', '_')}")
     configs = grid.configs(base, cells)
+    tune = {"trials": flag_values.tune, "epochs": flag_values.tune_epochs,
+            "lr": flag_values.tune_lr}
+    tuning.check(base, tune["trials"], tune["epochs"])
+    grid.claim(base, workdir, tune if tune["trials"] else None)
     print(f"Comparing {len(method_names)} method(s) in {len(cells)} runs "
           f"in {workdir}.", flush=True)
 
     def log(text):
         print(text, flush=True)
 
-    grid.run(base, cells, workdir, flag_values.verbose, log)
+    chosen = {}
+    if tune["trials"]:
+        by_setting = tuning.search(
+            base, cells, workdir, tune["trials"], epochs=tune["epochs"],
+            tune_lr=tune["lr"], verbose=flag_values.verbose, log=log)
+        chosen = {(s.method, s.student, s.labeled_fraction): v
+                  for s, v in by_setting.items() if v}
+        configs = grid.configs(base, cells, chosen)
+    grid.run(base, cells, workdir, flag_values.verbose, log, chosen=chosen)
     rows = grid.collect(cells, workdir)
     # Tables and figures name a method from a file by its class's name.
     labels = list(dict.fromkeys(methods.name_of(m) for m in method_names))
@@ -150,17 +187,20 @@ def main(argv, flag_values):
         pictures.draw(rows, workdir, labels, flag_values.embedding_points,
                       log)
     grid.write_hparams(rows, {c.name: configs[c] for c in cells}, workdir)
-    grid.write_tables(rows, workdir, header(next(iter(configs.values())),
-                                            cells,
-                                            cli.command_line(flag_values)),
-                      labels)
+    text = header(next(iter(configs.values())), cells,
+                  cli.command_line(flag_values))
+    if tune["trials"]:
+        text += "\n" + tuning.markdown(by_setting, tune["trials"],
+                                       tune["epochs"])
+    grid.write_tables(rows, workdir, text, labels)
     with open(os.path.join(workdir, grid.SUMMARY)) as f:
         print(f.read())
-    print("Wrote " + ", ".join(os.path.join(workdir, n) for n in (
-        grid.RESULTS_CSV, grid.SUMMARY) + ((pictures.CURVES,
-                                            pictures.EMBEDDINGS,
-                                            pictures.GRAPHS)
-                                           if flag_values.pictures else ())))
+    written = [grid.RESULTS_CSV, grid.SUMMARY]
+    if tune["trials"]:
+        written += [tuning.TUNING_CSV, tuning.TUNED]
+    if flag_values.pictures:
+        written += [pictures.CURVES, pictures.EMBEDDINGS, pictures.GRAPHS]
+    print("Wrote " + ", ".join(os.path.join(workdir, n) for n in written))
 
 
 def help_extra(flag_values):

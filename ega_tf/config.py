@@ -37,6 +37,12 @@ def default_config(arg=None):
     c.data.image_size = config_dict.placeholder(int)
     # folder: files that cannot be decoded: skip (one warning) | error.
     c.data.on_bad_image = "skip"
+    # Validation: this stratified fraction of the training split's labeled
+    # images (drawn with the run's seed, labels kept) is held out and
+    # evaluated every epoch beside the test set, for choosing an epoch or
+    # tuning without the test set. 0: none, the published recipe (compare
+    # defaults to 0.1: ega_tf/compare.py).
+    c.data.val_fraction = 0.0
 
     # The two networks.
     # A zoo name (resnet8x4, ...), keras.applications.NAME,
@@ -186,6 +192,9 @@ def _problems(config):
     need(config.data.image_size is None or config.data.image_size >= 8,
          f"data.image_size must be at least 8; got {config.data.image_size}.")
     check(folder.check_on_bad_image, config.data.on_bad_image)
+    need(0.0 <= config.data.val_fraction < 1.0,
+         f"data.val_fraction must be in [0, 1); got "
+         f"{config.data.val_fraction}.")
     check(students.parse, config.student)
     for field in ("mean", "std"):
         value = config.student_input[field]

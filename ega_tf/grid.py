@@ -39,10 +39,14 @@ GRID = "grid.json"
 HPARAMS = "hparams"
 RESULTS_CSV = "results.csv"
 SUMMARY = "summary.md"
+# test_top1_best is the best epoch's test top-1 (chosen on the test set,
+# as papers report it): in results.csv for comparison with them, not in
+# summary.md's headline.
 COLUMNS = ("method", "student", "labeled_fraction", "seed", "status",
-           "collapsed", "epochs", "test_top1_best", "test_top1_last", "train_top1_last",
-           "overfit_gap", "teacher_head_top1_last", "test_silhouette",
-           "wall_time_s", "workdir")
+           "collapsed", "epochs", "test_top1_last", "test_top1_at_best_val",
+           "val_best_epoch", "val_top1_best", "test_top1_best",
+           "train_top1_last", "overfit_gap", "teacher_head_top1_last",
+           "test_silhouette", "wall_time_s", "workdir")
 # The methods every other is compared with in summary.md: cross-entropy
 # alone and the paper's.
 REFERENCES = ("none", "ega")
@@ -110,13 +114,29 @@ def cell_config(base, cell):
     return config_lib.resolve(c)
 
 
-def configs(base, cells):
+def with_values(config, values):
+    """``config`` with ``values`` ({"loss.FIELD" | "optim.lr": value}, as
+    ``compare --tune`` chose them) set, resolved again (every field
+    checked)."""
+    from ega_tf import config as config_lib
+    c = config.copy_and_resolve_references()
+    for name, value in values.items():
+        section, field = name.split(".")
+        c[section][field] = float(value)
+    return config_lib.resolve(c)
+
+
+def configs(base, cells, chosen=None):
     """Every cell's resolved config, checked before anything runs; one
-    ConfigError lists the problems of all cells."""
+    ConfigError lists the problems of all cells. ``chosen``: {(method,
+    student, labeled fraction): values} from ``compare --tune``, set in
+    the cells of that setting."""
     out, problems = {}, []
     for cell in cells:
+        values = (chosen or {}).get((cell.method, cell.student,
+                                     cell.labeled_fraction), {})
         try:
-            out[cell] = cell_config(base, cell)
+            out[cell] = with_values(cell_config(base, cell), values)
         except UserError as e:
             problems.append(f"{cell.describe()}: {e}")
     if problems:
@@ -124,11 +144,12 @@ def configs(base, cells):
     return out
 
 
-def claim(base, workdir):
-    """Records the grid's shared config in ``workdir``; refuses a workdir
-    that holds a grid of other settings (its axes may be extended)."""
+def claim(base, workdir, tuning=None):
+    """Records the grid's shared config (and ``tuning``, compare's --tune
+    settings) in ``workdir``; refuses a workdir that holds a grid of other
+    settings (its axes may be extended)."""
     path = os.path.join(workdir, GRID)
-    mine = _shared(base)
+    mine = {**_shared(base), "tune": tuning or {"trials": 0}}
     if os.path.exists(path):
         differ = wd.differing_fields(wd.read_json(path)["config"], mine)
         if differ:
@@ -158,14 +179,15 @@ def cell_state(workdir):
         else "new"
 
 
-def run(base, cells, workdir, verbose=0, log=print, after_cell=None):
+def run(base, cells, workdir, verbose=0, log=print, after_cell=None,
+        chosen=None):
     """Trains every cell that has not finished, in order, printing one line
-    per cell with the time left; returns {cell: status}."""
+    per cell with the time left; returns {cell: status}. ``chosen``: the
+    values ``compare --tune`` chose (see ``configs``)."""
     import keras
 
     from ega_tf import training
-    cell_configs = configs(base, cells)
-    claim(base, workdir)
+    cell_configs = configs(base, cells, chosen)
     todo = [c for c in cells if cell_state(os.path.join(workdir, c.name))
             not in ("finished", "diverged")]
     if len(todo) < len(cells):
@@ -190,11 +212,13 @@ def run(base, cells, workdir, verbose=0, log=print, after_cell=None):
             + ("resuming" if state == "partial" else "training") + "...")
         begin = time.time()
         try:
-            with _quiet(verbose == 0):
+            with quiet(verbose == 0):
                 results = training.run(cell_configs[cell], path, verbose)
             status[cell] = "finished"
-            text = (f"test top-1 last {results['test_top1_last']:.2f}, best "
-                    f"{results['test_top1_best']:.2f}"
+            chosen = results.get("test_top1_at_best_val")
+            text = (f"test top-1 last {results['test_top1_last']:.2f}"
+                    + (f", at best val {chosen:.2f}" if chosen is not None
+                       else "")
                     + (" (COLLAPSED since epoch "
                        f"{results['collapsed_since_epoch']})"
                        if results.get("collapsed") else ""))
@@ -203,10 +227,10 @@ def run(base, cells, workdir, verbose=0, log=print, after_cell=None):
             text = f"DIVERGED ({e})"
         spent.append(time.time() - begin)
         left = len(todo) - len(spent)
-        eta = (f"; about {_duration(np.mean(spent) * left)} left for {left}"
+        eta = (f"; about {duration(np.mean(spent) * left)} left for {left}"
                f" cell{'s' if left != 1 else ''}" if left else "")
         log(f"{number} {cell.describe()}: {text} in "
-            f"{_duration(spent[-1])}{eta}")
+            f"{duration(spent[-1])}{eta}")
         # Keras's global state only: a forced garbage collection here took
         # 0.3 s a cell (Python's own collector frees the cell's graphs).
         keras.backend.clear_session(free_memory=False)
@@ -216,7 +240,7 @@ def run(base, cells, workdir, verbose=0, log=print, after_cell=None):
 
 
 @contextlib.contextmanager
-def _quiet(quiet):
+def quiet(quiet):
     """Only warnings from a cell's training when ``quiet``: the grid's own
     line per cell says what happened."""
     from absl import logging
@@ -229,7 +253,7 @@ def _quiet(quiet):
         logging.set_verbosity(before)
 
 
-def _duration(seconds):
+def duration(seconds):
     seconds = int(round(seconds))
     if seconds < 60:
         return f"{seconds} s"
@@ -259,6 +283,9 @@ def collect(cells, workdir) -> List[Dict]:
             "collapsed": bool(results.get("collapsed", False)),
             "test_top1_best": results.get("test_top1_best"),
             "test_top1_last": test_last,
+            "test_top1_at_best_val": results.get("test_top1_at_best_val"),
+            "val_top1_best": results.get("val_top1_best"),
+            "val_best_epoch": results.get("val_best_epoch"),
             "train_top1_last": train_top1,
             "overfit_gap": (train_top1 - test_last
                             if train_top1 is not None and test_last is not
@@ -280,8 +307,8 @@ def write_hparams(rows, configs_by_name, workdir):
     time (atomically): a rerun of the grid gives the same files."""
     import tensorflow as tf
     from tensorboard.plugins.hparams import api as hp
-    metrics = ("test_top1_last", "test_top1_best", "train_top1_last",
-               "test_silhouette")
+    metrics = ("test_top1_last", "test_top1_at_best_val", "val_top1_best",
+               "test_top1_best", "train_top1_last", "test_silhouette")
     with atomic_output(os.path.join(workdir, HPARAMS)) as tmp:
         for row in rows:
             if row["status"] != "finished":
@@ -369,7 +396,7 @@ def summarise(rows, method_order):
                                              method_order.index(k[2]))):
         g = groups[key]
         fine = [r for r in g if r["status"] == "finished"]
-        best = _mean_std([r["test_top1_best"] for r in fine])
+        at_val = _mean_std([r["test_top1_at_best_val"] for r in fine])
         last = _mean_std([r["test_top1_last"] for r in fine])
         gap = _mean_std([r["overfit_gap"] for r in fine])
         out.append({"student": key[0], "labeled_fraction": key[1],
@@ -380,7 +407,7 @@ def summarise(rows, method_order):
                                           for r in fine])[1],
                     "diverged": len(g) - len(fine),
                     "collapsed": sum(bool(r.get("collapsed")) for r in fine),
-                    "best": best,
+                    "at_best_val": at_val,
                     "last": last, "gap": gap,
                     "wall_time_s": _mean_std([r["wall_time_s"]
                                               for r in fine])[0],
@@ -422,9 +449,10 @@ def summary_markdown(summary, header):
                              for s in summary)
     for student, fraction in settings:
         lines += [f"## {student}, labeled fraction {fraction:g}", "",
-                  "| method | runs | test top-1 best | test top-1 last | "
-                  "95 % CI (last) | Δ last vs none | Δ last vs ega | "
-                  "train − test (last) | embedding silhouette | wall time |",
+                  "| method | runs | test top-1 last | 95 % CI (last) | "
+                  "test top-1 at best val | Δ last vs none | Δ last vs ega "
+                  "| train − test (last) | embedding silhouette | wall time "
+                  "|",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for s in summary:
             if (s["student"], s["labeled_fraction"]) != (student, fraction):
@@ -434,21 +462,26 @@ def summary_markdown(summary, header):
             runs = str(s["runs"]) + (f" ({', '.join(notes)})" if notes
                                      else "")
             lines.append(
-                f"| {s['method']} | {runs} | {_pm(*s['best'])} | "
-                f"{_pm(*s['last'])} | {_range(s['last'][0], s['last_ci'])} | "
+                f"| {s['method']} | {runs} | {_pm(*s['last'])} | "
+                f"{_range(s['last'][0], s['last_ci'])} | "
+                f"{_pm(*s['at_best_val'])} | "
                 f"{_difference(s, 'none')} | {_difference(s, 'ega')} | "
                 f"{_pm(*s['gap'])} | "
                 + _pm(*s["silhouette"], digits=3)
-                + f" | {_duration(s['wall_time_s']) if s['wall_time_s'] else '–'} |")
+                + f" | {duration(s['wall_time_s']) if s['wall_time_s'] else '–'} |")
         teacher = (silhouettes_of(summary) or {}).get((student, fraction))
         if teacher is not None:
             lines += ["", f"The frozen teacher's features: silhouette "
                       f"{teacher:.3f}."]
         lines.append("")
     lines += [
-        "Test top-1 in %, mean ± standard deviation over seeds (best: the "
-        "best epoch; last: the final epoch), and the 95 % Student-t "
-        "interval of the mean last top-1. Δ: the mean over seeds of the "
+        "Test top-1 in %, mean ± standard deviation over seeds (last: the "
+        "final epoch; at best val: the epoch with the best top-1 on the "
+        "validation images held out of the training split, – without "
+        "them), and the 95 % Student-t interval of the mean last top-1. "
+        "No number here is chosen on the test set (results.csv's "
+        "test_top1_best, the best epoch's test top-1 as papers report it, "
+        "is). Δ: the mean over seeds of the "
         "difference in last top-1 to the reference run of the same seed "
         "(paired: the same seed gives both the same data order, views and "
         "labeled subset), with its 95 % t interval; * where that interval "

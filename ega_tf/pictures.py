@@ -28,8 +28,8 @@ from ega_tf.io_utils import atomic_output
 CURVES = "curves.png"
 EMBEDDINGS = "embeddings.png"
 GRAPHS = "graphs.png"
-PANELS = (("top1", "train top-1 (%)"), ("val_top1", "test top-1 (%)"),
-          ("ce", "train cross-entropy"), ("val_ce", "test cross-entropy"))
+PANELS = (("top1", "train top-1 (%)"), ("test_top1", "test top-1 (%)"),
+          ("ce", "train cross-entropy"), ("test_ce", "test cross-entropy"))
 
 
 def check_matplotlib():

@@ -80,8 +80,11 @@ def main(argv, flag_values):
     verbose = flag_values.verbose or (1 if sys.stdout.isatty() else 2)
     results = training.run(config, workdir, verbose)
     print(json.dumps(results, indent=2))
-    print(f"test top-1: best {results['test_top1_best']:.2f}, last "
-          f"{results['test_top1_last']:.2f}; student at "
+    chosen = results.get("test_top1_at_best_val")
+    print(f"test top-1: last {results['test_top1_last']:.2f}"
+          + (f", at the best validation epoch ({results['val_best_epoch']}) "
+             f"{chosen:.2f}" if chosen is not None else "")
+          + f", best {results['test_top1_best']:.2f}; student at "
           f"{results.get('saved_model', '(not exported)')}")
 
 

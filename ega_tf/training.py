@@ -117,12 +117,20 @@ def choose_jit(setting, teacher=None, image_size=(32, 32), replicas=1,
 
 
 def load_dataset(config):
-    """The dataset of ``config``, with its training labels masked."""
+    """The dataset of ``config``: its validation split held out of the
+    training split (``data.val_fraction``), then the rest's labels
+    masked."""
     from ega_tf import data
+    options = dict(config.data)
+    val_fraction = options.pop("val_fraction", 0.0)
     dataset = data.load(config.dataset, data_dir=config.data_dir,
                         download=config.download,
-                        unlabeled_split=config.unlabeled_split,
-                        **config.data)
+                        unlabeled_split=config.unlabeled_split, **options)
+    if val_fraction:
+        train, val = data.hold_out(dataset.train.labels, val_fraction,
+                                   config.seed)
+        dataset.val = dataset.train.subset(val)
+        dataset.train = dataset.train.subset(train)
     dataset.train = dataset.train.with_labels(data.mask_labels(
         dataset.train.labels, config.labeled_fraction, config.seed))
     logging.info("%s", dataset.describe())
@@ -148,20 +156,24 @@ def load_teacher(config, image_size=None):
 
 
 def teacher_features(config, teacher, dataset, workdir, chief, verbose):
-    """The clean view's teacher features of both splits, computed once
-    (``teacher_cache``), or (None, None) when the teacher runs each step."""
+    """{"train" | "val" | "test": the clean view's teacher features of that
+    split}, computed once (``teacher_cache``); empty when the teacher runs
+    each step."""
     if (teacher is None or config.teacher_view != "clean"
             or config.teacher_cache == "none"):
-        return None, None
+        return {}
     from ega_tf.teachers import checkpoint_io, feature_cache
     sha = checkpoint_io.sha256(config.teacher) + config.teacher_precision
-    out = []
-    for split, name in ((dataset.train, "train"), (dataset.test, "test")):
-        path = (os.path.join(workdir, f"teacher_features_{name}.npz")
+    out = {}
+    for name, split in (("train", dataset.train), ("val", dataset.val),
+                        ("test", dataset.test)):
+        if split is None:
+            continue
+        path = (os.path.join(workdir, wd.features_file(name))
                 if chief else None)
-        out.append(feature_cache.load_or_compute(
-            path, teacher, sha, split, f"{name} images", verbose))
-    return tuple(out)
+        out[name] = feature_cache.load_or_compute(
+            path, teacher, sha, split, f"{name} images", verbose)
+    return out
 
 
 def uses_teacher(config):
@@ -356,7 +368,7 @@ class _Progress:
                   f"{time.time() - self.begin:.0f}s - {text}", flush=True)
         elif self.verbose == 1:
             print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()
-                             if k.startswith("val_")), flush=True)
+                             if k.startswith(("val_", "test_"))), flush=True)
 
 
 def run(config, workdir, verbose=2, strategy=None, on_step=None):
@@ -401,16 +413,22 @@ class _Run:
             self.model = build_model(config, dataset, teacher,
                                      strategy.num_replicas_in_sync)
         os.makedirs(self.workdir, exist_ok=True)
-        train_features, test_features = teacher_features(
+        features = teacher_features(
             config, teacher, dataset, self.workdir, self.chief, self.verbose)
         self.train = pipeline.TrainStream(
             dataset.train, config.batch_size, seed=config.seed,
             padding=config.padding, teacher_view=config.teacher_view,
-            deterministic=config.deterministic, features=train_features,
+            deterministic=config.deterministic,
+            features=features.get("train"),
             index=self.model.method.uses_index, **config.input)
-        self.test = pipeline.EvalStream(dataset.test, config.eval_batch_size,
-                                        features=test_features,
+        # Evaluated every epoch, in this order: history's val_* and test_*.
+        self.evaluated = {
+            prefix: pipeline.EvalStream(split, config.eval_batch_size,
+                                        features=features.get(name),
                                         **config.input)
+            for prefix, name, split in (("val", "val", dataset.val),
+                                        ("test", "test", dataset.test))
+            if split is not None}
         own_dir = os.path.join(self.workdir, wd.CHECKPOINTS)
         with strategy.scope():
             self.ckpt = Checkpointer(self.model, self.scratch or own_dir,
@@ -428,7 +446,8 @@ class _Run:
         test embeddings (``analysis``) and the exported student, on the
         chief; results.json written last."""
         from ega_tf import analysis, serving
-        results = _results(self.config, self.model, self.history)
+        results = _results(self.config, self.model, self.history,
+                           self.dataset)
         if not self.chief:
             return results
         results.update(analysis.write_probe(self.model, self.dataset.test,
@@ -444,7 +463,8 @@ class _Run:
     def record_divergence(self, e):
         if self.chief:
             wd.write_json(os.path.join(self.workdir, wd.RESULTS), {
-                **_results(self.config, self.model, self.history),
+                **_results(self.config, self.model, self.history,
+                           self.dataset),
                 "status": "diverged",
                 "diverged": {"term": e.term, "value": str(e.value),
                              "epoch": e.epoch + 1, "step": e.step + 1,
@@ -475,12 +495,12 @@ def _run(config, workdir, verbose, strategy, on_step):
 
 def collapse(history):
     """(collapsed, epoch, share): whether the last epoch's student has
-    collapsed (``val_zero_features`` >= COLLAPSED_SHARE), since which epoch
+    collapsed (``test_zero_features`` >= COLLAPSED_SHARE), since which epoch
     (1-based) without recovering, and the last share; share None when the
     run does not log it."""
     since, share = None, None
     for row in history:
-        share = row.get("val_zero_features")
+        share = row.get("test_zero_features")
         if share is None:
             return False, None, None
         if share >= COLLAPSED_SHARE:
@@ -516,7 +536,7 @@ def _loop(run):
     history."""
     import tensorflow as tf
     config, model, strategy = run.config, run.model, run.strategy
-    train, test, ckpt, history = run.train, run.test, run.ckpt, run.history
+    train, ckpt, history = run.train, run.ckpt, run.history
     chief, on_step, start_epoch = run.chief, run.on_step, run.start_epoch
     jit = bool(model.step_jit_compile)
     train_step = _step_function(model, strategy, model.train_step, jit)
@@ -524,9 +544,12 @@ def _loop(run):
     steps = train.steps_per_epoch
     every = config.checkpoint_every_steps or 0
     progress = _Progress(run.verbose, config.epochs, steps)
-    writers = ({s: tf.summary.create_file_writer(os.path.join(
-        run.workdir, wd.LOGS, s)) for s in ("train", "validation")} if chief
-        else {})
+    # TensorBoard runs: train, validation (held-out training images) and
+    # test.
+    boards = {"train": "train", "val": "validation", "test": "test"}
+    writers = ({prefix: tf.summary.create_file_writer(os.path.join(
+        run.workdir, wd.LOGS, boards[prefix]))
+        for prefix in ("train", *run.evaluated)} if chief else {})
     schedule = model.optimizer.learning_rate
 
     def last_lr():  # the rate of the last step taken
@@ -551,17 +574,16 @@ def _loop(run):
             if on_step is not None:
                 on_step(epoch, step, logs)
         train_seconds = time.time() - progress.begin
-        model.reset_metrics()
-        eval_iterator = iter(test.distributed(strategy))
-        val = {}
-        for _ in range(test.steps):
-            val = eval_step(eval_iterator)
-        val = {f"val_{k}": float(v) for k, v in val.items()
-               if k not in model.train_only_names()}
-        bad = _first_non_finite({k[4:]: v for k, v in val.items()})
-        if bad:
-            raise DivergedError(f"val_{bad}", val[f"val_{bad}"], epoch,
-                                steps - 1, last_lr())
+        evaluated = {}
+        for prefix, stream in run.evaluated.items():
+            values = _evaluate(model, strategy, eval_step, stream)
+            bad = _first_non_finite(values)
+            if bad:
+                raise DivergedError(f"{prefix}_{bad}", values[bad], epoch,
+                                    steps - 1, last_lr())
+            evaluated[prefix] = values
+        val = {f"{prefix}_{k}": v for prefix, values in evaluated.items()
+               for k, v in values.items()}
         row = {"epoch": epoch, **logs, **val,
                "epoch_seconds": time.time() - progress.begin,
                "train_seconds": train_seconds}
@@ -576,18 +598,41 @@ def _loop(run):
             # two resumes from the previous checkpoint, and the history is
             # trimmed to it.
             wd.write_history(run.history_path, history)
-            for split, values in (("train", logs), ("validation", val)):
-                with writers[split].as_default(step=epoch + 1):
+            for prefix, values in (("train", logs), *evaluated.items()):
+                with writers[prefix].as_default(step=epoch + 1):
                     for k, v in values.items():
-                        tf.summary.scalar(k.replace("val_", ""), v)
+                        tf.summary.scalar(k, v)
         if (epoch + 1) % config.checkpoint_every == 0 or \
                 epoch + 1 == config.epochs:
             ckpt.save(epoch + 1, 0, (epoch + 1) * steps)
 
 
-def _results(config, model, history):
+def _evaluate(model, strategy, eval_step, stream):
+    """The model's metrics over one evaluation stream (train-only terms
+    left out), as floats."""
+    model.reset_metrics()
+    iterator = iter(stream.distributed(strategy))
+    values = {}
+    for _ in range(stream.steps):
+        values = eval_step(iterator)
+    return {k: float(v) for k, v in values.items()
+            if k not in model.train_only_names()}
+
+
+def best_val_epoch(history):
+    """The 0-based index of the epoch with the best validation top-1 (the
+    first, on a tie, as Keras's ModelCheckpoint keeps it), or None without
+    a validation split."""
+    scores = [r.get("val_top1") for r in history]
+    if not scores or any(s is None for s in scores):
+        return None
+    return int(max(range(len(scores)), key=lambda i: (scores[i], -i)))
+
+
+def _results(config, model, history, dataset):
     last = history[-1] if history else {}
     collapsed, since, share = collapse(history)
+    best = best_val_epoch(history)
     return {
         "collapsed": collapsed,
         "collapsed_since_epoch": since,
@@ -597,13 +642,24 @@ def _results(config, model, history):
         "distill": config.distill, "teacher": config.teacher or None,
         "seed": config.seed, "labeled_fraction": config.labeled_fraction,
         "epochs": len(history),
-        "test_top1_best": (100 * max(r["val_top1"] for r in history)
+        "test_top1_last": 100 * last["test_top1"] if history else None,
+        # The best epoch's test top-1, as RepDistiller and most papers
+        # report it: chosen on the test set, so for comparison with papers
+        # only; the validation columns choose without it.
+        "test_top1_best": (100 * max(r["test_top1"] for r in history)
                            if history else None),
-        "test_top1_last": 100 * last["val_top1"] if history else None,
-        "test_top5_last": (100 * last["val_top5"] if "val_top5" in last
+        "val_examples": len(dataset.val) if dataset.val is not None else 0,
+        "val_top1_last": (100 * last["val_top1"] if "val_top1" in last
+                          else None),
+        "val_top1_best": (100 * history[best]["val_top1"]
+                          if best is not None else None),
+        "val_best_epoch": best + 1 if best is not None else None,
+        "test_top1_at_best_val": (100 * history[best]["test_top1"]
+                                  if best is not None else None),
+        "test_top5_last": (100 * last["test_top5"] if "test_top5" in last
                            else None),
-        "teacher_head_top1_last": (100 * last["val_teacher_top1"]
-                                   if "val_teacher_top1" in last else None),
+        "teacher_head_top1_last": (100 * last["test_teacher_top1"]
+                                   if "test_teacher_top1" in last else None),
         "student_params": int(model.student.count_params()),
         # Summed over the epochs, across resumes.
         "wall_time_s": round(sum(r.get("epoch_seconds", 0)

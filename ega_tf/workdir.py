@@ -33,7 +33,16 @@ LOGS = "logs"
 SAVED_MODEL = "saved_model"
 # Test embeddings kept for ega_tf.compare (ega_tf/analysis.py).
 PROBE = "probe.npz"
-FEATURES = ("teacher_features_train.npz", "teacher_features_test.npz")
+FEATURE_SPLITS = ("train", "val", "test")
+
+
+def features_file(split):
+    """The teacher-feature cache of one split (ega_tf/teachers/
+    feature_cache.py)."""
+    return f"teacher_features_{split}.npz"
+
+
+FEATURES = tuple(features_file(s) for s in FEATURE_SPLITS)
 RUN_FILES = (CONFIG, HISTORY, RESULTS, CHECKPOINTS, LOGS, SAVED_MODEL,
              PROBE, *FEATURES)
 
@@ -55,10 +64,18 @@ def _flatten(tree, prefix=""):
     return out
 
 
+# Fields added after runs were written without them, with the value that
+# computes what those runs computed: an older config.json without the field
+# means this value.
+ADDED_FIELDS = {"data.val_fraction": 0.0,
+                # A comparison's grid.json: no --tune.
+                "tune.trials": 0}
+
+
 def differing_fields(old, new):
     """[(field, old value, new value)] where two configs (dicts) differ in
     a field that changes the numbers."""
-    a, b = _flatten(old), _flatten(new)
+    a, b = ({**ADDED_FIELDS, **_flatten(c)} for c in (old, new))
     return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
             if k not in OPERATIONAL and a.get(k) != b.get(k)]
 
@@ -136,11 +153,18 @@ def start_over(workdir):
 
 
 def read_history(path):
+    """The rows of history.csv as dicts of floats. A history written
+    before runs had a validation split named its test-set columns val_*;
+    they are read as test_*, today's name."""
     if not os.path.exists(path):
         return []
     with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items()}
+        rows = [{k: float(v) for k, v in row.items()}
                 for row in csv.DictReader(f)]
+    if rows and "test_top1" not in rows[0] and "val_top1" in rows[0]:
+        rows = [{("test_" + k[4:] if k.startswith("val_") else k): v
+                 for k, v in row.items()} for row in rows]
+    return rows
 
 
 def write_history(path, rows):

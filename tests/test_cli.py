@@ -54,9 +54,9 @@ class EndToEndTest(TestCase):
         self.assertLen(rows, 2)
         self.assertEqual(res["epochs"], 2)
         self.assertAlmostEqual(res["test_top1_last"],
-                               100 * rows[-1]["val_top1"], places=4)
+                               100 * rows[-1]["test_top1"], places=4)
         self.assertAlmostEqual(res["test_top1_best"],
-                               100 * max(r["val_top1"] for r in rows),
+                               100 * max(r["test_top1"] for r in rows),
                                places=4)
         self.assertIsNotNone(res["teacher_head_top1_last"])
         cfg = json.loads((work / "config.json").read_text())
@@ -64,7 +64,7 @@ class EndToEndTest(TestCase):
                          (0.01, 0.5))
         self.assertTrue((work / "saved_model" / "saved_model.pb").exists())
         for name in ("ce", "node", "edge", "top1", "top5", "teacher_top1",
-                     "val_top1"):
+                     "test_top1"):
             self.assertIn(name, header)
         # The same command again: the run is complete; its results are
         # reported, not rewritten.

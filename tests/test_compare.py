@@ -92,6 +92,15 @@ class CompareGridTest(TestCase):
         silhouettes = [float(line.split("|")[9]) for line in table]
         self.assertTrue(all(-1 <= s <= 1 for s in silhouettes))
         self.assertIn("The frozen teacher's features: silhouette", summary)
+        # compare holds out a validation split by default (train does not).
+        self.assertIn("validation: 0.1 of each class's labeled training "
+                      "images, held out.", summary)
+        for row in self.rows():
+            cell = json.loads((self.workdir / row["workdir"] /
+                               "results.json").read_text())
+            self.assertEqual(cell["val_examples"], 136)  # round(0.1 n) per class
+            self.assertAlmostEqual(float(row["test_top1_at_best_val"]),
+                                   cell["test_top1_at_best_val"], places=3)
         import matplotlib.image
         for name, min_width in ((pictures.CURVES, 1200),
                                 (pictures.EMBEDDINGS, 1000),
@@ -190,10 +199,13 @@ class CompareGridTest(TestCase):
                          before)
 
     def test_a_cell_is_an_ordinary_train_workdir(self):
+        """compare's validation split (train's default is none) is the
+        one field the train command must add."""
         cell = self.workdir / "crd_resnet8_lf0.1_s0"
         r = self.run_cli("train", "--config=configs/digits.py",
                          f"--teacher={self.teacher}", "--distill=crd",
                          "--epochs=1", "--config.export=false",
+                         "--config.data.val_fraction=0.1",
                          f"--workdir={cell}")
         self.assertSucceeded(r)
         self.assertIn("holds a finished run of this config", r.stderr)
@@ -303,7 +315,8 @@ class SummaryTest(TestCase):
                 rows.append({"student": "s", "labeled_fraction": 0.1,
                              "method": method, "seed": seed,
                              "status": "finished",
-                             "test_top1_best": last + 1,
+                             "test_top1_best": last + 2,
+                             "test_top1_at_best_val": last + 1,
                              "test_top1_last": last,
                              "overfit_gap": 100 - last, "wall_time_s": 10.0,
                              "test_silhouette": last / 1000,
@@ -327,19 +340,21 @@ class SummaryTest(TestCase):
         self.assertEqual(ega["vs_none_pairs"], 3)
         self.assertAllClose(ega["vs_none_ci"], t2 * 1.0 / np.sqrt(3))
         text = grid.summary_markdown(summary, "# t")
-        self.assertIn("| ega | 3 (1 diverged, 1 collapsed) | 83.00 ± 2.65 | "
-                      "82.00 ± 2.65 | [75.43, 88.57] "
+        self.assertIn("| ega | 3 (1 diverged, 1 collapsed) | 82.00 ± 2.65 | "
+                      "[75.43, 88.57] | 83.00 ± 2.65 "
                       "| +10.00 [+7.52, +12.48]* | +0.00 | 18.00 ± 2.65 | "
                       "0.082 ± 0.003 | 10 s |", text)
-        self.assertIn("| none | 3 | 73.00 ± 2.00 | 72.00 ± 2.00 | "
-                      "[67.03, 76.97] | +0.00 | -10.00 [-12.48, -7.52]* |",
+        self.assertIn("| none | 3 | 72.00 ± 2.00 | [67.03, 76.97] | "
+                      "73.00 ± 2.00 | +0.00 | -10.00 [-12.48, -7.52]* |",
                       text)
+        self.assertNotIn("74.00", text)  # test_top1_best: not a headline
         self.assertIn("The frozen teacher's features: silhouette 0.500.",
                       text)
 
     def test_a_paired_difference_within_noise_is_not_marked(self):
         rows = [{"student": "s", "labeled_fraction": 1.0, "method": m,
-                 "seed": seed, "status": "finished", "test_top1_best": v,
+                 "seed": seed, "status": "finished",
+                 "test_top1_at_best_val": None,
                  "test_top1_last": v, "overfit_gap": 0.0,
                  "wall_time_s": 1.0, "test_silhouette": None}
                 for m, values in (("none", [70.0, 75.0, 72.0]),

@@ -5,6 +5,7 @@ real builder, image folders of PNG and JPEG files), each reaching
 training."""
 
 import json
+import os
 import shutil
 import zipfile
 
@@ -64,6 +65,85 @@ class DigitsAndMaskingTest(TestCase):
                                         data.mask_labels(labels, 0.1, 4)))
         with self.assertRaisesRegex(UserError, "labeled_fraction"):
             data.mask_labels(labels, 0.0)
+
+    def test_hold_out_is_stratified_seeded_and_leaves_unlabeled_in_train(
+            self):
+        labels = np.concatenate([np.repeat(np.arange(4), [10, 20, 30, 2]),
+                                 np.full(7, -1)])
+        train, val = data.hold_out(labels, 0.1, seed=3)
+        # Disjoint, covering, increasing.
+        np.testing.assert_array_equal(np.sort(np.concatenate([train, val])),
+                                      np.arange(len(labels)))
+        self.assertTrue(np.all(np.diff(train) > 0) and np.all(np.diff(val)
+                                                               > 0))
+        # round(0.1 n) per class, at least one, never the class's last.
+        self.assertEqual([(labels[val] == c).sum() for c in range(4)],
+                         [1, 2, 3, 1])
+        self.assertNotIn(-1, labels[val])
+        np.testing.assert_array_equal(val, data.hold_out(labels, 0.1, 3)[1])
+        self.assertFalse(np.array_equal(val, data.hold_out(labels, 0.1,
+                                                           4)[1]))
+        # Its own random stream: not the images mask_labels keeps.
+        self.assertFalse(np.array_equal(
+            np.flatnonzero(data.mask_labels(labels[:60], 0.1, 3) != -1),
+            data.hold_out(labels[:60], 0.1, 3)[1]))
+        self.assertLen(data.hold_out(labels, 0.0, 3)[1], 0)
+        with self.assertRaisesRegex(UserError, "class 0 has 1 labeled"):
+            data.hold_out(np.array([0, 1, 1]), 0.5)
+        with self.assertRaisesRegex(UserError, r"val_fraction must be in "
+                                    r"\[0, 1\); got 1.0"):
+            data.hold_out(labels, 1.0)
+
+    def test_subset_of_a_streamed_split_equals_the_in_memory_one(self):
+        images = np.zeros((9, 8, 8, 3), np.uint8)
+        images[:, 0, 0, 0] = np.arange(9)
+        labels = np.arange(9) % 2
+        mem = data.Split(images, labels)
+        streamed = data.Split(
+            labels=labels, image_size=(8, 8),
+            reader=lambda: tf.data.Dataset.from_tensor_slices(images))
+        for split in (mem, streamed):
+            part = split.subset([1, 4, 8])
+            self.assertEqual(part.in_memory, split.in_memory)
+            np.testing.assert_array_equal(part.images[:, 0, 0, 0], [1, 4, 8])
+            np.testing.assert_array_equal(part.labels, [1, 0, 0])
+        with self.assertRaisesRegex(ValueError, "increasing"):
+            mem.subset([4, 1])
+
+    def test_a_run_chooses_its_epoch_on_validation_not_test(self):
+        tmp = self.tmp_path()
+        c = tiny_config("digits", labeled_fraction=0.5, epochs=3)
+        c.batch_size, c.eval_batch_size = 64, 256
+        c.data.val_fraction = 0.2
+        results = training.run(c, str(tmp), verbose=0)
+        rows = history_rows(tmp)
+        # 20 % of each digits class's training images (133-139 each).
+        digits = data.load("digits")
+        held = sum(round(0.2 * (digits.train.labels == k).sum())
+                   for k in range(10))
+        self.assertEqual(results["val_examples"], held)
+        best = int(np.argmax([r["val_top1"] for r in rows]))
+        self.assertEqual(results["val_best_epoch"], best + 1)
+        self.assertAlmostEqual(results["val_top1_best"],
+                               100 * rows[best]["val_top1"], places=4)
+        self.assertAlmostEqual(results["test_top1_at_best_val"],
+                               100 * rows[best]["test_top1"], places=4)
+        self.assertAlmostEqual(results["test_top1_best"],
+                               100 * max(r["test_top1"] for r in rows),
+                               places=4)
+        # Validation top-1 is a share of the held-out images.
+        for r in rows:
+            self.assertAllClose(r["val_top1"] * held,
+                                round(r["val_top1"] * held), atol=1e-3)
+        # Evaluated on its own TensorBoard run.
+        self.assertEqual(sorted(os.listdir(tmp / "logs")),
+                         ["test", "train", "validation"])
+        # Without a split, the validation fields are empty.
+        plain = training.run(tiny_config("digits"), str(tmp / "plain"),
+                             verbose=0)
+        self.assertEqual((plain["val_examples"], plain["val_top1_best"],
+                          plain["test_top1_at_best_val"]), (0, None, None))
+        self.assertNotIn("val_top1", history_rows(tmp / "plain")[0])
 
     def test_bad_dataset_names_and_options(self):
         with self.assertRaisesRegex(UserError, "Replace PATH"):
@@ -380,5 +460,5 @@ class TfdsDatasetsTest(TestCase):
         history = (tmp / "history.csv").read_text().splitlines()
         self.assertLen(history, 2)  # header + one epoch
         self.assertEqual(float(history[1].split(",")[
-            history[0].split(",").index("val_top1")]) * 100,
+            history[0].split(",").index("test_top1")]) * 100,
             res["test_top1_last"])

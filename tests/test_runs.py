@@ -11,6 +11,7 @@ one device and two compute the same step is tested in lockstep
 
 import json
 import os
+import shutil
 import signal
 import time
 
@@ -120,6 +121,24 @@ class ResumeTest(TestCase):
                              str(work), verbose=0)
         self.assertEqual(again, first)
         self.assertEqual({p: p.stat().st_mtime_ns for p in stamps}, stamps)
+        # Written before runs had a validation split: config.json without
+        # data.val_fraction (which meant none), history naming the test
+        # set's columns val_*. It is the same run, and its results read
+        # the test columns as test_*.
+        old = tmp / "old"
+        shutil.copytree(work, old)
+        cfg = json.loads((old / "config.json").read_text())
+        del cfg["data"]["val_fraction"]
+        (old / "config.json").write_text(json.dumps(cfg))
+        (old / "history.csv").write_text(
+            (work / "history.csv").read_text().replace("test_", "val_"))
+        os.remove(old / "results.json")
+        resumed = training.run(config, str(old), verbose=0)
+        for key in ("test_top1_last", "test_top1_best",
+                    "teacher_head_top1_last", "test_zero_features_last"):
+            self.assertEqual(resumed[key], first[key], key)
+        self.assertEqual((old / "history.csv").read_text(),
+                         (work / "history.csv").read_text())
         # A leftover of an export killed mid-write is removed at the start.
         stale = work / ".saved_model.x1y2z3"
         stale.mkdir()
@@ -322,7 +341,7 @@ class CollapseTest(TestCase):
 
     def test_history_says_since_when_and_whether_it_recovered(self):
         def rows(*shares):
-            return [{"epoch": i, "val_zero_features": s}
+            return [{"epoch": i, "test_zero_features": s}
                     for i, s in enumerate(shares)]
         self.assertEqual(training.collapse(rows(0.0, 0.1)),
                          (False, None, 0.1))
@@ -357,5 +376,5 @@ class CollapseTest(TestCase):
                           results["test_zero_features_last"]), (True, 1, 1.0))
         saved = json.loads((tmp / "w" / "results.json").read_text())
         self.assertEqual(saved["collapsed"], True)
-        self.assertEqual([r["val_zero_features"]
+        self.assertEqual([r["test_zero_features"]
                           for r in history_rows(tmp / "w")], [1.0, 1.0])

@@ -4,21 +4,23 @@
     python tools/plot_history.py runs/demo/none_s0 runs/demo/ega_s0 \
         --out=curves.png
 
-One panel per logged quantity (test top-1, cross-entropy, node, edge,
-teacher-head top-1); a run that did not log a quantity is left out of that
+One panel per logged quantity (test and validation top-1, cross-entropy,
+node, edge, teacher-head top-1); a run that did not log a quantity is left out of that
 panel. Needs matplotlib (`pip install -e ".[plot]"`).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 
-PANELS = [("val_top1", "test top-1"), ("ce", "train cross-entropy"),
-          ("node", "train L_node"), ("edge", "train L_edge"),
-          ("val_teacher_top1", "teacher head test top-1")]
+from ega_tf import workdir as wd
+
+PANELS = [("test_top1", "test top-1"), ("val_top1", "validation top-1"),
+          ("ce", "train cross-entropy"), ("node", "train L_node"),
+          ("edge", "train L_edge"),
+          ("test_teacher_top1", "teacher head test top-1")]
 
 
 def read(workdir):
@@ -26,8 +28,7 @@ def read(workdir):
     if not os.path.exists(path):
         sys.exit(f"error: {path} not found: is {workdir} an ega_tf.train "
                  "workdir?")
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    return wd.read_history(path)  # older histories' names are mapped
 
 
 def main():

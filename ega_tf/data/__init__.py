@@ -1,7 +1,7 @@
 """Datasets by name, their augmentation, and the views the distiller trains on.
 
 - ``base.py``: ``Split`` (uint8 images + int64 labels, in memory or streamed),
-  ``Dataset``, ``mask_labels``.
+  ``Dataset``, ``mask_labels``, ``hold_out`` (the validation split).
 - ``sources.py``: the ``DATASETS`` registry and ``load(name)``: digits,
   cifar100, stl10, tiny_imagenet, folder:PATH.
 - ``tiny_imagenet.py``: the TFDS builder for the published Tiny ImageNet zip.
@@ -15,9 +15,10 @@ to know which teacher is used.
 
 from __future__ import annotations
 
-from ega_tf.data.base import UNLABELED, Dataset, Split, mask_labels
+from ega_tf.data.base import (UNLABELED, Dataset, Split, hold_out,
+                               mask_labels)
 from ega_tf.data.sources import DATASETS, check_name, load
 from ega_tf.errors import DatasetNotFoundError
 
 __all__ = ["DATASETS", "UNLABELED", "Dataset", "DatasetNotFoundError",
-           "Split", "check_name", "load", "mask_labels"]
+           "Split", "check_name", "hold_out", "load", "mask_labels"]

@@ -102,6 +102,28 @@ class Split:
         return Split(labels=labels, reader=self._reader,
                      image_size=self.image_size)
 
+    def subset(self, indices) -> "Split":
+        """The examples at ``indices`` (increasing), in that order; a
+        streamed split stays streamed (its reader skips the others)."""
+        indices = np.asarray(indices, np.int64)
+        if len(indices) and (np.any(np.diff(indices) <= 0) or indices[0] < 0
+                             or indices[-1] >= len(self)):
+            raise ValueError("subset takes increasing indices into the "
+                             "split.")
+        if self._images is not None:
+            return Split(self._images[indices], self.labels[indices])
+        keep = np.zeros(len(self), bool)
+        keep[indices] = True
+        reader = self._reader
+
+        def kept():
+            import tensorflow as tf
+            mask = tf.constant(keep)
+            return reader().enumerate().filter(
+                lambda i, _: tf.gather(mask, i)).map(lambda _, x: x)
+        return Split(labels=self.labels[indices], reader=kept,
+                     image_size=self.image_size)
+
     def concatenate(self, other: "Split") -> "Split":
         """This split followed by ``other`` (same image size)."""
         if other.image_size != self.image_size:
@@ -121,6 +143,9 @@ class Dataset:
     train: Split
     test: Split
     class_names: Optional[List[str]] = None
+    # Held out of the training split (``hold_out``), labels kept; None when
+    # the run has no validation split.
+    val: Optional[Split] = None
 
     @property
     def image_size(self):
@@ -129,9 +154,11 @@ class Dataset:
     def describe(self) -> str:
         h, w = self.image_size
         unlabeled = len(self.train) - self.train.num_labeled
+        val = (f", validation {len(self.val)} (held out of train, labeled)"
+               if self.val is not None else "")
         return (f"{self.name}: {self.num_classes} classes, {h}x{w} RGB, "
                 f"train {len(self.train)} ({self.train.num_labeled} labeled,"
-                f" {unlabeled} unlabeled), test {len(self.test)}")
+                f" {unlabeled} unlabeled){val}, test {len(self.test)}")
 
 
 def mask_labels(labels, fraction, seed=0):
@@ -156,3 +183,37 @@ def mask_labels(labels, fraction, seed=0):
         chosen = rng.choice(idx, size=keep, replace=False)
         out[chosen] = c
     return out
+
+
+def hold_out(labels, fraction, seed=0):
+    """(train indices, validation indices), both increasing: a stratified
+    ``fraction`` of each class's labeled examples held out for validation.
+
+    Every class gives ``round(fraction * n_class)`` examples, at least one,
+    and keeps at least one for training; unlabeled examples (-1) stay in
+    training. The same seed gives the same split; the draw is independent
+    of ``mask_labels``'s with the same seed.
+    """
+    from ega_tf.errors import UserError
+    if not 0.0 <= fraction < 1.0:
+        raise UserError(f"data.val_fraction must be in [0, 1); got "
+                        f"{fraction}.")
+    labels = np.asarray(labels, np.int64)
+    everything = np.arange(len(labels))
+    if fraction == 0.0:
+        return everything, everything[:0]
+    # A stream of its own: [seed, 1] never equals mask_labels's seed.
+    rng = np.random.default_rng([seed, 1])
+    held = []
+    for c in np.unique(labels[labels != UNLABELED]):
+        idx = np.flatnonzero(labels == c)
+        if len(idx) < 2:
+            raise UserError(
+                f"data.val_fraction={fraction}: class {c} has "
+                f"{len(idx)} labeled training example, too few to hold one "
+                "out for validation and train on another. Use "
+                "--config.data.val_fraction=0.")
+        take = min(len(idx) - 1, max(1, int(round(fraction * len(idx)))))
+        held.append(rng.choice(idx, size=take, replace=False))
+    val = np.sort(np.concatenate(held))
+    return np.setdiff1d(everything, val), val

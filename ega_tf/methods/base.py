@@ -42,6 +42,12 @@ from ega_tf.constants import PUBLISHED_EPOCHS
 # temperature of its KD term (used when alpha > 0).
 GENERAL_FIELDS = ("gamma", "alpha", "beta", "kd_temperature")
 GENERAL_DEFAULTS = {"kd_temperature": 4.0}
+# ``compare --tune``: each tuned weight is searched over [default * low,
+# default * high] on a log scale. Lower by two decades, higher by one: the
+# published weights were set for CIFAR-100 and 240 epochs, and where they
+# fail on other data they are too large (docs/methods.md), while a far
+# smaller weight leaves cross-entropy alone.
+TUNE_RANGE = (0.01, 10.0)
 
 
 @dataclasses.dataclass
@@ -120,6 +126,9 @@ class Method:
         evaluates: False when its terms mean nothing on held-out images.
         min_batch: examples a replica needs (2 for a method that relates
             the examples of a batch).
+        tuned: the weight fields ``compare --tune`` searches, each over a
+            log range around its default (``TUNE_RANGE``); None: the
+            weights of its terms, else beta if it has a term.
 
     An instance is made by ``ega_tf.methods.create`` with the resolved
     weights (``self.w``) and the run's context, then its state is built in
@@ -136,6 +145,7 @@ class Method:
     uses_index: bool = False
     evaluates: bool = True
     min_batch: int = 2
+    tuned: Optional[Tuple[str, ...]] = None
 
     def __init__(self, weights, num_examples=0, embed_dim=256, seed=0,
                  steps_per_epoch=1, labels=None, epochs=PUBLISHED_EPOCHS):
@@ -153,6 +163,16 @@ class Method:
     def fields(cls):
         """Every weight field the method reads."""
         return tuple(dict.fromkeys((*cls.defaults, *GENERAL_FIELDS)))
+
+    @classmethod
+    def tuned_fields(cls):
+        """The fields ``compare --tune`` searches."""
+        if cls.tuned is not None:
+            return tuple(cls.tuned)
+        weights = tuple(dict.fromkeys(f for f in cls.terms.values() if f))
+        if weights:
+            return weights
+        return ("beta",) if cls.terms and cls.defaults.get("beta") else ()
 
     @classmethod
     def limit(cls, field):
@@ -174,10 +194,19 @@ class Method:
             raise ValueError(f"{where} must give defaults for "
                              f"{', '.join(missing)}.")
         for field in (*cls.integer_fields, *cls.limits,
-                      *(f for f in cls.terms.values() if f)):
+                      *(f for f in cls.terms.values() if f),
+                      *(cls.tuned or ())):
             if field not in cls.fields():
                 raise ValueError(f"{where} declares field {field!r}, which "
                                  "is not among its defaults.")
+        for field in cls.tuned_fields():
+            default = {**GENERAL_DEFAULTS, **cls.defaults}.get(field)
+            if (field in cls.integer_fields or default is None
+                    or not default > 0):
+                raise ValueError(
+                    f"{where}: tuned field {field!r} needs a positive, "
+                    "non-integer default (--tune searches a log range "
+                    "around it).")
 
     # --------------------------------------------------------------- state
     def build(self):

@@ -168,6 +168,7 @@ class KD(Method):
                 "kd_temperature": 4.0}
     source = "RepDistiller's KD recipe (-r 0.1 -a 0.9 -b 0, T=4)"
     min_batch = 1
+    tuned = ("alpha", "gamma")
 
 
 @register
@@ -197,6 +198,7 @@ class DKD(Method):
                 "dkd_temperature": 4.0, "dkd_warmup": 20}
     integer_fields = ("dkd_warmup",)
     limits = {"dkd_temperature": POSITIVE}
+    tuned = ("dkd_beta",)  # the NCKD weight, mdistiller's per-pair knob
     source = ("mdistiller's DKD for resnet32x4 -> resnet8x4 (alpha 1, beta "
               "8, T 4, 20-epoch warm-up)")
     min_batch = 1

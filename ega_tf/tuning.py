@@ -1,0 +1,259 @@
+"""Tuning with an equal budget: ``python -m ega_tf.compare --tune=N``.
+
+Before the grid trains, each method of each setting (student, labeled
+fraction) gets the same N trials: its tuned weights (``Method.
+tuned_fields``: beta, or the method's own pair, DKD's beta, KD's alpha and
+gamma) and, with ``--tune_lr``, the learning rate, each searched on a log
+scale around its published value, judged by the validation top-1 of the
+last epoch (``data.val_fraction``: images held out of the training split,
+never the test set), on the grid's first seed. Trial 0 is the published
+values, so a method's choice is never worse on validation than its
+defaults. The grid then trains every seed with the chosen values and
+reports test numbers as usual.
+
+Optuna proposes the values (``sampler``; README, "Dependencies", says why
+Optuna). The study lives in memory only: each trial is an ordinary
+``ega_tf.train`` workdir (``<grid>/tuning/<method>_<student>_lf<f>/
+trial_<k>``), and trial k is asked for with a sampler seeded by the setting
+and k after the trials before it are told their results. So a rerun asks
+for the same values in the same order, finds the finished trials' results
+in their workdirs, resumes an interrupted one from its checkpoint, and
+continues the search where it stopped; a killed search ends where an
+uninterrupted one would. ``tuning.csv`` (every trial) and ``tuned.json``
+(the chosen values) are written beside summary.md.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import os
+import time
+import warnings
+import zlib
+from typing import Dict, List
+
+from ega_tf import grid, methods
+from ega_tf import workdir as wd
+from ega_tf.errors import UserError
+from ega_tf.io_utils import atomic_output
+from ega_tf.methods.base import TUNE_RANGE
+
+TUNING = "tuning"
+TUNING_CSV = "tuning.csv"
+TUNED = "tuned.json"
+# --tune_lr: the student's rate is searched over [lr * low, lr * high].
+LR_RANGE = (0.1, 3.0)
+LR = "optim.lr"
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """What one search tunes: a method in one setting of the grid."""
+    method: str
+    student: str
+    labeled_fraction: float
+
+    @classmethod
+    def of(cls, cell):
+        return cls(cell.method, cell.student, cell.labeled_fraction)
+
+    def cell(self, seed):
+        return grid.Cell(self.method, self.student, self.labeled_fraction,
+                         seed)
+
+    @property
+    def name(self):
+        """Its directory under tuning/ and its key in tuned.json."""
+        return self.cell(0).name.rsplit("_s", 1)[0]
+
+
+def space(config, method, tune_lr):
+    """{parameter: (low, high, published)} searched for ``method`` in
+    ``config`` (the cell's, resolved): ``loss.FIELD`` for its tuned
+    weights, ``optim.lr`` with ``tune_lr``."""
+    out = {}
+    low, high = TUNE_RANGE
+    for field in methods.get(method).tuned_fields():
+        value = float(config.loss[field])
+        if value > 0:
+            out[f"loss.{field}"] = (value * low, value * high, value)
+    if tune_lr:
+        lr = float(config.optim.lr)
+        out[LR] = (lr * LR_RANGE[0], lr * LR_RANGE[1], lr)
+    return out
+
+
+def check(base, trials, epochs):
+    """Refuses a search that cannot choose on held-out data."""
+    if trials < 0:
+        raise UserError(f"--tune={trials}: give a number of trials per "
+                        "method (0: the published weights, no search).")
+    if trials and not base.data.val_fraction:
+        raise UserError(
+            "--tune chooses on a validation split, and "
+            "--config.data.val_fraction=0 asks for none. Give it a "
+            "fraction (compare's default is 0.1).")
+    if epochs is not None and epochs < 1:
+        raise UserError(f"--tune_epochs={epochs}: at least 1.")
+
+
+def sampler(setting, trial, trials):
+    """The sampler that proposes trial ``trial`` of ``trials``: trial 0 is
+    the published values (enqueued), the first half spreads over the range
+    (a scrambled Halton sequence: even coverage, where random draws of a
+    few points bunch), the rest follows Optuna's TPE from every result so
+    far. Its seed is a function of the setting (and the trial) alone, the
+    same in every process, so a rerun asks for the same values."""
+    import optuna
+    seed = zlib.crc32(setting.name.encode())
+    if trial <= trials // 2:
+        with warnings.catch_warnings():  # QMCSampler is "experimental"
+            warnings.simplefilter("ignore",
+                                  optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.QMCSampler(qmc_type="halton",
+                                              scramble=True, seed=seed)
+    return optuna.samplers.TPESampler(n_startup_trials=1,
+                                      seed=zlib.crc32(
+                                          f"{setting.name}/{trial}".encode()))
+
+
+def _objective(results):
+    """What a trial scores: its last epoch's validation top-1; a diverged
+    trial scores 0."""
+    if results.get("status") == "diverged":
+        return 0.0
+    return float(results["val_top1_last"])
+
+
+def search(base, cells, workdir, trials, *, epochs=None, tune_lr=False,
+           verbose=0, log=print):
+    """Runs (or resumes) the searches of every setting of ``cells``;
+    writes tuning.csv and tuned.json in ``workdir``; returns {Setting:
+    {parameter: chosen value}}."""
+    import keras
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    from ega_tf import training
+    check(base, trials, epochs)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    seed = cells[0].seed
+    settings = list(dict.fromkeys(Setting.of(c) for c in cells))
+    chosen, published, rows = {}, {}, []
+    for setting in settings:
+        config = grid.cell_config(base, setting.cell(seed))
+        if epochs is not None:
+            config.epochs = epochs
+        params = space(config, setting.method, tune_lr)
+        if not params or not trials:
+            chosen[setting] = {}
+            continue
+        published[setting.name] = {k: v[2] for k, v in params.items()}
+        study = optuna.create_study(direction="maximize")
+        study.enqueue_trial(published[setting.name])
+        distributions = {k: FloatDistribution(lo, hi, log=True)
+                         for k, (lo, hi, _) in params.items()}
+        scores = []
+        for k in range(trials):
+            study.sampler = sampler(setting, k, trials)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore",
+                                      optuna.exceptions.ExperimentalWarning)
+                trial = study.ask(distributions)
+            path = os.path.join(workdir, TUNING, setting.name,
+                                f"trial_{k}")
+            shown = ", ".join(f"{n.split('.')[1]}={v:.4g}"
+                              for n, v in trial.params.items())
+            label = (f"[tune {setting.cell(seed).label} "
+                     f"{setting.cell(seed).student_label} labeled="
+                     f"{setting.labeled_fraction:g} {k + 1}/{trials}]")
+            state = grid.cell_state(path)
+            begin = time.time()
+            if state not in ("finished", "diverged"):
+                log(f"{label} {shown}: "
+                    + ("resuming" if state == "partial" else "training")
+                    + "...")
+            try:
+                with grid.quiet(verbose == 0):
+                    results = training.run(grid.with_values(config, trial.params),
+                                           path, verbose)
+            except training.DivergedError:
+                results = wd.read_json(os.path.join(path, wd.RESULTS))
+            keras.backend.clear_session(free_memory=False)
+            score = _objective(results)
+            study.tell(trial, score)
+            scores.append(score)
+            log(f"{label} {shown}: validation top-1 last {score:.2f}"
+                + (" (DIVERGED)" if results.get("status") == "diverged"
+                   else " (COLLAPSED)" if results.get("collapsed") else "")
+                + ("" if state in ("finished", "diverged") else
+                   f" in {grid.duration(time.time() - begin)}")
+                + (" (done earlier)" if state in ("finished", "diverged")
+                   else ""))
+            rows.append({"method": setting.cell(seed).label,
+                         "student": setting.cell(seed).student_label,
+                         "labeled_fraction": setting.labeled_fraction,
+                         "trial": k, "seed": seed, "epochs": config.epochs,
+                         "status": results.get("status", "finished"),
+                         "collapsed": bool(results.get("collapsed")),
+                         "val_top1_last": (None if results.get("status") ==
+                                           "diverged" else score),
+                         "val_top1_best": results.get("val_top1_best"),
+                         **trial.params,
+                         "workdir": os.path.relpath(path, workdir)})
+        # The first best: trial 0 (published) wins a tie.
+        best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+        for row in rows[-trials:]:
+            row["chosen"] = row["trial"] == best
+        chosen[setting] = {k: rows[-trials + best][k] for k in params}
+        log(f"[tune {setting.cell(seed).label}] chosen: " + ", ".join(
+            f"{n}={v:.4g} (published {params[n][2]:g})"
+            for n, v in chosen[setting].items()))
+    write(rows, chosen, published, workdir, trials)
+    return chosen
+
+
+def write(rows, chosen, published, workdir, trials):
+    """tuning.csv (one row per trial) and tuned.json (the chosen values
+    and the published ones, per setting)."""
+    names = [n for row in rows for n in row if "." in n]
+    columns = ["method", "student", "labeled_fraction", "trial", "seed",
+               "epochs", "status", "collapsed", "val_top1_last",
+               "val_top1_best", *dict.fromkeys(names), "chosen", "workdir"]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _csv(row.get(k)) for k in columns})
+    with atomic_output(os.path.join(workdir, TUNING_CSV)) as tmp:
+        with open(tmp, "w") as f:
+            f.write(out.getvalue())
+    wd.write_json(os.path.join(workdir, TUNED), {
+        "trials_per_method": trials,
+        "chosen": {s.name: v for s, v in chosen.items() if v},
+        "published": published})
+
+
+def _csv(v):
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return v
+
+
+def markdown(chosen, trials, epochs):
+    """summary.md's paragraph on the search: what each method chose."""
+    lines = [f"Tuned: {trials} trial{'s' if trials != 1 else ''} per method"
+             + (f" of {epochs} epochs" if epochs else "")
+             + " on the validation split, first seed; every seed then "
+             f"trained with the chosen values ({TUNING_CSV}, {TUNED}).", ""]
+    for setting, values in chosen.items():
+        if values:
+            lines.append(f"- {setting.cell(0).label}: " + ", ".join(
+                f"`{n}` {v:.4g}" for n, v in values.items()))
+    return "\n".join(lines) + "\n"
