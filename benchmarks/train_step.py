@@ -241,20 +241,6 @@ def summary(args, name, median, compile_s, jit, first, last, profile=None,
 
 
 # ----------------------------------------------------------------- PyTorch
-def torch_ega(fs, ft, node=0.8, edge=0.24):
-    """EGA as the published code computes it: the rows of [a; b] centred
-    and normalised, their 2B x 2B correlation, Frobenius norms."""
-    import torch
-    b = fs.shape[0]
-    x = torch.cat([ft, fs], 0)
-    x = x - x.mean(1, keepdim=True)
-    x = x / x.norm(dim=1, keepdim=True)
-    c = x @ x.t()
-    eye = torch.eye(b)
-    return (node * torch.linalg.norm(c[:b, b:] - eye)
-            + edge * torch.linalg.norm(c[:b, :b] - c[b:, b:]))
-
-
 def run_torch(args):
     import copy
 
@@ -264,6 +250,7 @@ def run_torch(args):
 
     from ega_tf.constants import CLIP_MEAN, CLIP_STD
     from tools.reference import torch_cifar_resnet, torch_clip
+    from tools.reference.torch_losses import ega as torch_ega
     torch.set_num_threads(os.cpu_count())
     torch.manual_seed(0)
     images, labels = synthetic(args)

@@ -100,9 +100,15 @@ def embeddings_of(model, images, batch_size=64):
 
     parts = {}
     for i in range(0, len(images), batch_size):
-        for k, v in forward(images[i:i + batch_size]).items():
+        batch = images[i:i + batch_size]
+        n = len(batch)
+        if n < batch_size:  # one shape, one trace (a grid makes many runs)
+            batch = np.concatenate([batch, np.zeros(
+                (batch_size - n, *batch.shape[1:]), batch.dtype)])
+        for k, v in forward(batch).items():
             # float32 also under a bfloat16 policy
-            parts.setdefault(k, []).append(np.asarray(v).astype(np.float32))
+            parts.setdefault(k, []).append(
+                np.asarray(v)[:n].astype(np.float32))
     join = {k: np.concatenate(v) for k, v in parts.items()}
     return join["x_s"], join.get("x_t"), join.get("features")
 
