@@ -32,7 +32,6 @@ import os
 import time
 import warnings
 import zlib
-from typing import Dict, List
 
 from ega_tf import grid, methods
 from ega_tf import workdir as wd
@@ -131,88 +130,100 @@ def search(base, cells, workdir, trials, *, epochs=None, tune_lr=False,
            verbose=0, log=print):
     """Runs (or resumes) the searches of every setting of ``cells``;
     writes tuning.csv and tuned.json in ``workdir``; returns {Setting:
-    {parameter: chosen value}}."""
-    import keras
+    {parameter: chosen value}} ({} for a method with nothing to tune)."""
     import optuna
-    from optuna.distributions import FloatDistribution
-
-    from ega_tf import training
     check(base, trials, epochs)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     seed = cells[0].seed
-    settings = list(dict.fromkeys(Setting.of(c) for c in cells))
     chosen, published, rows = {}, {}, []
-    for setting in settings:
+    for setting in dict.fromkeys(Setting.of(c) for c in cells):
         config = grid.cell_config(base, setting.cell(seed))
         if epochs is not None:
             config.epochs = epochs
         params = space(config, setting.method, tune_lr)
-        if not params or not trials:
-            chosen[setting] = {}
-            continue
-        published[setting.name] = {k: v[2] for k, v in params.items()}
-        study = optuna.create_study(direction="maximize")
-        study.enqueue_trial(published[setting.name])
-        distributions = {k: FloatDistribution(lo, hi, log=True)
-                         for k, (lo, hi, _) in params.items()}
-        scores = []
-        for k in range(trials):
-            study.sampler = sampler(setting, k, trials)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore",
-                                      optuna.exceptions.ExperimentalWarning)
-                trial = study.ask(distributions)
-            path = os.path.join(workdir, TUNING, setting.name,
-                                f"trial_{k}")
-            shown = ", ".join(f"{n.split('.')[1]}={v:.4g}"
-                              for n, v in trial.params.items())
-            label = (f"[tune {setting.cell(seed).label} "
-                     f"{setting.cell(seed).student_label} labeled="
-                     f"{setting.labeled_fraction:g} {k + 1}/{trials}]")
-            state = grid.cell_state(path)
-            begin = time.time()
-            if state not in ("finished", "diverged"):
-                log(f"{label} {shown}: "
-                    + ("resuming" if state == "partial" else "training")
-                    + "...")
-            try:
-                with grid.quiet(verbose == 0):
-                    results = training.run(grid.with_values(config, trial.params),
-                                           path, verbose)
-            except training.DivergedError:
-                results = wd.read_json(os.path.join(path, wd.RESULTS))
-            keras.backend.clear_session(free_memory=False)
-            score = _objective(results)
-            study.tell(trial, score)
-            scores.append(score)
-            log(f"{label} {shown}: validation top-1 last {score:.2f}"
-                + (" (DIVERGED)" if results.get("status") == "diverged"
-                   else " (COLLAPSED)" if results.get("collapsed") else "")
-                + ("" if state in ("finished", "diverged") else
-                   f" in {grid.duration(time.time() - begin)}")
-                + (" (done earlier)" if state in ("finished", "diverged")
-                   else ""))
-            rows.append({"method": setting.cell(seed).label,
-                         "student": setting.cell(seed).student_label,
-                         "labeled_fraction": setting.labeled_fraction,
-                         "trial": k, "seed": seed, "epochs": config.epochs,
-                         "status": results.get("status", "finished"),
-                         "collapsed": bool(results.get("collapsed")),
-                         "val_top1_last": (None if results.get("status") ==
-                                           "diverged" else score),
-                         "val_top1_best": results.get("val_top1_best"),
-                         **trial.params,
-                         "workdir": os.path.relpath(path, workdir)})
-        # The first best: trial 0 (published) wins a tie.
-        best = max(range(len(scores)), key=lambda i: (scores[i], -i))
-        for row in rows[-trials:]:
-            row["chosen"] = row["trial"] == best
-        chosen[setting] = {k: rows[-trials + best][k] for k in params}
-        log(f"[tune {setting.cell(seed).label}] chosen: " + ", ".join(
-            f"{n}={v:.4g} (published {params[n][2]:g})"
-            for n, v in chosen[setting].items()))
+        chosen[setting] = {}
+        if params and trials:
+            published[setting.name] = {k: v[2] for k, v in params.items()}
+            found, chosen[setting] = _search_one(
+                setting, config, params, trials, workdir, verbose, log)
+            rows += found
     write(rows, chosen, published, workdir, trials)
     return chosen
+
+
+def _search_one(setting, config, params, trials, workdir, verbose, log):
+    """The ``trials`` runs of one setting (``config``: its first seed's
+    cell, resolved); returns (tuning.csv's rows, the chosen values)."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+    cell = setting.cell(config.seed)
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({k: v[2] for k, v in params.items()})
+    distributions = {k: FloatDistribution(lo, hi, log=True)
+                     for k, (lo, hi, _) in params.items()}
+    rows, scores = [], []
+    for k in range(trials):
+        study.sampler = sampler(setting, k, trials)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore",
+                                  optuna.exceptions.ExperimentalWarning)
+            trial = study.ask(distributions)
+        path = os.path.join(workdir, TUNING, setting.name, f"trial_{k}")
+        label = (f"[tune {cell.label} {cell.student_label} labeled="
+                 f"{setting.labeled_fraction:g} {k + 1}/{trials}] "
+                 + ", ".join(f"{n.split('.')[1]}={v:.4g}"
+                             for n, v in trial.params.items()))
+        results, note = _trial(grid.with_values(config, trial.params), path,
+                               verbose, label, log)
+        score = _objective(results)
+        study.tell(trial, score)
+        scores.append(score)
+        log(f"{label}: validation top-1 last {score:.2f}{note}")
+        rows.append({"method": cell.label, "student": cell.student_label,
+                     "labeled_fraction": setting.labeled_fraction,
+                     "trial": k, "seed": config.seed,
+                     "epochs": config.epochs,
+                     "status": results.get("status", "finished"),
+                     "collapsed": bool(results.get("collapsed")),
+                     "val_top1_last": (None if results.get("status") ==
+                                       "diverged" else score),
+                     "val_top1_best": results.get("val_top1_best"),
+                     **trial.params,
+                     "workdir": os.path.relpath(path, workdir)})
+    # The first best: trial 0 (published) wins a tie.
+    best = max(range(trials), key=lambda i: (scores[i], -i))
+    for row in rows:
+        row["chosen"] = row["trial"] == best
+    chosen = {k: rows[best][k] for k in params}
+    log(f"[tune {cell.label}] chosen: " + ", ".join(
+        f"{n}={v:.4g} (published {params[n][2]:g})"
+        for n, v in chosen.items()))
+    return rows, chosen
+
+
+def _trial(config, path, verbose, label, log):
+    """One trial's results (trained, resumed, or read back) and a note for
+    its log line."""
+    import keras
+
+    from ega_tf import training
+    state = grid.cell_state(path)
+    done = state in ("finished", "diverged")
+    if not done:
+        log(f"{label}: "
+            + ("resuming" if state == "partial" else "training") + "...")
+    begin = time.time()
+    try:
+        with grid.quiet(verbose == 0):
+            results = training.run(config, path, verbose)
+    except training.DivergedError:
+        results = wd.read_json(os.path.join(path, wd.RESULTS))
+    keras.backend.clear_session(free_memory=False)
+    note = (" (DIVERGED)" if results.get("status") == "diverged" else
+            " (COLLAPSED)" if results.get("collapsed") else "")
+    note += (" (done earlier)" if done else
+             f" in {grid.duration(time.time() - begin)}")
+    return results, note
 
 
 def write(rows, chosen, published, workdir, trials):

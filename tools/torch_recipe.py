@@ -3,7 +3,8 @@
 comparing whole runs of the two frameworks (README, "Faithfulness").
 
     python tools/torch_recipe.py --teacher=teacher.keras --seeds=0,1,2,3,4 \
-        --out=runs/torch_recipe [--distill=ega|ccl|none] [--epochs=20]
+        --out=runs/torch_recipe [--distill=ega|ccl|none] [--epochs=20] \
+        [--tf_runs=runs/tf_recipe]
 
 For each seed it trains, in PyTorch, what `python -m ega_tf.train
 --config=configs/digits.py --config.teacher_view=clean --distill=ega
@@ -57,6 +58,10 @@ def flags():
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--out", default=os.path.join("runs", "torch_recipe"))
+    ap.add_argument("--tf_runs", help="a directory of ega_tf runs named "
+                    "<distill>_s<seed> (the command above, --workdir="
+                    "DIR/ega_s0, ...): print both frameworks' test top-1 "
+                    "per seed, their means and the paired difference")
     return ap.parse_args()
 
 
@@ -193,6 +198,34 @@ def train(args, seed, arrays):
             "history": history}
 
 
+def report(args, seeds):
+    """Both frameworks' last test top-1 per seed, mean ± sd, and the
+    paired difference (ega_tf - PyTorch) with its 95 % t interval."""
+    import statistics
+
+    from scipy import stats
+    rows = []
+    for seed in seeds:
+        with open(os.path.join(args.tf_runs, f"{args.distill}_s{seed}",
+                               "results.json")) as f:
+            ours = json.load(f)["test_top1_last"]
+        with open(os.path.join(args.out,
+                               f"{args.distill}_s{seed}.json")) as f:
+            theirs = json.load(f)["test_top1_last"]
+        rows.append((seed, ours, theirs))
+        print(f"seed {seed}: ega_tf {ours:.2f}, PyTorch {theirs:.2f}")
+    for name, values in (("ega_tf", [r[1] for r in rows]),
+                         ("PyTorch", [r[2] for r in rows])):
+        print(f"{name}: {statistics.mean(values):.2f} ± "
+              f"{statistics.stdev(values):.2f} (mean ± sd over "
+              f"{len(values)} seeds)")
+    diffs = [r[1] - r[2] for r in rows]
+    mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
+    half = stats.t.ppf(0.975, len(diffs) - 1) * sd / len(diffs) ** 0.5
+    print(f"ega_tf - PyTorch, paired by seed: {mean:+.2f} ± {sd:.2f}, 95 % "
+          f"interval [{mean - half:+.2f}, {mean + half:+.2f}]")
+
+
 def main():
     args = flags()
     import torch
@@ -209,6 +242,8 @@ def main():
             json.dump(results, f, indent=1)
         os.replace(path + ".tmp", path)
         print(f"{path}: test top-1 last {results['test_top1_last']:.2f}")
+    if args.tf_runs:
+        report(args, [int(s) for s in args.seeds.split(",")])
 
 
 if __name__ == "__main__":
