@@ -216,9 +216,13 @@ def report(args, seeds):
         print(f"seed {seed}: ega_tf {ours:.2f}, PyTorch {theirs:.2f}")
     for name, values in (("ega_tf", [r[1] for r in rows]),
                          ("PyTorch", [r[2] for r in rows])):
+        if len(values) < 2:
+            continue
         print(f"{name}: {statistics.mean(values):.2f} ± "
               f"{statistics.stdev(values):.2f} (mean ± sd over "
               f"{len(values)} seeds)")
+    if len(rows) < 2:
+        return  # a spread needs two seeds
     diffs = [r[1] - r[2] for r in rows]
     mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
     half = stats.t.ppf(0.975, len(diffs) - 1) * sd / len(diffs) ** 0.5
