@@ -171,7 +171,6 @@ def main(argv, flag_values):
     def log(text):
         print(text, flush=True)
 
-    chosen = {}
     if tune["trials"]:
         by_setting = tuning.search(
             base, cells, workdir, tune["trials"], epochs=tune["epochs"],
@@ -179,7 +178,8 @@ def main(argv, flag_values):
         chosen = {(s.method, s.student, s.labeled_fraction): v
                   for s, v in by_setting.items() if v}
         configs = grid.configs(base, cells, chosen)
-    grid.run(base, cells, workdir, flag_values.verbose, log, chosen=chosen)
+    grid.run(base, cells, workdir, flag_values.verbose, log,
+             cell_configs=configs)
     rows = grid.collect(cells, workdir)
     # Tables and figures name a method from a file by its class's name.
     labels = list(dict.fromkeys(methods.name_of(m) for m in method_names))

@@ -180,14 +180,15 @@ def cell_state(workdir):
 
 
 def run(base, cells, workdir, verbose=0, log=print, after_cell=None,
-        chosen=None):
+        cell_configs=None):
     """Trains every cell that has not finished, in order, printing one line
-    per cell with the time left; returns {cell: status}. ``chosen``: the
-    values ``compare --tune`` chose (see ``configs``)."""
+    per cell with the time left; returns {cell: status}. ``cell_configs``:
+    the cells' resolved configs when the caller has them (``configs``,
+    with the values ``compare --tune`` chose)."""
     import keras
 
     from ega_tf import training
-    cell_configs = configs(base, cells, chosen)
+    cell_configs = cell_configs or configs(base, cells)
     todo = [c for c in cells if cell_state(os.path.join(workdir, c.name))
             not in ("finished", "diverged")]
     if len(todo) < len(cells):
