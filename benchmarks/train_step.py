@@ -64,6 +64,10 @@ def flags():
                     choices=("independent", "clean"),
                     help="clean: the teacher's features computed once, as "
                     "training does for the clean view (teacher_cache)")
+    ap.add_argument("--teacher_fold_bn", default="true",
+                    choices=("true", "false"),
+                    help="fold the frozen teacher's BatchNorm into its "
+                    "convolutions, as training does by default")
     ap.add_argument("--compare", default=None, choices=("torch",))
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--framework", default="tf", choices=("tf", "torch"),
@@ -96,7 +100,11 @@ def tf_teacher(args, images):
     from ega_tf import students, teachers
     from ega_tf.constants import CLIP_MEAN, CLIP_STD
     if args.teacher.endswith(".keras"):
-        return teachers.load(args.teacher)
+        teacher = teachers.load(args.teacher)
+        if args.teacher_fold_bn == "true":
+            from ega_tf.teachers import fold
+            teacher, _ = fold.fold_batchnorm(teacher)
+        return teacher
     if args.teacher == "clip_rn50":
         from ega_tf.teachers import clip_resnet
         backbone = clip_resnet.build({"blocks": [3, 4, 6, 3], "width": 64,
@@ -111,8 +119,12 @@ def tf_teacher(args, images):
         pre = teachers.TeacherPreprocess(CLIP_MEAN, CLIP_STD)
     raw = teachers.assemble(backbone, pre)
     feats = np.asarray(raw(images, training=False))
-    return teachers.assemble(backbone, pre, standardize=(
+    teacher = teachers.assemble(backbone, pre, standardize=(
         teachers.FeatureStandardize(feats.mean(0), feats.std(0) + 1e-3)))
+    if args.teacher_fold_bn == "true":
+        from ega_tf.teachers import fold
+        teacher, _ = fold.fold_batchnorm(teacher)
+    return teacher
 
 
 def tf_model(args, images):
@@ -175,24 +187,17 @@ def tf_profile(args, model, images, labels):
 
     from ega_tf import losses
 
-    def timed(fn, *a):
-        fn(*a)
-        fn(*a)
-        out = []
-        for _ in range(max(5, args.steps // 2)):
-            start = time.perf_counter()
-            r = fn(*a)
-            tf.nest.map_structure(lambda t: t.numpy() if hasattr(
-                t, "numpy") else t, r)
-            out.append(time.perf_counter() - start)
-        return statistics.median(out)
+    def timed_tf(fn, *a):  # waits for the values
+        return timed(lambda: tf.nest.map_structure(
+            lambda t: t.numpy() if hasattr(t, "numpy") else t, fn(*a)),
+            args.steps)
 
     x = tf.constant(images)
     y = tf.constant(np.maximum(labels, 0))
     student_vars = model.student.trainable_variables
     parts = {}
     if model.teacher is not None:
-        parts["teacher forward"] = timed(tf.function(
+        parts["teacher forward"] = timed_tf(tf.function(
             lambda x: model.teacher(x, training=False)), x)
 
     @tf.function
@@ -203,7 +208,7 @@ def tf_profile(args, model, images, labels):
                 y, out["logits"], from_logits=True))
             loss = ce + tf.reduce_sum(out["embedding"]) * 0.0
         return tape.gradient(loss, student_vars)
-    parts["student forward + backward"] = timed(student_fwd_bwd, x, y)
+    parts["student forward + backward"] = timed_tf(student_fwd_bwd, x, y)
     emb = tf.random.normal((args.batch_size, EMBED))
 
     @tf.function
@@ -213,14 +218,14 @@ def tf_profile(args, model, images, labels):
             loss = losses.ega_loss(t, s)
         return tape.gradient(loss, s)
     if model.teacher is not None:
-        parts["EGA loss + gradient"] = timed(ega, emb, emb * 0.5 + 1)
+        parts["EGA loss + gradient"] = timed_tf(ega, emb, emb * 0.5 + 1)
     grads = [tf.zeros_like(v) for v in student_vars]
 
     @tf.function
     def apply():
         model.optimizer.apply_gradients(zip(grads, student_vars))
         return model.optimizer.iterations
-    parts["student SGD update"] = timed(apply)
+    parts["student SGD update"] = timed_tf(apply)
     return parts
 
 
@@ -314,8 +319,34 @@ def run_torch(args):
         start = time.perf_counter()
         last = step()
         times.append(time.perf_counter() - start)
+    profile = {}
+    if args.profile:
+        def forward():
+            with torch.no_grad():
+                return teacher(x_t)
+
+        def student_fwd_bwd():
+            opt.zero_grad()
+            ce(s_cls(s_embed(student(x_s))), y).backward()
+        profile["teacher forward"] = timed(forward, args.steps)
+        profile["student forward + backward"] = timed(student_fwd_bwd,
+                                                      args.steps)
     return summary(args, f"PyTorch {torch.__version__}",
-                   statistics.median(times), compile_s, False, first, last)
+                   statistics.median(times), compile_s, False, first, last,
+                   profile)
+
+
+def timed(fn, steps):
+    """Median seconds of ``fn()`` (run twice first) over
+    max(5, steps // 2) calls."""
+    fn()
+    fn()
+    out = []
+    for _ in range(max(5, steps // 2)):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return statistics.median(out)
 
 
 # ------------------------------------------------------------------ report
@@ -326,7 +357,8 @@ def child(args, framework):
                  "distill", "jit", "precision", "teacher_precision",
                  "teacher_view"):
         cmd.append(f"--{name}={getattr(args, name)}")
-    if args.profile and framework == "tf":
+    cmd.append(f"--teacher_fold_bn={args.teacher_fold_bn}")
+    if args.profile:
         cmd.append("--profile")
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
@@ -353,6 +385,22 @@ def table(rows, args):
               f"{r['last_loss']:.3f} | {r['finite']} |")
 
 
+def side_by_side(rows):
+    """Each part of the step, run alone, in both frameworks (every
+    round)."""
+    print("| round | part of the step, run alone | ega_tf ms | PyTorch ms |")
+    print("| --- | --- | ---: | ---: |")
+    for rnd in sorted({r for r, _ in rows}):
+        ours, theirs = (r for n, r in rows if n == rnd)
+        for part in ("teacher forward", "student forward + backward"):
+            print(f"| {rnd} | {part} | "
+                  f"{1000 * ours['profile'].get(part, float('nan')):.0f} | "
+                  f"{1000 * theirs['profile'].get(part, float('nan')):.0f}"
+                  " |")
+        print(f"| {rnd} | whole step | {1000 * ours['median_step_s']:.0f} | "
+              f"{1000 * theirs['median_step_s']:.0f} |")
+
+
 def main():
     args = flags()
     if args.compare:
@@ -364,6 +412,8 @@ def main():
         table(rows, args)
         print("ega_tf / PyTorch images per second: " + ", ".join(
             f"round {i}: {r:.2f}x" for i, r in enumerate(ratios, 1)))
+        if args.profile:
+            side_by_side(rows)
         return
     result = (run_tf if args.framework == "tf" else run_torch)(args)
     if args.json:

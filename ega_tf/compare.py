@@ -80,6 +80,11 @@ def define_flags(flag_values):
                "(default: the config's epochs).", flag_values)
     cli.define("bool", "tune_lr", False, "Also search the learning rate "
                "(over lr/10 .. 3 lr).", flag_values)
+    cli.define("bool", "share_teacher", True, "Train the cells of one "
+               "seed and labeled fraction together in lockstep: one batch "
+               "and one teacher forward per step for all of them, each "
+               "cell's numbers bit for bit those of its run alone (README, "
+               "'Speed'); false: one cell after another.", flag_values)
     cli.define("bool", "pictures", True, "Draw curves.png, embeddings.png "
                "and graphs.png (needs matplotlib).", flag_values)
     cli.define("integer", "embedding_points", analysis.PROBE_POINTS,
@@ -179,7 +184,7 @@ def main(argv, flag_values):
                   for s, v in by_setting.items() if v}
         configs = grid.configs(base, cells, chosen)
     grid.run(base, cells, workdir, flag_values.verbose, log,
-             cell_configs=configs)
+             cell_configs=configs, share_teacher=flag_values.share_teacher)
     rows = grid.collect(cells, workdir)
     # Tables and figures name a method from a file by its class's name.
     labels = list(dict.fromkeys(methods.name_of(m) for m in method_names))

@@ -73,6 +73,10 @@ def default_config(arg=None):
     c.distill = "ega"
     # The frozen teacher's arithmetic: float32 | bfloat16 (faster, ~6e-3).
     c.teacher_precision = "float32"
+    # Fold the frozen teacher's BatchNorm into its convolutions when it is
+    # loaded (ega_tf/teachers/fold.py: the same features to float32
+    # rounding, a faster forward); the teacher's file is left as it is.
+    c.teacher_fold_bn = True
     # auto: with teacher_view=clean, compute the teacher's features once
     # and train from them (the same numbers, no teacher in the step); none.
     c.teacher_cache = "auto"

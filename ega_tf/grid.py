@@ -179,65 +179,120 @@ def cell_state(workdir):
         else "new"
 
 
-def run(base, cells, workdir, verbose=0, log=print, after_cell=None,
-        cell_configs=None):
-    """Trains every cell that has not finished, in order, printing one line
-    per cell with the time left; returns {cell: status}. ``cell_configs``:
-    the cells' resolved configs when the caller has them (``configs``,
-    with the values ``compare --tune`` chose)."""
-    import keras
-
+def lockstep_groups(cells, cell_configs):
+    """``cells`` in groups that see the same batches, views and teacher
+    features (``training.lockstep_key``: the same seed and labeled
+    fraction; any methods and students), in order of their first cell."""
     from ega_tf import training
+    groups = {}
+    for cell in cells:
+        key = training.lockstep_key(cell_configs[cell])
+        groups.setdefault(key, []).append(cell)
+    return list(groups.values())
+
+
+def run(base, cells, workdir, verbose=0, log=print, after_cell=None,
+        cell_configs=None, share_teacher=True):
+    """Trains every cell that has not finished, printing one line per cell
+    with the time left; returns {cell: status}. ``cell_configs``: the
+    cells' resolved configs when the caller has them (``configs``, with the
+    values ``compare --tune`` chose). ``share_teacher``: the cells of one
+    seed and labeled fraction train in lockstep in one process
+    (``training.run_lockstep``: one batch and one teacher forward per step
+    for all of them, each cell's numbers those of its run alone); false
+    trains them one by one."""
+    import keras
     cell_configs = cell_configs or configs(base, cells)
     todo = [c for c in cells if cell_state(os.path.join(workdir, c.name))
             not in ("finished", "diverged")]
     if len(todo) < len(cells):
         log(f"{len(cells) - len(todo)} of {len(cells)} cells finished "
             "earlier; their results are kept.")
-    spent, status = [], {}
-    width = len(str(len(cells)))
+    status = {}
+    number = _numbering(cells)
     for cell in cells:
-        path = os.path.join(workdir, cell.name)
-        number = f"[{cells.index(cell) + 1:{width}d}/{len(cells)}]"
         if cell not in todo:
-            status[cell] = cell_state(path)
-            if status[cell] == "finished" and not os.path.exists(
-                    os.path.join(path, analysis.PROBE)):
-                log(f"{number} {cell.describe()}: finished by an earlier "
-                    f"version; writing its {analysis.PROBE}...")
-                training.write_probe_of(cell_configs[cell], path)
-                keras.backend.clear_session(free_memory=False)
-            continue
-        state = cell_state(path)
-        log(f"{number} {cell.describe()}: "
-            + ("resuming" if state == "partial" else "training") + "...")
+            status[cell] = cell_state(os.path.join(workdir, cell.name))
+            _write_missing_probe(cell, cell_configs[cell], workdir,
+                                 number(cell), log)
+    groups = (lockstep_groups(todo, cell_configs) if share_teacher
+              else [[c] for c in todo])
+    spent, done = 0.0, 0
+    for group in groups:
+        for cell in group:
+            state = cell_state(os.path.join(workdir, cell.name))
+            log(f"{number(cell)} {cell.describe()}: "
+                + ("resuming" if state == "partial" else "training")
+                + ("" if len(group) == 1 else
+                   f" (in lockstep with {len(group) - 1} other cell"
+                   f"{'s' if len(group) > 2 else ''}: one teacher forward "
+                   "per step)") + "...")
         begin = time.time()
-        try:
-            with quiet(verbose == 0):
-                results = training.run(cell_configs[cell], path, verbose)
-            status[cell] = "finished"
-            chosen = results.get("test_top1_at_best_val")
-            text = (f"test top-1 last {results['test_top1_last']:.2f}"
-                    + (f", at best val {chosen:.2f}" if chosen is not None
-                       else "")
-                    + (" (COLLAPSED since epoch "
-                       f"{results['collapsed_since_epoch']})"
-                       if results.get("collapsed") else ""))
-        except training.DivergedError as e:
-            status[cell] = "diverged"
-            text = f"DIVERGED ({e})"
-        spent.append(time.time() - begin)
-        left = len(todo) - len(spent)
-        eta = (f"; about {duration(np.mean(spent) * left)} left for {left}"
+        with quiet(verbose == 0):
+            outcomes = _train_group(group, cell_configs, workdir, verbose)
+        seconds = time.time() - begin
+        spent, done = spent + seconds, done + len(group)
+        left = len(todo) - done
+        eta = (f"; about {duration(spent / done * left)} left for {left}"
                f" cell{'s' if left != 1 else ''}" if left else "")
-        log(f"{number} {cell.describe()}: {text} in "
-            f"{duration(spent[-1])}{eta}")
+        for cell, outcome in zip(group, outcomes):
+            status[cell] = ("diverged" if isinstance(outcome, Exception)
+                            else "finished")
+            took = (duration(seconds) if len(group) == 1 else
+                    f"{duration(seconds)} for the {len(group)} cells")
+            log(f"{number(cell)} {cell.describe()}: {_outcome(outcome)} in "
+                f"{took}" + (eta if cell is group[-1] else ""))
         # Keras's global state only: a forced garbage collection here took
         # 0.3 s a cell (Python's own collector frees the cell's graphs).
         keras.backend.clear_session(free_memory=False)
         if after_cell is not None:
-            after_cell(cell)
+            for cell in group:
+                after_cell(cell)
     return status
+
+
+def _numbering(cells):
+    """"[ 3/45]": a cell's place in the grid."""
+    width = len(str(len(cells)))
+    return lambda cell: f"[{cells.index(cell) + 1:{width}d}/{len(cells)}]"
+
+
+def _write_missing_probe(cell, config, workdir, number, log):
+    """probe.npz for a cell finished by a version that did not write it."""
+    import keras
+
+    from ega_tf import training
+    path = os.path.join(workdir, cell.name)
+    if cell_state(path) == "finished" and not os.path.exists(
+            os.path.join(path, analysis.PROBE)):
+        log(f"{number} {cell.describe()}: finished by an earlier version; "
+            f"writing its {analysis.PROBE}...")
+        training.write_probe_of(config, path)
+        keras.backend.clear_session(free_memory=False)
+
+
+def _train_group(group, cell_configs, workdir, verbose):
+    """Each cell's results dict or DivergedError."""
+    from ega_tf import training
+    runs = [(cell_configs[c], os.path.join(workdir, c.name)) for c in group]
+    if len(runs) > 1:
+        return training.run_lockstep(runs, verbose)
+    try:
+        return [training.run(*runs[0], verbose)]
+    except training.DivergedError as e:
+        return [e]
+
+
+def _outcome(outcome):
+    """A cell's result in one phrase."""
+    if isinstance(outcome, Exception):
+        return f"DIVERGED ({outcome})"
+    chosen = outcome.get("test_top1_at_best_val")
+    return (f"test top-1 last {outcome['test_top1_last']:.2f}"
+            + (f", at best val {chosen:.2f}" if chosen is not None else "")
+            + (" (COLLAPSED since epoch "
+               f"{outcome['collapsed_since_epoch']})"
+               if outcome.get("collapsed") else ""))
 
 
 @contextlib.contextmanager

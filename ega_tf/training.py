@@ -44,6 +44,7 @@ class DivergedError(RunStopped):
 
     def __init__(self, term, value, epoch, step, lr):
         self.term, self.value, self.epoch, self.step = term, value, epoch, step
+        self.lr = lr
         super().__init__(
             f"training diverged: {term} became {value} at epoch {epoch + 1}, "
             f"step {step + 1} (learning rate {lr:g}). Nothing was exported; "
@@ -142,37 +143,45 @@ def load_teacher(config, image_size=None):
     run on images of that size (one line saying which size it takes if
     not)."""
     from ega_tf import teachers
-    from ega_tf.teachers import teacher_file
+    from ega_tf.teachers import fold, teacher_file
     teacher = teachers.load_or_convert(
         config.teacher, allow_pickle=config.allow_pickle,
         trust_saved_model=config.trust_saved_model)
     if image_size is not None:
         teacher_file.check_runs_on(teacher, image_size,
                                    f"Teacher {config.teacher!r}")
-    teacher_file.with_precision(teacher, config.teacher_precision)
+    if config.teacher_fold_bn:
+        teacher, folded = fold.fold_batchnorm(teacher)
+        logging.info("Folded %d BatchNorm layers of the teacher into its "
+                     "convolutions.", folded)
+    teacher = teacher_file.with_precision(teacher, config.teacher_precision)
     logging.info("%s (%s)", teachers.describe(teacher),
                  config.teacher_precision)
     return teacher
 
 
-def teacher_features(config, teacher, dataset, workdir, chief, verbose):
+def teacher_features(config, teacher, dataset, workdirs, chief, verbose):
     """{"train" | "val" | "test": the clean view's teacher features of that
-    split}, computed once (``teacher_cache``); empty when the teacher runs
-    each step."""
+    split}, computed once (``teacher_cache``) into the first of
+    ``workdirs`` and linked into the others (the runs of a lockstep group
+    read one copy); empty when the teacher runs each step."""
     if (teacher is None or config.teacher_view != "clean"
             or config.teacher_cache == "none"):
         return {}
     from ega_tf.teachers import checkpoint_io, feature_cache
-    sha = checkpoint_io.sha256(config.teacher) + config.teacher_precision
+    sha = (checkpoint_io.sha256(config.teacher) + config.teacher_precision
+           + ("+folded" if config.teacher_fold_bn else ""))
     out = {}
     for name, split in (("train", dataset.train), ("val", dataset.val),
                         ("test", dataset.test)):
         if split is None:
             continue
-        path = (os.path.join(workdir, wd.features_file(name))
-                if chief else None)
+        paths = ([os.path.join(w, wd.features_file(name)) for w in workdirs]
+                 if chief else [None])
         out[name] = feature_cache.load_or_compute(
-            path, teacher, sha, split, f"{name} images", verbose)
+            paths[0], teacher, sha, split, f"{name} images", verbose)
+        for path in paths[1:]:
+            wd.link_or_copy(paths[0], path)
     return out
 
 
@@ -316,9 +325,35 @@ class Checkpointer:
         self.manager.save(checkpoint_number=number)
 
 
-def _step_function(model, strategy, step_fn, jit):
-    """One step on the next batch of a distributed iterator; returns the
-    metrics over all replicas (read in cross-replica context).
+def _fetch_function(strategy, teacher, jit):
+    """``fetch(iterator)``: the iterator's next batch, the frozen teacher's
+    features of its teacher view put in place of the view
+    (``teacher_features``). The teacher runs here, in a function of its own,
+    and not inside a run's step: every run of a lockstep group then reads
+    the one forward (``run_lockstep``), and a run alone computes exactly
+    what it computes in a group."""
+    import tensorflow as tf
+
+    def add_features(batch):
+        x, *rest = batch
+        if teacher is None or "teacher" not in x:
+            return batch
+        x = dict(x)
+        x["teacher_features"] = teacher(x.pop("teacher"), training=False)
+        return (x, *rest)
+    replica = (tf.function(add_features, jit_compile=True, autograph=False)
+               if jit else add_features)
+
+    @tf.function(autograph=False)
+    def fetch(iterator):
+        return strategy.run(replica, args=(next(iterator),))
+    return fetch
+
+
+def _cell_step_function(model, strategy, step_fn, jit):
+    """``step(batch)``: ``step_fn`` (a train or test step) on a fetched
+    batch on every replica; returns the metrics over all replicas (read in
+    cross-replica context).
 
     Traced without autograph: the steps hold no Python control flow on
     tensors, and converting every function they call added 1-3 s to the
@@ -328,10 +363,19 @@ def _step_function(model, strategy, step_fn, jit):
                     if jit else step_fn)
 
     @tf.function(autograph=False)
-    def step(iterator):
-        strategy.run(replica_step, args=(next(iterator),))
+    def step(batch):
+        strategy.run(replica_step, args=(batch,))
         return {m.name: m.result() for m in model.metrics}
     return step
+
+
+def _step_function(model, strategy, step_fn, jit):
+    """One step of one run on the next batch of a distributed iterator, as
+    the loop takes it: the teacher's forward (``_fetch_function``), then the
+    run's step (``_cell_step_function``); returns the metrics."""
+    fetch = _fetch_function(strategy, model.teacher, jit)
+    step = _cell_step_function(model, strategy, step_fn, jit)
+    return lambda iterator: step(fetch(iterator))
 
 
 def _first_non_finite(logs):
@@ -344,14 +388,18 @@ def _first_non_finite(logs):
 
 
 class _Progress:
-    """Keras's progress bar (verbose 1) or one line per epoch (2)."""
+    """Keras's progress bar (verbose 1) or one line per epoch (2); a run of
+    a lockstep group (``label``) prints its lines, prefixed by its label, at
+    verbose 1 and 2."""
 
-    def __init__(self, verbose, epochs, steps):
+    def __init__(self, verbose, epochs, steps, label=None):
         self.verbose, self.epochs, self.steps = verbose, epochs, steps
+        self.label = label
+        if label is not None and verbose:
+            self.verbose = 2
 
     def start(self, epoch, step):
         import keras
-        self.begin = time.time()
         if self.verbose == 1:
             print(f"Epoch {epoch + 1}/{self.epochs}")
             self.bar = keras.utils.Progbar(self.steps, verbose=1)
@@ -361,11 +409,12 @@ class _Progress:
         if self.verbose == 1:
             self.bar.update(step + 1, list(logs.items()))
 
-    def end(self, epoch, logs):
+    def end(self, epoch, logs, seconds):
         if self.verbose == 2:
             text = " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
-            print(f"Epoch {epoch + 1}/{self.epochs} - "
-                  f"{time.time() - self.begin:.0f}s - {text}", flush=True)
+            label = f"{self.label}: " if self.label else ""
+            print(f"{label}Epoch {epoch + 1}/{self.epochs} - "
+                  f"{seconds:.0f}s - {text}", flush=True)
         elif self.verbose == 1:
             print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()
                              if k.startswith(("val_", "test_"))), flush=True)
@@ -378,57 +427,96 @@ def run(config, workdir, verbose=2, strategy=None, on_step=None):
     workdir that belongs to another run. ``on_step(epoch, step, logs)`` is
     called after every training step (0-based; logs are the epoch's running
     means). With ``config.deterministic``, TensorFlow's op determinism is
-    on for the run and the process's setting is restored after it."""
-    with runtime.op_determinism(config.deterministic):
-        return _run(config, workdir, verbose, strategy, on_step)
+    on for the run and the process's setting is restored after it.
+
+    A run alone is a lockstep group of one (``run_lockstep``): it computes
+    what it computes in a group, bit for bit."""
+    outcome, = run_lockstep(
+        [(config, workdir)], verbose, strategy,
+        on_step=(None if on_step is None else
+                 lambda epoch, step, logs: on_step(epoch, step, logs[0])))
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
 
 
-class _Run:
-    """One run's state from setup to results: what it was asked (config,
-    workdir, strategy, output), what it built (dataset, model, streams,
-    checkpointer) and where it stands (history, the epoch and step it
-    starts from)."""
+# Fields the runs of one lockstep group may set each for itself: what is
+# trained, and how. Every other field decides the batches, the views or the
+# teacher's features, and is the group's.
+CELL_FIELDS = ("distill", "loss", "student", "student_weights",
+               "student_feature_layer", "student_input",
+               "student_bn_momentum", "embed_dim", "optim", "resume",
+               "export")
 
-    def __init__(self, config, workdir, strategy, verbose, on_step):
-        self.config, self.workdir = config, workdir
-        self.strategy, self.verbose, self.on_step = strategy, verbose, on_step
-        self.chief = distribute.is_chief()
+
+def lockstep_key(config):
+    """Runs with equal keys see the same batches, views and teacher
+    features, epoch by epoch: ``config`` without ``CELL_FIELDS``."""
+    shared = json.loads(config.to_json())
+    for field in CELL_FIELDS:
+        shared.pop(field, None)
+    return json.dumps(shared, sort_keys=True)
+
+
+def run_lockstep(runs, verbose=0, strategy=None, on_step=None):
+    """Trains ``runs`` ([(config, workdir)], configs with one
+    ``lockstep_key``: different methods or students on the same data, seed
+    and teacher) in one process, in lockstep: each step draws one batch and
+    runs the frozen teacher once, then every run's own step (its student,
+    teacher head, method state and optimizers) on it. Each run keeps its
+    own workdir, checkpoints, history, results and export, and ends bit for
+    bit where it would end alone; a run that diverges stops alone, the
+    others go on. Runs resumed at different points train in turn, each
+    set of equal points in lockstep.
+
+    Returns, per run, its results dict or the ``DivergedError`` that
+    stopped it. ``on_step(epoch, step, logs)``: after every step, ``logs``
+    one entry per run (None for those not training in it)."""
+    if not runs:
+        return []
+    keys = {lockstep_key(c) for c, _ in runs}
+    if len(keys) > 1:
+        raise ValueError("Runs of a lockstep group must share every config "
+                         f"field but {', '.join(CELL_FIELDS)}.")
+    workdirs = [os.path.abspath(w) for _, w in runs]
+    if len(set(workdirs)) < len(workdirs):
+        raise ValueError("Runs of a lockstep group need a workdir each.")
+    with runtime.op_determinism(runs[0][0].deterministic):
+        group = _Group(runs, verbose, strategy, on_step)
+        try:
+            return group.run()
+        finally:
+            group.close()
+
+
+class _Cell:
+    """One run of a group: what it was asked (config, workdir), what it
+    built (model, step functions, checkpointer) and where it stands
+    (history, the epoch and step it starts from)."""
+
+    def __init__(self, index, config, workdir, chief):
+        self.index, self.config, self.workdir = index, config, workdir
+        self.chief = chief
+        self.label = os.path.basename(os.path.normpath(workdir))
         self.history_path = os.path.join(workdir, wd.HISTORY)
         # Other workers write their checkpoints to a scratch directory
         # (MultiWorkerMirroredStrategy needs every worker to save).
-        self.scratch = (None if self.chief else
+        self.scratch = (None if chief else
                         tempfile.mkdtemp(prefix="ega_tf_worker_"))
 
-    def build(self):
-        """Data, teacher, model, input streams; the newest checkpoint
-        restored and the history trimmed to it."""
-        from ega_tf.data import pipeline
-        config, strategy = self.config, self.strategy
-        runtime.set_seed(config.seed)
-        runtime.set_precision(config.precision)
-        self.dataset = dataset = load_dataset(config)
+    def build(self, dataset, teacher, strategy):
+        """The model, its step functions, the newest checkpoint restored
+        and the history trimmed to it."""
+        config = self.config
         with strategy.scope():
-            teacher = (load_teacher(config, dataset.image_size)
-                       if uses_teacher(config) else None)
             self.model = build_model(config, dataset, teacher,
                                      strategy.num_replicas_in_sync)
+        jit = bool(self.model.step_jit_compile)
+        self.train_step = _cell_step_function(self.model, strategy,
+                                              self.model.train_step, jit)
+        self.eval_step = _cell_step_function(self.model, strategy,
+                                             self.model.test_step, jit)
         os.makedirs(self.workdir, exist_ok=True)
-        features = teacher_features(
-            config, teacher, dataset, self.workdir, self.chief, self.verbose)
-        self.train = pipeline.TrainStream(
-            dataset.train, config.batch_size, seed=config.seed,
-            padding=config.padding, teacher_view=config.teacher_view,
-            deterministic=config.deterministic,
-            features=features.get("train"),
-            index=self.model.method.uses_index, **config.input)
-        # Evaluated every epoch, in this order: history's val_* and test_*.
-        self.evaluated = {
-            prefix: pipeline.EvalStream(split, config.eval_batch_size,
-                                        features=features.get(name),
-                                        **config.input)
-            for prefix, name, split in (("val", "val", dataset.val),
-                                        ("test", "test", dataset.test))
-            if split is not None}
         own_dir = os.path.join(self.workdir, wd.CHECKPOINTS)
         with strategy.scope():
             self.ckpt = Checkpointer(self.model, self.scratch or own_dir,
@@ -440,57 +528,255 @@ class _Run:
             wd.write_json(os.path.join(self.workdir, wd.CONFIG),
                           json.loads(config.to_json()))
             wd.write_history(self.history_path, self.history)
+        schedule = self.model.optimizer.learning_rate
+        self.last_lr = lambda: (  # the rate of the last step taken
+            float(schedule(self.model.optimizer.iterations - 1))
+            if callable(schedule) else float(schedule))
 
-    def finish(self):
+    def finish(self, dataset):
         """The results of a run whose epochs are done: the probe of its
         test embeddings (``analysis``) and the exported student, on the
         chief; results.json written last."""
         from ega_tf import analysis, serving
-        results = _results(self.config, self.model, self.history,
-                           self.dataset)
+        results = _results(self.config, self.model, self.history, dataset)
         if not self.chief:
             return results
-        results.update(analysis.write_probe(self.model, self.dataset.test,
+        results.update(analysis.write_probe(self.model, dataset.test,
                                             self.workdir))
         if self.config.export:
             path = os.path.join(self.workdir, wd.SAVED_MODEL)
             serving.export_student(self.model.student, path,
-                                   self.dataset.class_names)
+                                   dataset.class_names)
             results["saved_model"] = path
         wd.write_json(os.path.join(self.workdir, wd.RESULTS), results)
         return results
 
-    def record_divergence(self, e):
+    def record_divergence(self, e, dataset):
         if self.chief:
             wd.write_json(os.path.join(self.workdir, wd.RESULTS), {
-                **_results(self.config, self.model, self.history,
-                           self.dataset),
+                **_results(self.config, self.model, self.history, dataset),
                 "status": "diverged",
                 "diverged": {"term": e.term, "value": str(e.value),
                              "epoch": e.epoch + 1, "step": e.step + 1,
-                             "message": str(e)}})
+                             "lr": e.lr, "message": str(e)}})
 
     def close(self):
         if self.scratch:
             shutil.rmtree(self.scratch, ignore_errors=True)
 
 
-def _run(config, workdir, verbose, strategy, on_step):
-    strategy = strategy or distribute.create(config)
-    distribute.check_batch(config, strategy.num_replicas_in_sync)
-    state, done = wd.claim(workdir, config)
-    if state == "done":
-        return _reported(done, workdir)
-    run = _Run(config, workdir, strategy, verbose, on_step)
-    try:
-        run.build()
-        _loop(run)
-        return run.finish()
-    except DivergedError as e:
-        run.record_divergence(e)
-        raise
-    finally:
-        run.close()
+class _Group:
+    """The runs of ``run_lockstep``: the shared dataset, teacher and input
+    streams, and each run's ``_Cell``."""
+
+    def __init__(self, runs, verbose, strategy, on_step):
+        self.config = config = runs[0][0]
+        self.verbose, self.on_step = verbose, on_step
+        self.strategy = strategy or distribute.create(config)
+        distribute.check_batch(config, self.strategy.num_replicas_in_sync)
+        self.chief = distribute.is_chief()
+        self.outcomes = [None] * len(runs)
+        self.cells = []
+        # Every workdir is checked before any is written.
+        claims = [wd.claim(w, c) for c, w in runs]
+        for i, ((c, w), (state, done)) in enumerate(zip(runs, claims)):
+            if state == "done":
+                try:
+                    self.outcomes[i] = _reported(done, w)
+                except DivergedError as e:
+                    self.outcomes[i] = e
+            else:
+                self.cells.append(_Cell(i, c, w, self.chief))
+
+    def run(self):
+        if self.cells:
+            self.build()
+            for start in sorted({(c.start_epoch, c.start_step)
+                                 for c in self.cells}):
+                self._loop([c for c in self.cells if (
+                    c.start_epoch, c.start_step) == start], *start)
+        return self.outcomes
+
+    def build(self):
+        """Data, teacher, every run's model, the input streams."""
+        from ega_tf.data import pipeline
+        config, strategy, cells = self.config, self.strategy, self.cells
+        runtime.set_seed(config.seed)
+        runtime.set_precision(config.precision)
+        self.dataset = dataset = load_dataset(config)
+        taught = [c for c in cells if uses_teacher(c.config)]
+        with strategy.scope():
+            teacher = (load_teacher(config, dataset.image_size)
+                       if taught else None)
+        for cell in cells:
+            cell.build(dataset, teacher if cell in taught else None,
+                       strategy)
+        features = teacher_features(
+            config, teacher, dataset, [c.workdir for c in cells],
+            self.chief, self.verbose)
+        self.train = pipeline.TrainStream(
+            dataset.train, config.batch_size, seed=config.seed,
+            padding=config.padding, teacher_view=config.teacher_view,
+            deterministic=config.deterministic,
+            features=features.get("train"),
+            index=any(c.model.method.uses_index for c in cells),
+            **config.input)
+        # Evaluated every epoch, in this order: history's val_* and test_*.
+        self.evaluated = {
+            prefix: pipeline.EvalStream(split, config.eval_batch_size,
+                                        features=features.get(name),
+                                        **config.input)
+            for prefix, name, split in (("val", "val", dataset.val),
+                                        ("test", "test", dataset.test))
+            if split is not None}
+        jit = any(c.model.step_jit_compile for c in taught)
+        self.fetch = _fetch_function(strategy, teacher, jit)
+
+    def _stop(self, cell, live, error):
+        """A run whose loss stopped being finite: recorded, and dropped
+        from the group."""
+        cell.record_divergence(error, self.dataset)
+        self.outcomes[cell.index] = error
+        live.remove(cell)
+
+    def _loop(self, cells, start_epoch, start_step):
+        """The epochs of ``cells`` (built, all at ``start_epoch`` and
+        ``start_step``), appending to their histories; then their
+        results. A run's wall time is the time of its own steps plus its
+        share of the group's (the batch, the teacher, evaluation's
+        batches)."""
+        import tensorflow as tf
+        config, strategy, train = self.config, self.strategy, self.train
+        steps = train.steps_per_epoch
+        every = config.checkpoint_every_steps or 0
+        label = (lambda c: c.label) if len(self.outcomes) > 1 else (
+            lambda c: None)
+        for cell in cells:
+            cell.progress = _Progress(self.verbose, config.epochs, steps,
+                                      label(cell))
+            # TensorBoard runs: train, validation (held-out training images)
+            # and test.
+            boards = {"train": "train", "val": "validation", "test": "test"}
+            cell.writers = ({prefix: tf.summary.create_file_writer(
+                os.path.join(cell.workdir, wd.LOGS, boards[prefix]))
+                for prefix in ("train", *self.evaluated)}
+                if self.chief else {})
+        live = list(cells)
+        for epoch in range(start_epoch, config.epochs):
+            if not live:
+                break
+            skip = start_step if epoch == start_epoch else 0
+            for cell in live:
+                if not skip:  # a resumed epoch keeps its running metrics
+                    cell.model.reset_metrics()
+                cell.progress.start(epoch, skip)
+                cell.seconds = 0.0
+            iterator = iter(train.distributed(strategy, epoch, skip))
+            shared, logs = 0.0, {}
+            for step in range(skip, steps):
+                begin = time.time()
+                batch = self.fetch(iterator)
+                shared += (time.time() - begin) / len(live)
+                for cell in list(live):
+                    begin = time.time()
+                    logs[cell] = {k: float(v) for k, v in
+                                  cell.train_step(batch).items()}
+                    cell.seconds += time.time() - begin
+                    bad = _first_non_finite(logs[cell])
+                    if bad:
+                        self._stop(cell, live, DivergedError(
+                            bad, logs[cell][bad], epoch, step,
+                            cell.last_lr()))
+                        continue
+                    cell.progress.update(step, logs[cell])
+                    done = epoch * steps + step + 1
+                    if every and done % every == 0 and step + 1 < steps:
+                        cell.ckpt.save(epoch, step + 1, done)
+                if self.on_step is not None:
+                    self.on_step(epoch, step, [
+                        logs.get(c) if c in live else None
+                        for c in self._all_slots()])
+                if not live:
+                    return
+            for cell in live:
+                cell.train_seconds = cell.seconds = cell.seconds + shared
+            evaluated = self._evaluate(live)
+            for cell in list(live):
+                values = evaluated[cell]
+                bad = next(((prefix, k) for prefix, v in values.items()
+                            for k in [_first_non_finite(v)] if k), None)
+                if bad:
+                    prefix, k = bad
+                    self._stop(cell, live, DivergedError(
+                        f"{prefix}_{k}", values[prefix][k], epoch,
+                        steps - 1, cell.last_lr()))
+                    continue
+                self._end_epoch(cell, epoch, logs.get(cell, {}), values,
+                                steps)
+        for cell in live:
+            self.outcomes[cell.index] = cell.finish(self.dataset)
+
+    def _all_slots(self):
+        """One entry per run asked for, its cell or None (finished
+        earlier)."""
+        by_index = {c.index: c for c in self.cells}
+        return [by_index.get(i) for i in range(len(self.outcomes))]
+
+    def _evaluate(self, cells):
+        """{cell: {prefix: its metrics over that stream}}, train-only terms
+        left out; each batch's teacher forward computed once."""
+        out = {cell: {} for cell in cells}
+        for prefix, stream in self.evaluated.items():
+            for cell in cells:
+                cell.model.reset_metrics()
+            iterator = iter(stream.distributed(self.strategy))
+            values = {}
+            for _ in range(stream.steps):
+                begin = time.time()
+                batch = self.fetch(iterator)
+                shared = (time.time() - begin) / len(cells)
+                for cell in cells:
+                    begin = time.time()
+                    values[cell] = cell.eval_step(batch)
+                    cell.seconds += time.time() - begin + shared
+            for cell in cells:
+                out[cell][prefix] = {
+                    k: float(v) for k, v in values[cell].items()
+                    if k not in cell.model.train_only_names()}
+        return out
+
+    def _end_epoch(self, cell, epoch, logs, evaluated, steps):
+        """The epoch's row in the cell's history, TensorBoard and
+        checkpoint."""
+        import tensorflow as tf
+        config = cell.config
+        val = {f"{prefix}_{k}": v for prefix, values in evaluated.items()
+               for k, v in values.items()}
+        row = {"epoch": epoch, **logs, **val,
+               "epoch_seconds": cell.seconds,
+               "train_seconds": cell.train_seconds}
+        was_collapsed = collapse(cell.history)[0]
+        cell.history.append(row)
+        collapsed, _, share = collapse(cell.history)
+        if collapsed and not was_collapsed:
+            _collapse_warning(epoch + 1, share)
+        cell.progress.end(epoch, {**logs, **val}, row["epoch_seconds"])
+        if self.chief:
+            # The row goes in before the checkpoint: a crash between the
+            # two resumes from the previous checkpoint, and the history is
+            # trimmed to it.
+            wd.write_history(cell.history_path, cell.history)
+            for prefix, values in (("train", logs), *evaluated.items()):
+                with cell.writers[prefix].as_default(step=epoch + 1):
+                    for k, v in values.items():
+                        tf.summary.scalar(k, v)
+        if (epoch + 1) % config.checkpoint_every == 0 or \
+                epoch + 1 == config.epochs:
+            cell.ckpt.save(epoch + 1, 0, (epoch + 1) * steps)
+
+    def close(self):
+        for cell in self.cells:
+            cell.close()
 
 
 def collapse(history):
@@ -524,99 +810,11 @@ def _reported(results, workdir):
     if results.get("status") == "diverged":
         d = results["diverged"]
         raise DivergedError(d["term"], d["value"], d["epoch"] - 1,
-                            d["step"] - 1, float("nan")) from None
+                            d["step"] - 1, d.get("lr", float("nan"))) from None
     logging.info("%s holds a finished run of this config; its results are "
                  "reported as they are (--config.resume=false trains it "
                  "again).", workdir)
     return results
-
-
-def _loop(run):
-    """The epochs of ``run`` (a ``_Run``, built), appending to its
-    history."""
-    import tensorflow as tf
-    config, model, strategy = run.config, run.model, run.strategy
-    train, ckpt, history = run.train, run.ckpt, run.history
-    chief, on_step, start_epoch = run.chief, run.on_step, run.start_epoch
-    jit = bool(model.step_jit_compile)
-    train_step = _step_function(model, strategy, model.train_step, jit)
-    eval_step = _step_function(model, strategy, model.test_step, jit)
-    steps = train.steps_per_epoch
-    every = config.checkpoint_every_steps or 0
-    progress = _Progress(run.verbose, config.epochs, steps)
-    # TensorBoard runs: train, validation (held-out training images) and
-    # test.
-    boards = {"train": "train", "val": "validation", "test": "test"}
-    writers = ({prefix: tf.summary.create_file_writer(os.path.join(
-        run.workdir, wd.LOGS, boards[prefix]))
-        for prefix in ("train", *run.evaluated)} if chief else {})
-    schedule = model.optimizer.learning_rate
-
-    def last_lr():  # the rate of the last step taken
-        return (float(schedule(model.optimizer.iterations - 1))
-                if callable(schedule) else float(schedule))
-    for epoch in range(start_epoch, config.epochs):
-        skip = run.start_step if epoch == start_epoch else 0
-        if not skip:  # a resumed epoch keeps its restored running metrics
-            model.reset_metrics()
-        iterator = iter(train.distributed(strategy, epoch, skip))
-        progress.start(epoch, skip)
-        logs = {}
-        for step in range(skip, steps):
-            logs = {k: float(v) for k, v in train_step(iterator).items()}
-            bad = _first_non_finite(logs)
-            if bad:
-                raise DivergedError(bad, logs[bad], epoch, step, last_lr())
-            progress.update(step, logs)
-            done = epoch * steps + step + 1
-            if every and done % every == 0 and step + 1 < steps:
-                ckpt.save(epoch, step + 1, done)
-            if on_step is not None:
-                on_step(epoch, step, logs)
-        train_seconds = time.time() - progress.begin
-        evaluated = {}
-        for prefix, stream in run.evaluated.items():
-            values = _evaluate(model, strategy, eval_step, stream)
-            bad = _first_non_finite(values)
-            if bad:
-                raise DivergedError(f"{prefix}_{bad}", values[bad], epoch,
-                                    steps - 1, last_lr())
-            evaluated[prefix] = values
-        val = {f"{prefix}_{k}": v for prefix, values in evaluated.items()
-               for k, v in values.items()}
-        row = {"epoch": epoch, **logs, **val,
-               "epoch_seconds": time.time() - progress.begin,
-               "train_seconds": train_seconds}
-        was_collapsed = collapse(history)[0]
-        history.append(row)
-        collapsed, _, share = collapse(history)
-        if collapsed and not was_collapsed:
-            _collapse_warning(epoch + 1, share)
-        progress.end(epoch, {**logs, **val})
-        if chief:
-            # The row goes in before the checkpoint: a crash between the
-            # two resumes from the previous checkpoint, and the history is
-            # trimmed to it.
-            wd.write_history(run.history_path, history)
-            for prefix, values in (("train", logs), *evaluated.items()):
-                with writers[prefix].as_default(step=epoch + 1):
-                    for k, v in values.items():
-                        tf.summary.scalar(k, v)
-        if (epoch + 1) % config.checkpoint_every == 0 or \
-                epoch + 1 == config.epochs:
-            ckpt.save(epoch + 1, 0, (epoch + 1) * steps)
-
-
-def _evaluate(model, strategy, eval_step, stream):
-    """The model's metrics over one evaluation stream (train-only terms
-    left out), as floats."""
-    model.reset_metrics()
-    iterator = iter(stream.distributed(strategy))
-    values = {}
-    for _ in range(stream.steps):
-        values = eval_step(iterator)
-    return {k: float(v) for k, v in values.items()
-            if k not in model.train_only_names()}
 
 
 def best_val_epoch(history):

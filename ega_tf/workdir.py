@@ -68,6 +68,8 @@ def _flatten(tree, prefix=""):
 # computes what those runs computed: an older config.json without the field
 # means this value.
 ADDED_FIELDS = {"data.val_fraction": 0.0,
+                # Runs before the teacher's BatchNorm was folded.
+                "teacher_fold_bn": False,
                 # A comparison's grid.json: no --tune.
                 "tune.trials": 0}
 
@@ -181,3 +183,15 @@ def write_history(path, rows):
     with atomic_output(path) as tmp:
         with open(tmp, "w", newline="") as f:
             f.write(text.getvalue())
+
+
+def link_or_copy(source, target):
+    """Puts ``source`` at ``target`` (atomically): a hard link where the
+    file system allows one (no second copy on disk), else a copy."""
+    if os.path.exists(target) and os.path.samefile(source, target):
+        return
+    with atomic_output(target, suffix=os.path.splitext(target)[1]) as tmp:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)

@@ -304,14 +304,22 @@ class TestCase(tf.test.TestCase, parameterized.TestCase):
     def assertPublishedParity(self, backbone, published, x, tol=1e-4):
         """The Keras backbone against the published file's reference
         network on normalised pixels ``x``, in float64 when the reference
-        can run so."""
-        got = np.asarray(backbone(x))
+        can run so; and the backbone with its BatchNorm folded, as training
+        runs it (``teachers/fold.py``), to the same bound. Returns the
+        unfolded backbone's errors."""
+        from ega_tf.teachers import fold
         if published.reference64 is None:
-            return self.assertParity(got, published.reference(x), tol,
-                                     published.family)
-        return self.assertParity(got, published.reference64(x), tol,
-                                 published.family,
-                                 source=published.reference(x))
+            want, source = published.reference(x), None
+        else:
+            want, source = published.reference64(x), published.reference(x)
+        folded, count = fold.fold_batchnorm(backbone)
+        out = self.assertParity(np.asarray(backbone(x)), want, tol,
+                                published.family, source=source)
+        if count:
+            self.assertParity(np.asarray(folded(x)), want, tol,
+                              f"{published.family} ({count} BatchNorm "
+                              "folded)", source=source)
+        return out
 
     def assertPixelsMatch(self, ours, want, std, label=""):
         """Preprocessed pixels within one grey level of the reference

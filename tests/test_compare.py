@@ -70,12 +70,17 @@ class CompareGridTest(TestCase):
                 columns = f.readline().strip().split(",")
             for term in methods.METHODS.get(row["method"]).terms:
                 self.assertIn(term, columns, row["method"])
-        # One progress line per cell, with the time left.
+        # One seed: the cells trained in one lockstep group; one line per
+        # cell as it starts and as it ends.
         n = len(names)
         width = len(str(n))
         self.assertIn(f"[{1:{width}d}/{n}] none resnet8 labeled=0.1 seed=0: "
-                      "test top-1", self.first.stdout)
-        self.assertIn(f"left for {n - 1} cells", self.first.stdout)
+                      f"training (in lockstep with {n - 1} other cells",
+                      self.first.stdout)
+        self.assertRegex(self.first.stdout, rf"\[{1:{width}d}/{n}\] none "
+                         r"resnet8 labeled=0.1 seed=0: test top-1 last "
+                         rf"[0-9.]+, at best val [0-9.]+ in \d+ s for the "
+                         rf"{n} cells")
         # At --verbose=0 the cells' own INFO lines stay quiet.
         self.assertNotIn("Strategy none", self.first.stderr)
 
