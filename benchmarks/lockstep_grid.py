@@ -7,7 +7,7 @@ Two kinds of measurement, each configuration in a fresh process, memory
 as that process's peak resident set:
 
 ``--setting=digits`` runs the real thing: ``python -m ega_tf.compare`` on
-digits with the first K methods of the 15-method grid, one seed, with
+digits with the last K methods of the 15-method grid, one seed, with
 ``--share_teacher=true`` and ``=false``, and reports the whole grid's wall
 time (process start to exit)::
 
@@ -38,9 +38,14 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-# The README's grid, in its order; K takes the first K.
+# The README's grid, in its order; K takes the last K (ega alone, EGA and
+# its ablations, ..., all 15 with cross-entropy alone first).
 METHODS = ("none", "kd", "hint", "rkd", "pkt", "sp", "nce", "ccl", "crd",
            "dkd", "seed", "compress", "ega_node", "ega_edge", "ega")
+
+
+def last_k(k):
+    return METHODS[len(METHODS) - k:]
 
 
 def flags():
@@ -56,12 +61,11 @@ def flags():
     ap.add_argument("--steps", type=int, default=5,
                     help="timed steps (step settings)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
     return ap.parse_args()
 
 
 def run_child(cmd):
-    """(wall seconds, stdout) of a child process."""
+    """(wall seconds, peak resident MiB, stdout) of a child process."""
     begin = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=ROOT,
@@ -73,62 +77,49 @@ def run_child(cmd):
     return seconds, out
 
 
+def run_measured(cmd):
+    """(wall seconds, peak resident MiB) of a child process, its memory
+    read from the kernel's accounting of it (``wait4``)."""
+    begin = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, cwd=ROOT,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - begin
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        sys.exit(f"{' '.join(cmd)} failed:\n{err[-3000:].decode()}")
+    return seconds, round(usage.ru_maxrss / 1024)
+
+
 def digits(args, ks):
     if not args.teacher:
         sys.exit("--setting=digits needs --teacher=FILE.keras (make one with "
                  "python -m ega_tf.pretrain --dataset=digits "
                  "--out=teacher.keras).")
-    rows = []
+    rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for k in ks:
             for share in ("true", "false"):
-                cmd = [sys.executable, os.path.join(ROOT, "benchmarks",
-                                                    "lockstep_grid.py"),
-                       "--setting=digits", f"--child={k},{share}",
-                       f"--teacher={os.path.abspath(args.teacher)}",
-                       f"--epochs={args.epochs}",
-                       f"--k={k}"]
-                seconds, out = run_child(cmd + [f"--workdir={tmp}"])
-                rows.append((k, share, seconds,
-                             json.loads(out.strip().splitlines()[-1])))
-    print(f"digits grid: first K of the 15 methods, seed 0, {args.epochs} "
+                rows[k, share] = run_measured([
+                    sys.executable, "-m", "ega_tf.compare",
+                    "--config=configs/digits.py",
+                    f"--teacher={os.path.abspath(args.teacher)}",
+                    f"--methods={','.join(last_k(k))}", "--seeds=0",
+                    f"--epochs={args.epochs}", "--config.export=false",
+                    "--pictures=false", f"--share_teacher={share}",
+                    f"--workdir={tmp}/k{k}_{share}"])
+    print(f"digits grid: last K of the 15 methods, seed 0, {args.epochs} "
           f"epochs, teacher {args.teacher}; wall time of python -m "
-          "ega_tf.compare, peak resident memory")
+          "ega_tf.compare, its peak resident memory")
     print("| K | lockstep group | one cell after another | ratio | "
           "memory (group / one by one) |")
     print("| ---: | ---: | ---: | ---: | ---: |")
     for k in ks:
-        (_, _, a, ma), = [r for r in rows if r[:2] == (k, "true")]
-        (_, _, b, mb), = [r for r in rows if r[:2] == (k, "false")]
+        (a, ma), (b, mb) = rows[k, "true"], rows[k, "false"]
         print(f"| {k} | {a:.0f} s | {b:.0f} s | {a / b:.2f} | "
-              f"{ma['peak_rss_mib']} / {mb['peak_rss_mib']} MiB |")
-
-
-def digits_child(args):
-    """One compare grid in this process (so its peak memory is this
-    process's)."""
-    import resource
-    from absl import flags as absl_flags
-
-    from ega_tf import cli, compare
-    k, share = args.child.split(",")
-    workdir = os.path.join(args.workdir, f"k{k}_{share}")
-    argv = ["compare", "--config=configs/digits.py",
-            f"--teacher={args.teacher}",
-            f"--methods={','.join(METHODS[:int(k)])}", "--seeds=0",
-            f"--epochs={args.epochs}", "--config.export=false",
-            "--pictures=false", f"--share_teacher={share}",
-            f"--workdir={workdir}"]
-    values = absl_flags.FlagValues()
-    compare.define_flags(values)
-    values(argv)
-    cli.import_tensorflow()
-    import contextlib
-    import io
-    with contextlib.redirect_stdout(io.StringIO()):
-        compare.main([argv[0]], values)
-    print(json.dumps({"peak_rss_mib": round(resource.getrusage(
-        resource.RUSAGE_SELF).ru_maxrss / 1024)}))
+              f"{ma} / {mb} MiB |")
 
 
 def steps_child(args):
@@ -156,8 +147,8 @@ def steps_child(args):
     labels[rng.random(64) >= 0.1] = -1
     teacher = tf_teacher(teacher_args, images)
     strategy = tf.distribute.get_strategy()
-    cells = []
-    for name in METHODS[:k]:
+    cells, taught = [], []
+    for name in last_k(k):
         keras.utils.set_random_seed(0)
         student = build_student(students.create(
             "resnet8x4", input_shape=(size, size, 3)), 100, 256)
@@ -172,31 +163,35 @@ def steps_child(args):
             TorchSGD(0.01) if uses else None))
         cells.append(training._cell_step_function(model, strategy,
                                                   model.train_step, False))
+        taught.append(bool(uses))
     batch = ({"student": images, "teacher": images,
               "index": np.arange(64)}, labels)
     iterator = iter(strategy.distribute_datasets_from_function(
         lambda ctx: tf.data.Dataset.from_tensors(batch).repeat()))
+    # A group runs the teacher if one of its cells reads it; a cell alone
+    # if it reads it.
     fetch = training._fetch_function(strategy, teacher, False)
+    plain = training._fetch_function(strategy, None, False)
 
     def group():
-        b = fetch(iterator)
+        b = (fetch if any(taught) else plain)(iterator)
         for step in cells:
             float(step(b)["loss"])
 
     def separate():
-        for step in cells:
-            float(step(fetch(iterator))["loss"])
+        for step, uses in zip(cells, taught):
+            float(step((fetch if uses else plain)(iterator))["loss"])
 
-    out = {}
-    for name, fn in (("group", group), ("separate", separate)):
-        fn()
-        fn()
-        times = []
-        for _ in range(args.steps):
+    # Alternating, so that a drift of the machine's speed falls on both.
+    group()
+    separate()
+    times = {"group": [], "separate": []}
+    for _ in range(args.steps):
+        for name, fn in (("group", group), ("separate", separate)):
             begin = time.perf_counter()
             fn()
-            times.append(time.perf_counter() - begin)
-        out[name] = statistics.median(times)
+            times[name].append(time.perf_counter() - begin)
+    out = {name: statistics.median(t) for name, t in times.items()}
     begin = time.perf_counter()
     for _ in range(args.steps):
         tf.nest.map_structure(lambda t: t.numpy(), fetch(iterator))
@@ -216,7 +211,7 @@ def steps(args, ks):
         rows[k] = json.loads(out.strip().splitlines()[-1])
     size = 224 if args.setting == "clip_rn50" else 32
     print(f"{args.setting} teacher ({size} px) -> resnet8x4 students, batch "
-          f"64, first K of the 15 methods; median of {args.steps} steps "
+          f"64, last K of the 15 methods; median of {args.steps} steps "
           "(each K in a fresh process)")
     print("| K | teacher forward (+ batch) | group step | K separate cells' "
           "steps | ratio | peak memory |")
@@ -231,8 +226,7 @@ def main():
     args = flags()
     ks = [int(k) for k in args.k.split(",")]
     if args.child is not None:
-        return (digits_child if args.setting == "digits"
-                else steps_child)(args)
+        return steps_child(args)
     (digits if args.setting == "digits" else steps)(args, ks)
 
 
