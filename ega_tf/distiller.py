@@ -59,6 +59,10 @@ def build_student(backbone, num_classes, embed_dim=256, mean=CLIP_MEAN,
                                 "features": pooled}, name=name)
 
 
+def _f64(x):
+    return ops.cast(x, "float64")
+
+
 class Distiller(keras.Model):
     """Distils ``teacher`` into ``student`` with a method of
     ``ega_tf.methods``.
@@ -263,7 +267,12 @@ class Distiller(keras.Model):
                               1e-30)
             terms["xs_norm"], _ = replicas.mean(ops.squeeze(big, -1) * ops.sqrt(
                 ops.sum(ops.square(emb / big), -1)), valid)
-        total = self.gamma * terms["ce"]
+        # The logged total, summed in float64 and rounded once: Grappler's
+        # arithmetic optimiser may regroup a float32 sum of these terms
+        # differently in two traces of the same step (seen: 1 ulp between
+        # two identical runs in one process), the float64 sum rounds the
+        # same whatever the grouping.
+        total = self.gamma * _f64(terms["ce"])
         student = self.gamma * share["ce"]
         t_logits, batch, state = None, None, None
         if self.distilling:
@@ -280,16 +289,16 @@ class Distiller(keras.Model):
             if self.beta:
                 result = self.method.compute(batch)
                 terms.update(result.terms)
-                total += self.beta * result.value
+                total += self.beta * _f64(result.value)
                 student += self.beta * result.share
                 state = result.state
             if self.alpha:
                 terms["kd"], kd_share = replicas.mean(
                     losses.kd_per_example(batch.t_logits, s_logits,
                                           self.kd_temperature), valid)
-                total += self.alpha * terms["kd"]
+                total += self.alpha * _f64(terms["kd"])
                 student += self.alpha * kd_share
-        terms["loss"] = total
+        terms["loss"] = ops.cast(total, "float32")
         objectives = {"student": student,
                       "teacher_head": share.get("teacher_ce")}
         return terms, objectives, s_logits, t_logits, batch, state

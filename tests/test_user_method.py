@@ -64,9 +64,10 @@ class UserMethodTest(TestCase):
         self.assertGreater(np.abs(reader.get_tensor(
             "method/centre/.ATTRIBUTES/VARIABLE_VALUE")).max(), 0)
         # Killed after its checkpoint at step 10, then resumed: on this
-        # machine, bit for bit the uninterrupted run. Both in this process:
-        # one in which other tests have run may round the logged total
-        # differently from a fresh one (1 ulp of 'loss' was seen).
+        # machine, bit for bit the uninterrupted run, both in this process.
+        # (This caught Grappler regrouping the logged total's float32 sum
+        # between two traces, 1 ulp of 'loss'; the Distiller now sums it in
+        # float64.)
         from ega_tf import config as config_lib
         from ega_tf import training
 
