@@ -79,8 +79,8 @@ class CompareGridTest(TestCase):
                       self.first.stdout)
         self.assertRegex(self.first.stdout, rf"\[{1:{width}d}/{n}\] none "
                          r"resnet8 labeled=0.1 seed=0: test top-1 last "
-                         rf"[0-9.]+, at best val [0-9.]+ in \d+ s for the "
-                         rf"{n} cells")
+                         rf"[0-9.]+, at best val [0-9.]+ in (\d+ min )?\d+ s "
+                         rf"for the {n} cells")
         # At --verbose=0 the cells' own INFO lines stay quiet.
         self.assertNotIn("Strategy none", self.first.stderr)
 
