@@ -662,6 +662,8 @@ class _Group:
                 for prefix in ("train", *self.evaluated)}
                 if self.chief else {})
         live = list(cells)
+        by_index = {c.index: c for c in self.cells}
+        slots = [by_index.get(i) for i in range(len(self.outcomes))]
         for epoch in range(start_epoch, config.epochs):
             if not live:
                 break
@@ -694,8 +696,7 @@ class _Group:
                         cell.ckpt.save(epoch, step + 1, done)
                 if self.on_step is not None:
                     self.on_step(epoch, step, [
-                        logs.get(c) if c in live else None
-                        for c in self._all_slots()])
+                        logs.get(c) if c in live else None for c in slots])
                 if not live:
                     return
             for cell in live:
@@ -715,12 +716,6 @@ class _Group:
                                 steps)
         for cell in live:
             self.outcomes[cell.index] = cell.finish(self.dataset)
-
-    def _all_slots(self):
-        """One entry per run asked for, its cell or None (finished
-        earlier)."""
-        by_index = {c.index: c for c in self.cells}
-        return [by_index.get(i) for i in range(len(self.outcomes))]
 
     def _evaluate(self, cells):
         """{cell: {prefix: its metrics over that stream}}, train-only terms
