@@ -27,3 +27,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 SWAV_STD = (0.228, 0.224, 0.225)  # SwAV's own evaluation transform
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# How a teacher's evaluation transform fits an image to its square input
+# (ega_tf/teachers/preprocess.py): center (resize the shorter side, crop
+# the centre), squash (resize to the square, ignoring the aspect ratio),
+# crop_first (SimCLR's: crop, then resize).
+CROP_MODES = ("center", "squash", "crop_first")

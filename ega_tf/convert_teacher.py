@@ -26,7 +26,7 @@ from ega_tf.errors import UserError
 
 def define_flags(flag_values):
     from ega_tf.teachers.families import FAMILIES
-    from ega_tf.teachers.preprocess import CROP_MODES
+    from ega_tf.constants import CROP_MODES
     d = lambda *a: cli.define(*a, flag_values)  # noqa: E731
     d("string", "checkpoint", None, "Checkpoint file (or TF checkpoint "
       "prefix/directory) to convert.")

@@ -211,3 +211,31 @@ class LogFilterTest(TestCase):
         self.assertFalse(kept(tf_file, logging.INFO))
         self.assertTrue(kept(tf_file, logging.WARNING))
         self.assertTrue(kept(ours, logging.INFO))
+
+
+ENTRIES = ("train", "compare", "pretrain", "convert_teacher", "export",
+           "predict", "launch")
+
+
+class HelpTest(TestCase):
+
+    def test_every_entry_point_helps_without_starting_tensorflow(self):
+        """Each command's --help as a user runs it (``python -m``): its
+        text only, and neither TensorFlow nor Keras imported (Python's
+        own -X importtime lists every module the process imported), whose
+        start-up lines and seconds of import a --help would pay."""
+        for entry in ENTRIES:
+            with self.subTest(entry=entry):
+                r = self.run_subprocess(["-X", "importtime", "-m",
+                                         f"ega_tf.{entry}", "--help"])
+                self.assertSucceeded(r)
+                self.assertGreater(len(r.stdout.splitlines()), 8)
+                imported = [line.rsplit("|", 1)[-1].strip()
+                            for line in r.stderr.splitlines()
+                            if line.startswith("import time:")]
+                self.assertIn("ega_tf.cli", imported)
+                self.assertEqual([m for m in imported if m.split(".")[0]
+                                  in ("tensorflow", "keras", "torch")], [])
+                self.assertEqual([line for line in r.stderr.splitlines()
+                                  if not line.startswith("import time:")],
+                                 [])

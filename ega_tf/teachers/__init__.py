@@ -9,10 +9,21 @@
   architectures; ``user_model``: a model you already have.
 """
 
-from ega_tf.teachers.cache import load_or_convert
-from ega_tf.teachers.preprocess import FeatureStandardize, TeacherPreprocess
-from ega_tf.teachers.teacher_file import (assemble, describe, load, metadata,
-                                          save)
+import importlib
 
-__all__ = ["FeatureStandardize", "TeacherPreprocess", "assemble", "describe",
-           "load", "load_or_convert", "metadata", "save"]
+# Each name from the module that defines it, imported on first use: they
+# import Keras, and the command lines' --help reads this package's family
+# table without starting TensorFlow.
+_WHERE = {"load_or_convert": "cache", "FeatureStandardize": "preprocess",
+          "TeacherPreprocess": "preprocess", "assemble": "teacher_file",
+          "describe": "teacher_file", "load": "teacher_file",
+          "metadata": "teacher_file", "save": "teacher_file"}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        module = importlib.import_module(f"ega_tf.teachers.{_WHERE[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

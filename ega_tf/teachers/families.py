@@ -17,19 +17,21 @@ Every architecture module offers the same three functions::
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from types import ModuleType
 from typing import Dict, Tuple
 
 from ega_tf.constants import (CLIP_MEAN, CLIP_STD, IMAGENET_MEAN,
                               IMAGENET_STD, SWAV_STD)
-from ega_tf.teachers import clip_resnet, clip_vit, resnet, simclr, vit
-
-ARCHITECTURES: Dict[str, ModuleType] = {
-    "resnet": resnet,            # torchvision-layout ResNets (keras-hub)
-    "clip_resnet": clip_resnet,  # OpenAI CLIP's ModifiedResNet
-    "vit": vit,                  # timm-layout ViTs (keras-hub)
-    "clip_vit": clip_vit,        # CLIP / open_clip ViTs (keras-hub)
-    "simclr": simclr,            # SimCLR v1/v2 TF1 ResNets
+# The modules that build and port each architecture, imported when a
+# family's is first needed (they import Keras; the family table is read by
+# --help, which must not start TensorFlow).
+ARCHITECTURES: Dict[str, str] = {
+    "resnet": "resnet",            # torchvision-layout ResNets (keras-hub)
+    "clip_resnet": "clip_resnet",  # OpenAI CLIP's ModifiedResNet
+    "vit": "vit",                  # timm-layout ViTs (keras-hub)
+    "clip_vit": "clip_vit",        # CLIP / open_clip ViTs (keras-hub)
+    "simclr": "simclr",            # SimCLR v1/v2 TF1 ResNets
 }
 
 # CLIP's text tower and the scalars OpenAI's TorchScript files carry.
@@ -64,7 +66,8 @@ class Family:
 
     @property
     def module(self) -> ModuleType:
-        return ARCHITECTURES[self.architecture]
+        return importlib.import_module(
+            f"ega_tf.teachers.{ARCHITECTURES[self.architecture]}")
 
     def preprocessing(self, input_size) -> dict:
         """Keyword arguments of ``TeacherPreprocess`` for this family."""

@@ -31,7 +31,7 @@ import math
 import keras
 from keras import layers, ops
 
-CROP_MODES = ("center", "squash", "crop_first")
+from ega_tf.constants import CROP_MODES  # noqa: E402 (re-exported)
 
 
 @keras.saving.register_keras_serializable(package="ega_tf")

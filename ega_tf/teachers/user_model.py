@@ -74,7 +74,8 @@ def wrap(path, *, input_size=None, crop_pct=1.0, crop_mode="center",
     import keras
 
     from ega_tf.teachers import checkpoint_io
-    from ega_tf.teachers.preprocess import CROP_MODES, TeacherPreprocess
+    from ega_tf.constants import CROP_MODES
+    from ega_tf.teachers.preprocess import TeacherPreprocess
     from ega_tf.teachers.teacher_file import assemble
 
     if not input_size or input_size < 1:
