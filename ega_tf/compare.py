@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 from ega_tf import analysis, cli
 from ega_tf.errors import UserError
@@ -34,6 +35,10 @@ AXES = {
     "student": ("student", "Student network(s)."),
     "labeled_fraction": ("labeled_fraction", "Fraction(s) of the training "
                          "labels kept; the rest become -1."),
+    "weights": ("weights", "Method weights: published (each method's "
+                "own), balanced (each term's gradient held at the "
+                "cross-entropy's, docs/balanced.md); "
+                "published,balanced runs both side by side."),
 }
 
 
@@ -64,7 +69,7 @@ def define_flags(flag_values):
     cli.define_shortcuts(flag_values, config, _shortcuts())
     cli.define("list", "methods", "none,ega", AXES["methods"][1],
                flag_values)
-    for flag in ("seeds", "student", "labeled_fraction"):
+    for flag in ("seeds", "student", "labeled_fraction", "weights"):
         field = AXES[flag][0]
         cli.define("list", flag, None, f"{AXES[flag][1]} Comma-separated; "
                    f"default: the config's {field}.", flag_values)
@@ -135,7 +140,7 @@ def header(config, cells, args):
 
 
 def main(argv, flag_values):
-    from ega_tf import grid, methods, pictures, tuning
+    from ega_tf import balance, grid, methods, pictures, tuning
     if len(argv) > 1:
         raise UserError(f"Unexpected argument(s) {' '.join(argv[1:])}: "
                         "every setting is a --flag (see --help).")
@@ -152,10 +157,13 @@ def main(argv, flag_values):
                         "--methods. Valid names: "
                         f"{', '.join(methods.METHODS.names())} (or "
                         "path/to/my_method.py:MyMethod).")
+    weights = _axis(flag_values, "weights", base, str)
+    for value in weights:
+        balance.check_weights(value)
     cells = grid.make_cells(
         method_names, _axis(flag_values, "seeds", base, int),
         _axis(flag_values, "student", base, str),
-        _axis(flag_values, "labeled_fraction", base, float))
+        _axis(flag_values, "labeled_fraction", base, float), weights)
     if flag_values.pictures:
         pictures.check_matplotlib()
         if not 2 <= flag_values.embedding_points <= analysis.PROBE_POINTS:
@@ -176,18 +184,28 @@ def main(argv, flag_values):
     def log(text):
         print(text, flush=True)
 
+    cost = {}
     if tune["trials"]:
         by_setting = tuning.search(
             base, cells, workdir, tune["trials"], epochs=tune["epochs"],
-            tune_lr=tune["lr"], verbose=flag_values.verbose, log=log)
-        chosen = {(s.method, s.student, s.labeled_fraction): v
+            tune_lr=tune["lr"], verbose=flag_values.verbose, log=log,
+            cost=cost)
+        chosen = {(s.method, s.student, s.labeled_fraction, s.weights): v
                   for s, v in by_setting.items() if v}
         configs = grid.configs(base, cells, chosen)
+    begin = time.time()
     grid.run(base, cells, workdir, flag_values.verbose, log,
              cell_configs=configs, share_teacher=flag_values.share_teacher)
+    if tune["trials"]:
+        runs = f"{len(cells)} run{'s' if len(cells) != 1 else ''}"
+        log(f"Tuning: {cost['trials']} trials ({cost['pruned']} pruned, "
+            f"{cost['failed']} failed) took {grid.duration(cost['seconds'])}"
+            f"; the grid's {runs} took "
+            f"{grid.duration(time.time() - begin)} (this process's time; "
+            "work done by an earlier one counts 0).")
     rows = grid.collect(cells, workdir)
     # Tables and figures name a method from a file by its class's name.
-    labels = list(dict.fromkeys(methods.name_of(m) for m in method_names))
+    labels = list(dict.fromkeys(grid.labels(method_names, weights)))
     if flag_values.pictures:
         pictures.draw(rows, workdir, labels, flag_values.embedding_points,
                       log)

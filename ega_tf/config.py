@@ -91,6 +91,17 @@ def default_config(arg=None):
     for name, kind in methods.loss_fields().items():
         c.loss[name] = config_dict.placeholder(kind)
 
+    # published: each method's own weights (config.loss), as its authors
+    # set them. balanced: the method's beta and the KD term's alpha follow
+    # the gradients, each term pushing the student's outputs balance.ratio
+    # times as hard as the cross-entropy (ega_tf/balance.py; the method's
+    # own terms keep their published proportions).
+    c.weights = "published"
+    c.balance = ml_collections.ConfigDict()
+    c.balance.ratio = 1.0
+    # Moving average of the gradient norms the balance reads (per step).
+    c.balance.decay = 0.99
+
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = config_dict.placeholder(float)  # None: the student's own
     c.optim.momentum = 0.9
@@ -162,7 +173,8 @@ def resolve(config):
     validate(config)
     with config.loss.unlocked():
         for name, value in methods.resolve_weights(
-                config.distill, config.loss).items():
+                config.distill, config.loss,
+                balanced=config.weights == "balanced").items():
             config.loss[name] = value
     if config.optim.lr is None:
         config.optim.lr = students.parse(config.student).default_lr
@@ -172,7 +184,7 @@ def resolve(config):
 def _problems(config):
     """Every problem of ``config``, as messages, in the order of the
     fields (the dataset first, the teacher last)."""
-    from ega_tf import data, distribute, methods, students
+    from ega_tf import balance, data, distribute, methods, students
     from ega_tf.data import augment, folder, pipeline
     from ega_tf.teachers import feature_cache, teacher_file
     from ega_tf.registry import check_choice
@@ -217,6 +229,11 @@ def _problems(config):
     need(config.embed_dim >= 1,
          f"embed_dim must be positive; got {config.embed_dim}.")
     problems.extend(methods.check_weights(config.distill, config.loss))
+    check(balance.check_weights, config.weights)
+    need(config.balance.ratio > 0,
+         f"balance.ratio must be > 0; got {config.balance.ratio}.")
+    need(0 <= config.balance.decay < 1,
+         f"balance.decay must be in [0, 1); got {config.balance.decay}.")
     o = config.optim
     need(o.lr is None or o.lr > 0, f"optim.lr must be > 0; got {o.lr}.")
     need(o.momentum >= 0, f"optim.momentum must be >= 0; got {o.momentum}.")

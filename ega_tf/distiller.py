@@ -89,7 +89,8 @@ class Distiller(keras.Model):
     """
 
     def __init__(self, student, teacher, num_classes, embed_dim=256,
-                 method="none", weights=None, **kwargs):
+                 method="none", weights=None, balance_weights=False,
+                 balance_ratio=1.0, balance_decay=0.99, **kwargs):
         super().__init__(**kwargs)
         from ega_tf import methods
         self.student = student
@@ -129,8 +130,12 @@ class Distiller(keras.Model):
         outputs = getattr(student, "output", None)
         self.diagnostics = (DIAGNOSTICS if isinstance(outputs, dict) and
                             "features" in outputs else ())
+        self.balanced = bool(balance_weights) and self.distilling
+        self.balance_ratio = float(balance_ratio)
+        self._build_monitor(balance_decay)
         self._trackers = {n: keras.metrics.Mean(name=n)
-                          for n in (*self.loss_names(), *self.diagnostics)}
+                          for n in (*self.loss_names(), *self.diagnostics,
+                                    *self.monitor_names())}
         self._accuracy = {
             "top1": keras.metrics.SparseCategoricalAccuracy(name="top1")}
         if num_classes >= 5:
@@ -156,8 +161,128 @@ class Distiller(keras.Model):
         return names
 
     def train_only_names(self):
-        """Terms that have no value on held-out data (CRD's bank)."""
-        return () if self.method.evaluates else tuple(self.method.terms)
+        """Logged names that have no value on held-out data: CRD's bank
+        term, and the gradient measurements (no gradient is taken
+        there)."""
+        return ((() if self.method.evaluates else tuple(self.method.terms))
+                + self.monitor_names())
+
+    # ------------------------------------------------ gradient balancing
+    def _build_monitor(self, decay):
+        """The parts of the student's loss whose gradient on the student's
+        outputs is measured every step (``ega_tf.balance``): the
+        cross-entropy, the method's value, each of its terms when it has
+        several, the KD term; None when nothing distils."""
+        from ega_tf import balance
+        parts = []  # (key, logged name, the weight field of the fix)
+        if self.distilling and self.beta and self.method.terms:
+            m = self.method
+            parts.append(("method", f"grad_ratio_{m.name}", "beta"))
+            if len(m.terms) > 1:
+                parts += [(f"term:{t}", f"grad_ratio_{t}", f or "beta")
+                          for t, f in m.terms.items()
+                          if t not in (m.name, "kd")]
+        if self.distilling and self.alpha:
+            parts.append(("kd", "grad_ratio_kd", "alpha"))
+        self.gradient_parts = parts
+        self.gradient_monitor = (balance.monitor(
+            ["ce", *(p[0] for p in parts)], decay) if parts else None)
+
+    def monitor_names(self):
+        """The logged gradient measurements: each part's gradient on the
+        student's outputs over the cross-entropy's (weights included), and
+        with balanced weights the effective beta and alpha."""
+        names = tuple(p[1] for p in self.gradient_parts)
+        if self.balanced:
+            keys = {p[0] for p in self.gradient_parts}
+            names += (("weight_beta",) if "method" in keys else ()) + (
+                ("weight_alpha",) if "kd" in keys else ())
+        return names
+
+    def _effective_weights(self, slow):
+        """(beta, alpha) of this step: the published ones, or with
+        balanced weights those that put each term's smoothed gradient
+        norm at ``balance_ratio`` times the cross-entropy's."""
+        from ega_tf import balance
+        if not self.balanced:
+            return self.beta, self.alpha
+        keys = ["ce", *(p[0] for p in self.gradient_parts)]
+
+        def weight(key, published):
+            if key not in keys:
+                return published
+            return balance.ratio_weight(self.balance_ratio, slow[0],
+                                        slow[keys.index(key)])
+        return weight("method", self.beta), weight("kd", self.alpha)
+
+    def _measure(self, tape, out, shares):
+        """This step's gradient norms on the student's embedding x_s (every
+        path, the classifier's included), added to the monitor; returns
+        (beta, alpha, logged measurements)."""
+        import tensorflow as tf
+
+        from ega_tf import balance
+        outputs = [out["embedding"]]
+        keys = ["ce", *(p[0] for p in self.gradient_parts)]
+        grads = {"ce": balance.output_gradients(tape, shares["ce"], outputs)}
+        # A part the step did not compute (beta or alpha set to 0 after
+        # the model was made, a term a user's method does not share) is
+        # not measured: NaN, and its averages keep their values.
+        terms = shares.get("terms") if "method" in shares else None
+        for key in keys:
+            if key.startswith("term:") and terms is not None \
+                    and key[5:] in terms:
+                grads[key] = balance.output_gradients(tape, terms[key[5:]],
+                                                      outputs)
+        if "kd" in keys and "kd" in shares:
+            grads["kd"] = balance.output_gradients(tape, shares["kd"],
+                                                   outputs)
+        if "method" in keys and "method" in shares:
+            split = [k for k in grads if k.startswith("term:")]
+            grads["method"] = (
+                [tf.add_n(g) for g in zip(*(grads[k] for k in split))]
+                if split and len(split) == len(self.method.terms)
+                else balance.output_gradients(tape, shares["method"],
+                                              outputs))
+        nan = tf.constant(float("nan"))
+        norms = tf.stack([balance.global_norm(grads[k]) if k in grads
+                          else nan for k in keys])
+        required = tf.constant([k in grads and not k.startswith("term:")
+                                for k in keys])
+        slow, fast = tf.unstack(self.gradient_monitor.update(norms,
+                                                             required))
+        beta, alpha = self._effective_weights(slow)
+        logged = {}
+        for i, (key, name, _) in enumerate(self.gradient_parts, 1):
+            w = alpha if key == "kd" else beta
+            logged[name] = (tf.math.divide_no_nan(w * fast[i], fast[0])
+                            if key in grads else nan)
+        if self.balanced:
+            for key, name in (("method", "weight_beta"),
+                              ("kd", "weight_alpha")):
+                if name in self.monitor_names():
+                    logged[name] = tf.convert_to_tensor(
+                        beta if key == "method" else alpha, "float32")
+        return beta, alpha, logged
+
+    def gradient_ratios(self):
+        """{logged name: (weight field, its fast-averaged gradient on the
+        student's outputs over the cross-entropy's)} as they stand, read
+        on the host (for a divergence's message); {} when nothing is
+        measured."""
+        import numpy as np
+        if self.gradient_monitor is None:
+            return {}
+        slow, fast = np.asarray(self.gradient_monitor.smoothed())
+        beta, alpha = (float(np.asarray(w)) for w in
+                       self._effective_weights(slow))
+        out = {}
+        for i, (key, name, field) in enumerate(self.gradient_parts, 1):
+            w = alpha if key == "kd" else beta
+            ratio = w * fast[i] / fast[0] if fast[0] > 0 else None
+            out[name] = (field, None if ratio is None or fast[i] == 0 and
+                         key.startswith("term:") else float(ratio))
+        return out
 
     @property
     def student_variables(self):
@@ -189,6 +314,8 @@ class Distiller(keras.Model):
         items = {"student": self.student, "optimizer": self.optimizer}
         if self.method.variables:
             items["method"] = self.method.layer
+        if self.gradient_monitor is not None:
+            items["gradient_monitor"] = self.gradient_monitor
         if self.distilling:
             items.update(teacher_embed=self.teacher_embed,
                          teacher_classifier=self.teacher_classifier,
@@ -246,14 +373,16 @@ class Distiller(keras.Model):
         return x_t, self.teacher_classifier(x_t)
 
     def _compute_terms(self, x, y, labels, labeled, valid, training):
-        """One batch's terms. Returns (global terms, objectives, student
-        logits, teacher logits, the method's batch and state);
-        ``objectives`` holds this replica's share of the student's loss and
-        of the teacher head's cross-entropy."""
+        """One batch's terms, unweighted. Returns (global terms, shares,
+        the student's outputs, teacher logits, the method's batch and
+        state); ``shares`` holds this replica's share of each part of the
+        loss (``ce``, ``teacher_ce``, ``method`` with its ``terms``,
+        ``kd``) and the global values that the logged total sums
+        (``values``)."""
         from ega_tf.methods import Batch
         out = self.student(x["student"], training=training)
         s_logits = out["logits"]
-        terms, share = {}, {}
+        terms, share, values = {}, {}, {}
         terms["ce"], share["ce"] = replicas.mean(
             self._ce(labels, s_logits), labeled)
         if self.diagnostics:
@@ -267,13 +396,6 @@ class Distiller(keras.Model):
                               1e-30)
             terms["xs_norm"], _ = replicas.mean(ops.squeeze(big, -1) * ops.sqrt(
                 ops.sum(ops.square(emb / big), -1)), valid)
-        # The logged total, summed in float64 and rounded once: Grappler's
-        # arithmetic optimiser may regroup a float32 sum of these terms
-        # differently in two traces of the same step (seen: 1 ulp between
-        # two identical runs in one process), the float64 sum rounds the
-        # same whatever the grouping.
-        total = self.gamma * _f64(terms["ce"])
-        student = self.gamma * share["ce"]
         t_logits, batch, state = None, None, None
         if self.distilling:
             x_t, t_logits = self._teacher_forward(x)
@@ -289,19 +411,40 @@ class Distiller(keras.Model):
             if self.beta:
                 result = self.method.compute(batch)
                 terms.update(result.terms)
-                total += self.beta * _f64(result.value)
-                student += self.beta * result.share
+                values["method"], share["method"] = result.value, result.share
+                share["terms"] = result.shares
+                if result.shares is None and len(result.terms) == 1:
+                    share["terms"] = {next(iter(result.terms)): result.share}
                 state = result.state
             if self.alpha:
-                terms["kd"], kd_share = replicas.mean(
+                values["kd"], share["kd"] = replicas.mean(
                     losses.kd_per_example(batch.t_logits, s_logits,
                                           self.kd_temperature), valid)
-                total += self.alpha * _f64(terms["kd"])
-                student += self.alpha * kd_share
+                terms["kd"] = values["kd"]
+        share["values"] = values
+        return terms, share, out, t_logits, batch, state
+
+    def _combine(self, terms, share, beta, alpha):
+        """The logged total (in ``terms["loss"]``) and this replica's
+        share of the student's objective, gamma * CE + beta * method +
+        alpha * KD.
+
+        The logged total is summed in float64 and rounded once: Grappler's
+        arithmetic optimiser may regroup a float32 sum of these terms
+        differently in two traces of the same step (seen: 1 ulp between
+        two identical runs in one process), the float64 sum rounds the
+        same whatever the grouping."""
+        total = self.gamma * _f64(terms["ce"])
+        student = self.gamma * share["ce"]
+        for key, weight in (("method", beta), ("kd", alpha)):
+            if key in share:
+                if not isinstance(weight, float):  # balanced: a tensor
+                    weight = ops.stop_gradient(weight)
+                total += (weight if isinstance(weight, float) else
+                          _f64(weight)) * _f64(share["values"][key])
+                student += weight * share[key]
         terms["loss"] = ops.cast(total, "float32")
-        objectives = {"student": student,
-                      "teacher_head": share.get("teacher_ce")}
-        return terms, objectives, s_logits, t_logits, batch, state
+        return student
 
     def _update_metrics(self, terms, labels, labeled, s_logits, t_logits):
         # Every replica adds the same global value to the trackers; their
@@ -319,20 +462,32 @@ class Distiller(keras.Model):
         x, y, weight = keras.utils.unpack_x_y_sample_weight(data)
         labels, labeled, valid = self._masks(y, weight)
         student_vars = self.student_variables
+        measured = {}
         with tf.GradientTape(persistent=self.distilling) as tape:
-            terms, objectives, s_logits, t_logits, batch, state = (
+            terms, share, out, t_logits, batch, state = (
                 self._compute_terms(x, y, labels, labeled, valid, True))
-            scaled = self.optimizer.scale_loss(objectives["student"])
-        self.optimizer.apply_gradients(
-            zip(tape.gradient(scaled, student_vars), student_vars))
+            beta, alpha = self.beta, self.alpha
+            if self.gradient_monitor is not None:
+                with tape.stop_recording():
+                    beta, alpha, measured = self._measure(tape, out, share)
+                terms.update(measured)
+            scaled = self.optimizer.scale_loss(
+                self._combine(terms, share, beta, alpha))
+        # The student's backward pass runs after the measurement's: run
+        # side by side, the two backward passes over the same forward
+        # tensors made the student's gradient differ between identical
+        # steps (seen with a method whose value is a per-example mean).
+        with tf.control_dependencies(list(measured.values())):
+            grads = tape.gradient(scaled, student_vars)
+        self.optimizer.apply_gradients(zip(grads, student_vars))
         if self.distilling:
             head_vars = self.teacher_head_variables
-            grads = tape.gradient(objectives["teacher_head"], head_vars)
+            grads = tape.gradient(share["teacher_ce"], head_vars)
             self.teacher_head_optimizer.apply_gradients(zip(grads, head_vars))
             del tape
             if self.beta:
                 self.method.update(batch, state)
-        return self._update_metrics(terms, labels, labeled, s_logits,
+        return self._update_metrics(terms, labels, labeled, out["logits"],
                                     t_logits)
 
     def test_step(self, data):
@@ -340,9 +495,14 @@ class Distiller(keras.Model):
         if not isinstance(x, dict):
             x = {"student": x, "teacher": x}
         labels, labeled, valid = self._masks(y, weight)
-        terms, _, s_logits, t_logits, _, _ = self._compute_terms(
+        terms, share, out, t_logits, _, _ = self._compute_terms(
             x, y, labels, labeled, valid, False)
-        return self._update_metrics(terms, labels, labeled, s_logits,
+        beta, alpha = self.beta, self.alpha
+        if self.balanced:
+            slow, _ = tf.unstack(self.gradient_monitor.smoothed())
+            beta, alpha = self._effective_weights(slow)
+        self._combine(terms, share, beta, alpha)
+        return self._update_metrics(terms, labels, labeled, out["logits"],
                                     t_logits)
 
 

@@ -50,8 +50,10 @@ COLUMNS = ("method", "student", "labeled_fraction", "seed", "status",
 # The methods every other is compared with in summary.md: cross-entropy
 # alone and the paper's.
 REFERENCES = ("none", "ega")
+# A balanced cell's label is its method's name with this.
+BALANCED = " (balanced)"
 # The fields a cell sets; the rest of the config is the grid's.
-AXES = ("distill", "student", "labeled_fraction", "seed")
+AXES = ("distill", "student", "labeled_fraction", "seed", "weights")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,12 +62,22 @@ class Cell:
     student: str
     labeled_fraction: float
     seed: int
+    weights: str = "published"  # config.weights: published | balanced
+
+    @property
+    def method_label(self):
+        """The method's name (a method from a file: its class's name)."""
+        return methods.name_of(self.method)
 
     @property
     def label(self):
-        """The method's name in tables, figures and the cell's workdir (a
-        method from a file: its class's name)."""
-        return methods.name_of(self.method)
+        """The method's name in tables and figures, with ``(balanced)``
+        for balanced weights."""
+        return self.method_label + (BALANCED if self.balanced else "")
+
+    @property
+    def balanced(self):
+        return self.weights == "balanced"
 
     @property
     def student_label(self):
@@ -76,8 +88,9 @@ class Cell:
     @property
     def name(self):
         """The cell's workdir name: stable when axes are extended."""
-        return (f"{self.label}_{self.student_label}_lf"
-                f"{self.labeled_fraction:g}_s{self.seed}")
+        return (f"{self.method_label}{'_balanced' if self.balanced else ''}"
+                f"_{self.student_label}_lf{self.labeled_fraction:g}"
+                f"_s{self.seed}")
 
     @property
     def group(self):
@@ -89,13 +102,31 @@ class Cell:
                 f"{self.labeled_fraction:g} seed={self.seed}")
 
 
-def make_cells(method_names, seeds, students, fractions) -> List[Cell]:
+def make_cells(method_names, seeds, students, fractions,
+               weights=("published",)) -> List[Cell]:
     """The grid's cells, seed-major (every method of seed 0 first, so a
-    partial grid already compares the methods)."""
+    partial grid already compares the methods), each method's weightings
+    side by side; a method with nothing to balance (``none``) runs once,
+    with its published weights."""
     for name in method_names:
         methods.get(name)  # an unknown name lists the valid ones
-    return [Cell(m, s, float(f), int(seed)) for s in students
-            for f in fractions for seed in seeds for m in method_names]
+    return [Cell(m, s, float(f), int(seed), w) for s in students
+            for f in fractions for seed in seeds for m in method_names
+            for w in balanceable(m, weights)]
+
+
+def balanceable(method, weights):
+    """The weightings of ``weights`` that apply to ``method``."""
+    if methods.get(method).uses_teacher:
+        return list(weights)
+    return [w for w in weights if w == "published"][:1] or ["published"]
+
+
+def labels(method_names, weights=("published",)):
+    """The methods' labels in table order (each method's weightings side
+    by side)."""
+    return [Cell(m, "", 0.0, 0, w).label for m in method_names
+            for w in balanceable(m, weights)]
 
 
 def cell_config(base, cell):
@@ -106,6 +137,7 @@ def cell_config(base, cell):
     c = base.copy_and_resolve_references()
     c.distill, c.student = cell.method, cell.student
     c.labeled_fraction, c.seed = cell.labeled_fraction, cell.seed
+    c.weights = cell.weights
     used = set(methods.get(cell.method).fields())
     with c.loss.unlocked():
         for field in list(c.loss.keys()):
@@ -134,7 +166,8 @@ def configs(base, cells, chosen=None):
     out, problems = {}, []
     for cell in cells:
         values = (chosen or {}).get((cell.method, cell.student,
-                                     cell.labeled_fraction), {})
+                                     cell.labeled_fraction, cell.weights),
+                                    {})
         try:
             out[cell] = with_values(cell_config(base, cell), values)
         except UserError as e:
@@ -371,6 +404,7 @@ def write_hparams(rows, configs_by_name, workdir):
                 continue
             config = configs_by_name[row["workdir"]]
             params = {"method": row["method"], "student": row["student"],
+                      "weights": config.weights,
                       "labeled_fraction": float(row["labeled_fraction"]),
                       "seed": int(row["seed"])}
             params.update({f"loss.{k}": float(v) for k, v in
@@ -549,7 +583,13 @@ def summary_markdown(summary, header):
         "zero on the test set "
         "(dead ReLUs; counted in the means, which they pull down: their "
         "accuracy is the collapse's, not the method's). Diverged: runs "
-        "stopped at a non-finite loss, left out of the means. Silhouette: of the test-set embeddings x_s by class, "
+        "stopped at a non-finite loss, left out of the means. "
+        + ("(balanced): the method with balanced weights, each term's "
+           "weight following its gradient on the student's embedding to "
+           "hold it at the cross-entropy's (balance.ratio times); not the "
+           "published method (docs/balanced.md). " if any(
+               s["method"].endswith(BALANCED) for s in summary) else "")
+        + "Silhouette: of the test-set embeddings x_s by class, "
         "cosine distance, on a fixed class-balanced choice of up to "
         f"{analysis.PROBE_POINTS} test images, mean ± standard deviation over "
         "seeds (embeddings.png draws the first seed's). Wall time: per run.",

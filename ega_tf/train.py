@@ -31,6 +31,10 @@ SHORTCUTS = {
                "cross-entropy alone; a baseline or ablation (listed "
                "at the end of --help, docs/methods.md); or a method of "
                "your own: path/to/my_method.py:MyMethod.",
+    "weights": "published: the method's own weights (config.loss); "
+               "balanced: its beta (and KD's alpha) follow the gradients, "
+               "each term pushing the student as hard as the cross-entropy "
+               "(--config.balance.ratio times; docs/balanced.md).",
     "epochs": "Training epochs (the decays stay at 150/240, 180/240, "
               "210/240 of the run).",
     "batch_size": "Images per step.",

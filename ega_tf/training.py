@@ -20,6 +20,7 @@ the replica step). The model itself is a plain ``Distiller``, which
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -40,18 +41,84 @@ FIRST_TERMS = ("ce", "teacher_ce")
 
 class DivergedError(RunStopped):
     """A loss term became NaN or infinite; the message says which, where,
-    and what to try."""
+    what drove it and what to try.
 
-    def __init__(self, term, value, epoch, step, lr):
+    ``term`` is the first logged term that stopped being finite (often the
+    cross-entropy, which follows whatever blew up); ``cause``, when the
+    step's gradient measurements name one (``cause_of``), is the
+    distillation term whose gradient on the student's outputs outgrew the
+    cross-entropy's in the steps before: {"term", "field", "weight",
+    "ratio", "ratios"}."""
+
+    def __init__(self, term, value, epoch, step, lr, cause=None):
         self.term, self.value, self.epoch, self.step = term, value, epoch, step
-        self.lr = lr
-        super().__init__(
-            f"training diverged: {term} became {value} at epoch {epoch + 1}, "
-            f"step {step + 1} (learning rate {lr:g}). Nothing was exported; "
-            "the last finite checkpoint is kept. Lower --config.optim.lr "
-            "(or --config.optim.teacher_head_lr for teacher_ce), or "
-            "standardise a teacher whose features are large (README, "
-            "'Notes and deviations').")
+        self.lr, self.cause = lr, cause
+        where = (f"at epoch {epoch + 1}, step {step + 1} (learning rate "
+                 f"{lr:g})")
+        kept = ("Nothing was exported; the last finite checkpoint is "
+                "kept.")
+        if cause:
+            others = ", ".join(f"{k} {v:.2g}x" for k, v in
+                               cause["ratios"].items() if k != cause["term"])
+            weight = (f", now {cause['weight']:g}"
+                      if cause.get("weight") is not None else "")
+            message = (
+                f"training diverged {where}, driven by the {cause['term']} "
+                f"term: its gradient on the student's outputs was "
+                f"{cause['ratio']:.2g}x the cross-entropy's in the steps "
+                f"before" + (f" ({others})" if others else "")
+                + f", then {term} became {value}. {kept} Use "
+                "--weights=balanced, which holds each term's gradient at "
+                "the cross-entropy's, or a smaller weight for the term "
+                f"(--config.loss.{cause['field']}{weight}).")
+        else:
+            message = (
+                f"training diverged: {term} became {value} {where}. {kept} "
+                "Lower --config.optim.lr (or --config.optim.teacher_head_lr "
+                "for teacher_ce), or standardise a teacher whose features "
+                "are large (docs/notes.md).")
+        super().__init__(message)
+
+    def record(self):
+        """The ``diverged`` entry of results.json."""
+        return {"term": self.cause["term"] if self.cause else self.term,
+                "non_finite": self.term, "value": str(self.value),
+                "epoch": self.epoch + 1, "step": self.step + 1,
+                "lr": self.lr, "cause": self.cause, "message": str(self)}
+
+    @classmethod
+    def from_record(cls, d):
+        return cls(d.get("non_finite", d["term"]), d["value"], d["epoch"] - 1,
+                   d["step"] - 1, d.get("lr", float("nan")), d.get("cause"))
+
+
+def cause_of(config, model):
+    """The distillation term that drove a divergence, or None: the one
+    whose fast-averaged gradient on the student's outputs was at least
+    ``balance.DOMINANT`` times the cross-entropy's (a method's own terms
+    before its total). None with balanced weights, which hold every term
+    at the set ratio."""
+    from ega_tf import balance
+    ratios = model.gradient_ratios()
+    if not ratios or model.balanced:
+        return None
+    prefix = "grad_ratio_"
+    total = f"{prefix}{model.method.name}"
+    split = {k: v for k, v in ratios.items() if k != total
+             and v[1] is not None}
+    pick = split if any(k != f"{prefix}kd" for k in split) else ratios
+    found = balance.dominant({k[len(prefix):]: v[1]
+                              for k, v in pick.items()})
+    if found is None:
+        return None
+    name, ratio = found
+    field = pick[prefix + name][0]
+    return {"term": name, "field": field,
+            "weight": (float(config.loss[field])
+                       if config.loss.get(field) is not None else None),
+            "ratio": ratio,
+            "ratios": {k[len(prefix):]: v[1] for k, v in pick.items()
+                       if v[1] is not None}}
 
 
 def default_workdir(config):
@@ -230,7 +297,10 @@ def build_model(config, dataset, teacher=None, replicas=1):
     if method.describe_state():
         logging.info("%s", method.describe_state())
     model = Distiller(student, teacher, dataset.num_classes,
-                      config.embed_dim, method=method)
+                      config.embed_dim, method=method,
+                      balance_weights=config.weights == "balanced",
+                      balance_ratio=config.balance.ratio,
+                      balance_decay=config.balance.decay)
     lr = step_schedule(learning_rate(config), steps, config.epochs,
                        config.optim.decay_fractions, config.optim.decay_factor)
     jit, why = choose_jit(config.jit_compile, teacher, size, replicas,
@@ -293,6 +363,8 @@ class Checkpointer:
         self.ckpt = tf.train.Checkpoint(epoch=self.epoch, step=self.step,
                                         metrics=metrics,
                                         **model.checkpoint_items())
+        self.state = [(f"{item}/{v.path}", v) for item, obj in
+                      model.checkpoint_items().items() for v in obj.variables]
         self.manager = tf.train.CheckpointManager(self.ckpt, directory, keep)
         # Other workers restore the chief's checkpoints.
         self.read_from = read_from or directory
@@ -318,6 +390,17 @@ class Checkpointer:
                          step)
             return epoch, step
         return 0, 0
+
+    def non_finite(self):
+        """The name of the first checkpointed float variable holding a NaN
+        or an infinity, or None."""
+        import numpy as np
+        for name, variable in self.state:
+            value = np.asarray(variable.numpy())
+            if np.issubdtype(value.dtype, np.floating) and not np.all(
+                    np.isfinite(value)):
+                return name
+        return None
 
     def save(self, epoch, step, number):
         self.epoch.assign(epoch)
@@ -378,11 +461,13 @@ def _step_function(model, strategy, step_fn, jit):
     return lambda iterator: step(fetch(iterator))
 
 
-def _first_non_finite(logs):
+def _first_non_finite(logs, ignore=()):
     """The first term of ``logs`` that is not finite: the cross-entropies,
     then the method's terms, the total last; None if all are. The
-    diagnostics (zero_features, xs_norm) are not terms: they follow."""
-    logs = {k: v for k, v in logs.items() if k not in DIAGNOSTICS}
+    diagnostics (zero_features, xs_norm) and the gradient measurements
+    (``ignore``) are not terms: they follow."""
+    logs = {k: v for k, v in logs.items()
+            if k not in DIAGNOSTICS and k not in ignore}
     order = sorted(logs, key=lambda k: (k == "loss", k not in FIRST_TERMS))
     return next((k for k in order if not math.isfinite(logs[k])), None)
 
@@ -420,13 +505,17 @@ class _Progress:
                              if k.startswith(("val_", "test_"))), flush=True)
 
 
-def run(config, workdir, verbose=2, strategy=None, on_step=None):
+def run(config, workdir, verbose=2, strategy=None, on_step=None,
+        on_epoch=None):
     """Trains per ``config`` (resolved) into ``workdir``; returns the
     results dict. Raises ``DivergedError`` if a loss term stops being
     finite, and ``UserError`` (before writing anything) for bad input or a
     workdir that belongs to another run. ``on_step(epoch, step, logs)`` is
     called after every training step (0-based; logs are the epoch's running
-    means). With ``config.deterministic``, TensorFlow's op determinism is
+    means). ``on_epoch(epoch, row)`` is called with each epoch's history
+    row; when it returns True the run stops there, its results recorded
+    with status "pruned" (a rerun reports them as they stand). With
+    ``config.deterministic``, TensorFlow's op determinism is
     on for the run and the process's setting is restored after it.
 
     A run alone is a lockstep group of one (``run_lockstep``): it computes
@@ -434,7 +523,10 @@ def run(config, workdir, verbose=2, strategy=None, on_step=None):
     outcome, = run_lockstep(
         [(config, workdir)], verbose, strategy,
         on_step=(None if on_step is None else
-                 lambda epoch, step, logs: on_step(epoch, step, logs[0])))
+                 lambda epoch, step, logs: logs[0] is None or on_step(
+                     epoch, step, logs[0])),
+        on_epoch=(None if on_epoch is None else
+                  lambda index, epoch, row: on_epoch(epoch, row)))
     if isinstance(outcome, Exception):
         raise outcome
     return outcome
@@ -443,8 +535,8 @@ def run(config, workdir, verbose=2, strategy=None, on_step=None):
 # Fields the runs of one lockstep group may set each for itself: what is
 # trained, and how. Every other field decides the batches, the views or the
 # teacher's features, and is the group's.
-CELL_FIELDS = ("distill", "loss", "student", "student_weights",
-               "student_feature_layer", "student_input",
+CELL_FIELDS = ("distill", "loss", "weights", "balance", "student",
+               "student_weights", "student_feature_layer", "student_input",
                "student_bn_momentum", "embed_dim", "optim", "resume",
                "export")
 
@@ -458,7 +550,8 @@ def lockstep_key(config):
     return json.dumps(shared, sort_keys=True)
 
 
-def run_lockstep(runs, verbose=0, strategy=None, on_step=None):
+def run_lockstep(runs, verbose=0, strategy=None, on_step=None,
+                 on_epoch=None):
     """Trains ``runs`` ([(config, workdir)], configs with one
     ``lockstep_key``: different methods or students on the same data, seed
     and teacher) in one process, in lockstep: each step draws one batch and
@@ -471,7 +564,9 @@ def run_lockstep(runs, verbose=0, strategy=None, on_step=None):
 
     Returns, per run, its results dict or the ``DivergedError`` that
     stopped it. ``on_step(epoch, step, logs)``: after every step, ``logs``
-    one entry per run (None for those not training in it)."""
+    one entry per run (None for those not training in it).
+    ``on_epoch(run index, epoch, row)``: after each epoch of a run, with
+    its history row; True stops that run there (status "pruned")."""
     if not runs:
         return []
     keys = {lockstep_key(c) for c, _ in runs}
@@ -481,12 +576,34 @@ def run_lockstep(runs, verbose=0, strategy=None, on_step=None):
     workdirs = [os.path.abspath(w) for _, w in runs]
     if len(set(workdirs)) < len(workdirs):
         raise ValueError("Runs of a lockstep group need a workdir each.")
-    with runtime.op_determinism(runs[0][0].deterministic):
-        group = _Group(runs, verbose, strategy, on_step)
+    with runtime.op_determinism(runs[0][0].deterministic), \
+            _no_retracing_warning():
+        group = _Group(runs, verbose, strategy, on_step, on_epoch)
         try:
             return group.run()
         finally:
             group.close()
+
+
+class _RetracingFilter:
+    """Drops TensorFlow's "triggered tf.function retracing" warning: each
+    run of a group traces its own step functions, once, which that
+    heuristic counts as retracing one function."""
+
+    @staticmethod
+    def filter(record):
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _no_retracing_warning():
+    import logging as std_logging
+    logger = std_logging.getLogger("tensorflow")
+    logger.addFilter(_RetracingFilter)
+    try:
+        yield
+    finally:
+        logger.removeFilter(_RetracingFilter)
 
 
 class _Cell:
@@ -533,13 +650,19 @@ class _Cell:
             float(schedule(self.model.optimizer.iterations - 1))
             if callable(schedule) else float(schedule))
 
-    def finish(self, dataset):
+    def finish(self, dataset, pruned=False):
         """The results of a run whose epochs are done: the probe of its
         test embeddings (``analysis``) and the exported student, on the
-        chief; results.json written last."""
+        chief; results.json written last. ``pruned``: stopped early by
+        ``on_epoch`` (no probe, no export)."""
         from ega_tf import analysis, serving
         results = _results(self.config, self.model, self.history, dataset)
-        if not self.chief:
+        if pruned:
+            results["status"] = "pruned"
+        if not self.chief or pruned:
+            if self.chief:
+                wd.write_json(os.path.join(self.workdir, wd.RESULTS),
+                              results)
             return results
         results.update(analysis.write_probe(self.model, dataset.test,
                                             self.workdir))
@@ -555,10 +678,7 @@ class _Cell:
         if self.chief:
             wd.write_json(os.path.join(self.workdir, wd.RESULTS), {
                 **_results(self.config, self.model, self.history, dataset),
-                "status": "diverged",
-                "diverged": {"term": e.term, "value": str(e.value),
-                             "epoch": e.epoch + 1, "step": e.step + 1,
-                             "lr": e.lr, "message": str(e)}})
+                "status": "diverged", "diverged": e.record()})
 
     def close(self):
         if self.scratch:
@@ -569,9 +689,10 @@ class _Group:
     """The runs of ``run_lockstep``: the shared dataset, teacher and input
     streams, and each run's ``_Cell``."""
 
-    def __init__(self, runs, verbose, strategy, on_step):
+    def __init__(self, runs, verbose, strategy, on_step, on_epoch=None):
         self.config = config = runs[0][0]
         self.verbose, self.on_step = verbose, on_step
+        self.on_epoch = on_epoch
         self.strategy = strategy or distribute.create(config)
         distribute.check_batch(config, self.strategy.num_replicas_in_sync)
         self.chief = distribute.is_chief()
@@ -632,6 +753,18 @@ class _Group:
         jit = any(c.model.step_jit_compile for c in taught)
         self.fetch = _fetch_function(strategy, teacher, jit)
 
+    def _stop_if_state_broke(self, cell, live, epoch, step):
+        """Before a checkpoint: a run whose state holds a non-finite value
+        (a BatchNorm's moving variance overflowing while the loss, which
+        normalises with the batch's own, is still finite) is stopped as
+        diverged, so no checkpoint kept holds one."""
+        broken = cell.ckpt.non_finite()
+        if broken:
+            self._stop(cell, live, DivergedError(
+                broken, "inf or nan", epoch, step, cell.last_lr(),
+                cause_of(cell.config, cell.model)))
+        return bool(broken)
+
     def _stop(self, cell, live, error):
         """A run whose loss stopped being finite: recorded, and dropped
         from the group."""
@@ -684,15 +817,20 @@ class _Group:
                     logs[cell] = {k: float(v) for k, v in
                                   cell.train_step(batch).items()}
                     cell.seconds += time.time() - begin
-                    bad = _first_non_finite(logs[cell])
+                    bad = _first_non_finite(logs[cell],
+                                            cell.model.monitor_names())
                     if bad:
                         self._stop(cell, live, DivergedError(
                             bad, logs[cell][bad], epoch, step,
-                            cell.last_lr()))
+                            cell.last_lr(), cause_of(cell.config,
+                                                     cell.model)))
                         continue
                     cell.progress.update(step, logs[cell])
                     done = epoch * steps + step + 1
                     if every and done % every == 0 and step + 1 < steps:
+                        if self._stop_if_state_broke(cell, live, epoch,
+                                                     step):
+                            continue
                         cell.ckpt.save(epoch, step + 1, done)
                 if self.on_step is not None:
                     self.on_step(epoch, step, [
@@ -710,10 +848,19 @@ class _Group:
                     prefix, k = bad
                     self._stop(cell, live, DivergedError(
                         f"{prefix}_{k}", values[prefix][k], epoch,
-                        steps - 1, cell.last_lr()))
+                        steps - 1, cell.last_lr(), cause_of(cell.config,
+                                                            cell.model)))
+                    continue
+                if self._stop_if_state_broke(cell, live, epoch, steps - 1):
                     continue
                 self._end_epoch(cell, epoch, logs.get(cell, {}), values,
                                 steps)
+                if self.on_epoch is not None and epoch + 1 < config.epochs \
+                        and self.on_epoch(cell.index, epoch,
+                                          cell.history[-1]):
+                    live.remove(cell)
+                    self.outcomes[cell.index] = cell.finish(
+                        self.dataset, pruned=True)
         for cell in live:
             self.outcomes[cell.index] = cell.finish(self.dataset)
 
@@ -754,7 +901,8 @@ class _Group:
         cell.history.append(row)
         collapsed, _, share = collapse(cell.history)
         if collapsed and not was_collapsed:
-            _collapse_warning(epoch + 1, share)
+            _collapse_warning(epoch + 1, share, cell.label
+                              if len(self.outcomes) > 1 else None)
         cell.progress.end(epoch, {**logs, **val}, row["epoch_seconds"])
         if self.chief:
             # The row goes in before the checkpoint: a crash between the
@@ -791,21 +939,21 @@ def collapse(history):
     return since is not None, since, share
 
 
-def _collapse_warning(epoch, share):
+def _collapse_warning(epoch, share, label=None):
     logging.warning(
+        (label.replace("%", "%%") + ": " if label else "") +
         "The student has collapsed at epoch %d: %.0f%% of its pooled "
         "features are exactly zero on the test set (dead ReLUs; at least "
         "%.0f%% counts as collapsed). Its accuracy is not the method's: "
-        "try a smaller method weight (--config.loss.beta) or learning rate.",
+        "try --weights=balanced, a smaller method weight "
+        "(--config.loss.beta) or a smaller learning rate.",
         epoch, 100 * share, 100 * COLLAPSED_SHARE)
 
 
 def _reported(results, workdir):
     """A finished (or diverged) run, reported as it stands."""
     if results.get("status") == "diverged":
-        d = results["diverged"]
-        raise DivergedError(d["term"], d["value"], d["epoch"] - 1,
-                            d["step"] - 1, d.get("lr", float("nan"))) from None
+        raise DivergedError.from_record(results["diverged"]) from None
     logging.info("%s holds a finished run of this config; its results are "
                  "reported as they are (--config.resume=false trains it "
                  "again).", workdir)

@@ -37,6 +37,7 @@ from ega_tf import grid, methods
 from ega_tf import workdir as wd
 from ega_tf.errors import UserError
 from ega_tf.io_utils import atomic_output
+from ega_tf.constants import COLLAPSED_SHARE
 from ega_tf.methods.base import TUNE_RANGE
 
 TUNING = "tuning"
@@ -45,6 +46,10 @@ TUNED = "tuned.json"
 # --tune_lr: the student's rate is searched over [lr * low, lr * high].
 LR_RANGE = (0.1, 3.0)
 LR = "optim.lr"
+# --weights=balanced: the ratio of each term's gradient to the
+# cross-entropy's is searched over [ratio * low, ratio * high].
+RATIO = "balance.ratio"
+BALANCE_RANGE = (0.1, 10.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,14 +58,16 @@ class Setting:
     method: str
     student: str
     labeled_fraction: float
+    weights: str = "published"
 
     @classmethod
     def of(cls, cell):
-        return cls(cell.method, cell.student, cell.labeled_fraction)
+        return cls(cell.method, cell.student, cell.labeled_fraction,
+                   cell.weights)
 
     def cell(self, seed):
         return grid.Cell(self.method, self.student, self.labeled_fraction,
-                         seed)
+                         seed, self.weights)
 
     @property
     def name(self):
@@ -71,10 +78,19 @@ class Setting:
 def space(config, method, tune_lr):
     """{parameter: (low, high, published)} searched for ``method`` in
     ``config`` (the cell's, resolved): ``loss.FIELD`` for its tuned
-    weights, ``optim.lr`` with ``tune_lr``."""
+    weights, or with balanced weights the balance's ratio (trial 0 then
+    is the balanced run), and ``optim.lr`` with ``tune_lr``."""
     out = {}
     low, high = TUNE_RANGE
-    for field in methods.get(method).tuned_fields():
+    if config.weights == "balanced":
+        if methods.get(method).uses_teacher:
+            ratio = float(config.balance.ratio)
+            out[RATIO] = (ratio * BALANCE_RANGE[0],
+                          ratio * BALANCE_RANGE[1], ratio)
+        fields = ()
+    else:
+        fields = methods.get(method).tuned_fields()
+    for field in fields:
         value = float(config.loss[field])
         if value > 0:
             out[f"loss.{field}"] = (value * low, value * high, value)
@@ -118,19 +134,33 @@ def sampler(setting, trial, trials):
                                           f"{setting.name}/{trial}".encode()))
 
 
-def _objective(results):
-    """What a trial scores: its last epoch's validation top-1; a diverged
-    trial scores 0."""
-    if results.get("status") == "diverged":
-        return 0.0
-    return float(results["val_top1_last"])
+def collapsed_on_validation(history):
+    """Whether the last epoch's student is dead on the validation images
+    (at least COLLAPSED_SHARE of its pooled features exactly zero): the
+    collapse flag of a trial, measured without the test set."""
+    share = history[-1].get("val_zero_features") if history else None
+    return share is not None and share >= COLLAPSED_SHARE
+
+
+def outcome(results, history):
+    """(state, score) of a trial: ("complete", its last validation
+    top-1), ("failed", None) for a diverged or collapsed student, which
+    is never chosen, or ("pruned", None)."""
+    status = results.get("status", "finished")
+    if status == "diverged" or collapsed_on_validation(history):
+        return "failed", None
+    if status == "pruned":
+        return "pruned", None
+    return "complete", float(results["val_top1_last"])
 
 
 def search(base, cells, workdir, trials, *, epochs=None, tune_lr=False,
-           verbose=0, log=print):
+           verbose=0, log=print, cost=None):
     """Runs (or resumes) the searches of every setting of ``cells``;
     writes tuning.csv and tuned.json in ``workdir``; returns {Setting:
-    {parameter: chosen value}} ({} for a method with nothing to tune)."""
+    {parameter: chosen value}} ({} for a method with nothing to tune).
+    ``cost``, a dict, receives what the search cost: trials, pruned,
+    failed, seconds (trials finished in an earlier process count 0 s)."""
     import optuna
     check(base, trials, epochs)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -148,7 +178,22 @@ def search(base, cells, workdir, trials, *, epochs=None, tune_lr=False,
                 setting, config, params, trials, workdir, verbose, log)
             rows += found
     write(rows, chosen, published, workdir, trials)
+    if cost is not None:
+        cost.update(trials=len(rows),
+                    pruned=sum(r["outcome"] == "pruned" for r in rows),
+                    failed=sum(r["outcome"] == "failed" for r in rows),
+                    seconds=sum(r.pop("_seconds") for r in rows))
     return chosen
+
+
+def pruner(epochs):
+    """Optuna's median rule: once a trial has completed, a trial whose
+    validation top-1 after an epoch (past the first third of the run) is
+    below the median of the completed trials' at that epoch stops there.
+    Trial 0 (the published or balanced weights) always runs whole."""
+    import optuna
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=1, n_warmup_steps=max(1, epochs // 3))
 
 
 def _search_one(setting, config, params, trials, workdir, verbose, log):
@@ -156,8 +201,10 @@ def _search_one(setting, config, params, trials, workdir, verbose, log):
     cell, resolved); returns (tuning.csv's rows, the chosen values)."""
     import optuna
     from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState
     cell = setting.cell(config.seed)
-    study = optuna.create_study(direction="maximize")
+    study = optuna.create_study(direction="maximize",
+                                pruner=pruner(config.epochs))
     study.enqueue_trial({k: v[2] for k, v in params.items()})
     distributions = {k: FloatDistribution(lo, hi, log=True)
                      for k, (lo, hi, _) in params.items()}
@@ -173,57 +220,98 @@ def _search_one(setting, config, params, trials, workdir, verbose, log):
                  f"{setting.labeled_fraction:g} {k + 1}/{trials}] "
                  + ", ".join(f"{n.split('.')[1]}={v:.4g}"
                              for n, v in trial.params.items()))
-        results, note = _trial(grid.with_values(config, trial.params), path,
-                               verbose, label, log)
-        score = _objective(results)
-        study.tell(trial, score)
+        results, history, note, seconds = _trial(
+            grid.with_values(config, trial.params), path, verbose, label,
+            log, trial)
+        state, score = outcome(results, history)
+        if state == "complete":
+            study.tell(trial, score)
+        else:
+            study.tell(trial, state=(TrialState.FAIL if state == "failed"
+                                     else TrialState.PRUNED))
         scores.append(score)
-        log(f"{label}: validation top-1 last {score:.2f}{note}")
+        log(f"{label}: " + (
+            f"validation top-1 last {score:.2f}" if state == "complete" else
+            f"pruned after epoch {len(history)} (validation top-1 "
+            f"{100 * history[-1]['val_top1']:.2f}, under the earlier "
+            "trials' median)" if state == "pruned" else
+            "failed, never chosen") + note)
         rows.append({"method": cell.label, "student": cell.student_label,
                      "labeled_fraction": setting.labeled_fraction,
                      "trial": k, "seed": config.seed,
-                     "epochs": config.epochs,
+                     "epochs": len(history),
                      "status": results.get("status", "finished"),
-                     "collapsed": bool(results.get("collapsed")),
-                     "val_top1_last": (None if results.get("status") ==
-                                       "diverged" else score),
+                     "collapsed": collapsed_on_validation(history),
+                     "outcome": state, "val_top1_last": score,
                      "val_top1_best": results.get("val_top1_best"),
                      **trial.params,
-                     "workdir": os.path.relpath(path, workdir)})
-    # The first best: trial 0 (published) wins a tie.
-    best = max(range(trials), key=lambda i: (scores[i], -i))
+                     "workdir": os.path.relpath(path, workdir),
+                     "_seconds": seconds})
+    complete = [i for i in range(trials) if scores[i] is not None]
+    if complete:
+        # The first best: trial 0 (published) wins a tie.
+        best = max(complete, key=lambda i: (scores[i], -i))
+    else:
+        best = 0
+        log(f"[tune {cell.label}] no trial trained a working student "
+            "(each diverged or collapsed); the grid keeps trial 0's "
+            "values.")
     for row in rows:
         row["chosen"] = row["trial"] == best
     chosen = {k: rows[best][k] for k in params}
     log(f"[tune {cell.label}] chosen: " + ", ".join(
-        f"{n}={v:.4g} (published {params[n][2]:g})"
-        for n, v in chosen.items()))
+        f"{n}={v:.4g} (" + ("balanced " if n == RATIO else "published ")
+        + f"{params[n][2]:g})" for n, v in chosen.items()))
     return rows, chosen
 
 
-def _trial(config, path, verbose, label, log):
-    """One trial's results (trained, resumed, or read back) and a note for
-    its log line."""
+def _trial(config, path, verbose, label, log, trial):
+    """One trial trained, resumed, or read back: (results, history, a
+    note for its log line, seconds spent here). Each epoch's validation
+    top-1 is reported to ``trial``; Optuna's pruner, or a student dead on
+    the validation images two epochs running, stops it early."""
     import keras
 
     from ega_tf import training
     state = grid.cell_state(path)
-    done = state in ("finished", "diverged")
+    done = state in ("finished", "diverged", "pruned")
+    history_path = os.path.join(path, wd.HISTORY)
+    # What an earlier process trained: reported as it was then.
+    reported = set()
+
+    def report(row):
+        if row["epoch"] not in reported:  # a resumed epoch is the same
+            trial.report(row["val_top1"], row["epoch"])
+            reported.add(row["epoch"])
+    for row in wd.read_history(history_path):
+        report(row)
+    rows = []
+
+    def on_epoch(epoch, row):
+        report(row)
+        rows.append(row)
+        if len(rows) >= 2 and all(collapsed_on_validation([r])
+                                  for r in rows[-2:]):
+            return True
+        return trial.should_prune()
+
     if not done:
         log(f"{label}: "
             + ("resuming" if state == "partial" else "training") + "...")
     begin = time.time()
     try:
         with grid.quiet(verbose == 0):
-            results = training.run(config, path, verbose)
+            results = training.run(config, path, verbose, on_epoch=on_epoch)
     except training.DivergedError:
         results = wd.read_json(os.path.join(path, wd.RESULTS))
     keras.backend.clear_session(free_memory=False)
+    seconds = 0.0 if done else time.time() - begin
+    history = wd.read_history(history_path)
     note = (" (DIVERGED)" if results.get("status") == "diverged" else
-            " (COLLAPSED)" if results.get("collapsed") else "")
-    note += (" (done earlier)" if done else
-             f" in {grid.duration(time.time() - begin)}")
-    return results, note
+            " (COLLAPSED on validation)" if collapsed_on_validation(history)
+            else "")
+    note += (" (done earlier)" if done else f" in {grid.duration(seconds)}")
+    return results, history, note, seconds
 
 
 def write(rows, chosen, published, workdir, trials):
@@ -231,7 +319,7 @@ def write(rows, chosen, published, workdir, trials):
     and the published ones, per setting)."""
     names = [n for row in rows for n in row if "." in n]
     columns = ["method", "student", "labeled_fraction", "trial", "seed",
-               "epochs", "status", "collapsed", "val_top1_last",
+               "epochs", "status", "collapsed", "outcome", "val_top1_last",
                "val_top1_best", *dict.fromkeys(names), "chosen", "workdir"]
     out = io.StringIO()
     writer = csv.DictWriter(out, columns, lineterminator="\n")

@@ -153,7 +153,8 @@ class DistillerTest(TestCase):
         items = model.checkpoint_items()
         self.assertCountEqual(items, ["student", "optimizer", "teacher_embed",
                                       "teacher_classifier",
-                                      "teacher_head_optimizer"])
+                                      "teacher_head_optimizer",
+                                      "gradient_monitor"])
         self.assertNotIn("teacher", items)  # frozen: its own file
         self.assertTrue(model.optimizer.built)  # restorable before a step
         self.assertCountEqual(make(teacher=False).checkpoint_items(),

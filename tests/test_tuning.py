@@ -50,6 +50,15 @@ class SpaceTest(TestCase):
                                          "none", True)[tuning.LR],
                             (0.005, 0.15, 0.05))
 
+    def test_balanced_weights_search_the_ratio_from_trial_0(self):
+        base = base_config()
+        base.weights = "balanced"
+        cell = grid.make_cells(["ega"], [0], ["resnet8"], [0.1],
+                               ["balanced"])[0]
+        self.assertEqual(tuning.space(grid.cell_config(base, cell), "ega",
+                                      False),
+                         {tuning.RATIO: (0.1, 10.0, 1.0)})
+
     def test_a_method_declaring_an_untunable_field_is_refused(self):
         with self.assertRaisesRegex(ValueError, "tuned field 'queue' needs "
                                     "a positive, non-integer default"):
@@ -101,19 +110,25 @@ class TuneGridTest(TestCase):
         tmp = self.tmp_path()
         teacher = pixel_teacher(tmp / "teacher.keras")
         args = ["--config=configs/digits.py", f"--teacher={teacher}",
-                "--methods=hint", "--seeds=0", "--epochs=1", "--tune=2",
-                "--tune_lr", "--config.export=false", "--pictures=false",
+                "--methods=hint", "--weights=balanced", "--seeds=0",
+                "--epochs=1", "--tune=2", "--tune_lr",
+                "--config.export=false", "--pictures=false",
                 f"--workdir={tmp}/g"]
         r = self.run_cli("compare", *args)
         self.assertSucceeded(r)
         with open(tmp / "g" / tuning.TUNING_CSV, newline="") as f:
             rows = list(csv.DictReader(f))
         self.assertEqual([row["trial"] for row in rows], ["0", "1"])
-        # Trial 0: the published weight and rate.
-        self.assertEqual((float(rows[0]["loss.beta"]),
-                          float(rows[0]["optim.lr"])), (100.0, 0.05))
-        self.assertTrue(1.0 <= float(rows[1]["loss.beta"]) <= 1000.0)
+        self.assertEqual([row["outcome"] for row in rows],
+                         ["complete", "complete"])
+        # Trial 0: the balanced weights (ratio 1) and the published rate;
+        # balanced, the ratio is what is searched.
+        self.assertEqual((float(rows[0]["balance.ratio"]),
+                          float(rows[0]["optim.lr"])), (1.0, 0.05))
+        self.assertTrue(0.1 <= float(rows[1]["balance.ratio"]) <= 10.0)
         self.assertTrue(0.005 <= float(rows[1]["optim.lr"]) <= 0.15)
+        self.assertRegex(r.stdout, r"Tuning: 2 trials \(0 pruned, 0 failed"
+                         r"\) took .*; the grid's 1 run took ")
         # Chosen on validation: the larger last validation top-1, the
         # published one on a tie.
         scores = [float(row["val_top1_last"]) for row in rows]
@@ -122,9 +137,9 @@ class TuneGridTest(TestCase):
                          ["true" if i == best else "false"
                           for i in range(2)])
         tuned = json.loads((tmp / "g" / tuning.TUNED).read_text())
-        chosen = tuned["chosen"]["hint_resnet8_lf0.1"]
-        self.assertAllClose(chosen["loss.beta"],
-                            float(rows[best]["loss.beta"]), rtol=1e-5)
+        chosen = tuned["chosen"]["hint_balanced_resnet8_lf0.1"]
+        self.assertAllClose(chosen["balance.ratio"],
+                            float(rows[best]["balance.ratio"]), rtol=1e-5)
         # A trial is an ordinary run of the first seed on the training
         # images less the validation ones.
         trial = json.loads((tmp / "g" / rows[1]["workdir"] /
@@ -132,10 +147,12 @@ class TuneGridTest(TestCase):
         self.assertEqual((trial["seed"], trial["val_examples"]), (0, 136))
         self.assertAllClose(trial["val_top1_last"], scores[1], rtol=1e-5)
         # The grid's cell trained with the chosen values.
-        cell = json.loads((tmp / "g" / "hint_resnet8_lf0.1_s0" /
+        cell = json.loads((tmp / "g" / "hint_balanced_resnet8_lf0.1_s0" /
                            "config.json").read_text())
-        self.assertEqual((cell["loss"]["beta"], cell["optim"]["lr"]),
-                         (chosen["loss.beta"], chosen["optim.lr"]))
+        self.assertEqual((cell["weights"], cell["balance"]["ratio"],
+                          cell["optim"]["lr"]),
+                         ("balanced", chosen["balance.ratio"],
+                          chosen["optim.lr"]))
         summary = (tmp / "g" / grid.SUMMARY).read_text()
         self.assertIn("Tuned: 2 trials per method", summary)
 
@@ -149,10 +166,10 @@ class TuneGridTest(TestCase):
         (tmp / "g" / tuning.TUNING_CSV).unlink()
         r = self.run_cli("compare", *args)
         self.assertSucceeded(r)
-        self.assertIn("1/2] beta=100, lr=0.05: validation top-1 last",
+        self.assertIn("1/2] ratio=1, lr=0.05: validation top-1 last",
                       r.stdout)
         self.assertIn("(done earlier)", r.stdout)
-        self.assertIn("2/2] beta=", r.stdout)
+        self.assertIn("2/2] ratio=", r.stdout)
         self.assertIn("1 of 1 cells finished earlier", r.stdout)
         self.assertEqual((tmp / "g" / tuning.TUNING_CSV).read_text(), before)
 
@@ -161,3 +178,112 @@ class TuneGridTest(TestCase):
         self.assertOneLineError(self.run_cli("compare", *other),
                                 "holds a comparison of other settings "
                                 "(tune.trials: 2 there, 3 now)")
+
+
+class ScriptedSearchTest(TestCase):
+    """The search's bookkeeping with the training replaced by a script of
+    per-epoch validation top-1s (the real loop is in TuneGridTest): a
+    collapsed or diverged trial fails and is never chosen, however well it
+    scores; the median rule stops a poor trial early; what it all cost is
+    counted; a rerun reads every trial back."""
+
+    # Trial -> (validation top-1 per epoch, share of zero features,
+    # diverges at the last epoch).
+    SCRIPT = {0: ([0.30, 0.40, 0.50, 0.60], 0.0, False),
+              1: ([0.50, 0.70, 0.80, 0.90], 0.9, False),   # collapsed
+              2: ([0.45, 0.55, 0.65, 0.95], 0.0, True),    # diverged
+              3: ([0.20, 0.25, 0.30, 0.35], 0.0, False),   # pruned
+              4: ([0.35, 0.45, 0.55, 0.70], 0.0, False)}   # the best
+
+    def fake_run(self, config, path, verbose=2, on_epoch=None, **kw):
+        from ega_tf import training
+        from ega_tf import workdir as wd
+        import os
+        results_path = os.path.join(path, wd.RESULTS)
+        if os.path.exists(results_path):
+            return wd.read_json(results_path)
+        trial = int(os.path.basename(path).split("_")[1])
+        scores, dead, diverges = self.SCRIPT[trial]
+        self.trained.append(trial)
+        os.makedirs(path, exist_ok=True)
+        wd.write_json(os.path.join(path, wd.CONFIG), {})
+        history, status = [], "finished"
+        for epoch, score in enumerate(scores):
+            history.append({"epoch": epoch, "val_top1": score,
+                            "test_top1": score,
+                            "val_zero_features": dead})
+            wd.write_history(os.path.join(path, wd.HISTORY), history)
+            if diverges and epoch == len(scores) - 1:
+                status = "diverged"
+                break
+            if (epoch + 1 < len(scores) and on_epoch
+                    and on_epoch(epoch, history[-1])):
+                status = "pruned"
+                break
+        results = {"status": status, "val_top1_last": 100 * history[-1][
+            "val_top1"], "val_top1_best": 100 * max(
+            r["val_top1"] for r in history)}
+        if status == "diverged":
+            results["diverged"] = {"term": "ce", "value": "nan", "epoch": 4,
+                                   "step": 1, "lr": 0.05, "message": "x"}
+        wd.write_json(results_path, results)
+        if status == "diverged":
+            raise training.DivergedError("ce", float("nan"), 3, 0, 0.05)
+        return results
+
+    def test_failed_trials_are_never_chosen_and_poor_ones_are_pruned(self):
+        from unittest import mock
+        from ega_tf import training
+        tmp = self.tmp_path()
+        base = base_config(epochs=4)
+        base.data.val_fraction = 0.1
+        cells = grid.make_cells(["sp"], [0], ["resnet8"], [0.1])
+        self.trained, lines, cost = [], [], {}
+        with mock.patch.object(training, "run", self.fake_run):
+            chosen = tuning.search(base, cells, str(tmp), 5,
+                                   log=lines.append, cost=cost)
+        with open(tmp / tuning.TUNING_CSV, newline="") as f:
+            rows = list(csv.DictReader(f))
+        self.assertEqual([r["outcome"] for r in rows],
+                         ["complete", "failed", "failed", "pruned",
+                          "complete"])
+        self.assertEqual([r["collapsed"] for r in rows],
+                         ["false", "true", "false", "false", "false"])
+        # Collapsed on validation two epochs running: stopped after epoch 2.
+        self.assertEqual([int(r["epochs"]) for r in rows], [4, 2, 4, 2, 4])
+        self.assertEqual([r["chosen"] for r in rows],
+                         ["false"] * 4 + ["true"])
+        setting = tuning.Setting("sp", "resnet8", 0.1)
+        self.assertAllClose(chosen[setting]["loss.beta"],
+                            float(rows[4]["loss.beta"]), rtol=1e-5)
+        self.assertEqual((cost["trials"], cost["pruned"], cost["failed"]),
+                         (5, 1, 2))
+        self.assertTrue(any("pruned after epoch 2" in line
+                            for line in lines), lines)
+        # A rerun reads every trial back, trains none, chooses the same.
+        before = (tmp / tuning.TUNING_CSV).read_text()
+        self.trained = []
+        with mock.patch.object(training, "run", self.fake_run):
+            again = tuning.search(base, cells, str(tmp), 5,
+                                  log=lines.append, cost=cost)
+        self.assertEqual(self.trained, [])
+        self.assertEqual(again, chosen)
+        self.assertEqual((tmp / tuning.TUNING_CSV).read_text(), before)
+        self.assertEqual(cost["seconds"], 0.0)
+
+    def test_no_working_trial_keeps_trial_0(self):
+        from unittest import mock
+        from ega_tf import training
+        tmp = self.tmp_path()
+        base = base_config(epochs=4)
+        base.data.val_fraction = 0.1
+        self.SCRIPT = {k: ([0.5] * 4, 0.9, False) for k in range(2)}
+        self.trained, lines = [], []
+        with mock.patch.object(training, "run", self.fake_run):
+            chosen = tuning.search(
+                base, grid.make_cells(["sp"], [0], ["resnet8"], [0.1]),
+                str(tmp), 2, log=lines.append)
+        self.assertEqual(chosen[tuning.Setting("sp", "resnet8", 0.1)],
+                         {"loss.beta": 3000.0})
+        self.assertTrue(any("no trial trained a working student" in line
+                            for line in lines))

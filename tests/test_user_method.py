@@ -92,6 +92,47 @@ class UserMethodTest(TestCase):
         cell, = grid.make_cells([self.spec], [0], ["resnet8"], [0.1])
         self.assertEqual(cell.name, "centred_cosine_resnet8_lf0.1_s0")
 
+    def test_measuring_the_gradients_leaves_the_published_step_alone(self):
+        """With published weights the step measures each term's gradient
+        on the student's embedding and logs it, and must not change a bit
+        of the training: the same steps with the measurement taken out
+        give the same state. (The two backward passes once ran side by
+        side and made this method's student gradient differ from run to
+        run.)"""
+        from tests.test_case import run_replica_steps, training_state
+        rng = np.random.default_rng(0)
+        batches = []
+        for _ in range(3):
+            y = rng.integers(0, 5, 32)
+            y[rng.random(32) > 0.3] = -1
+            batches.append(({v: rng.integers(0, 256, (32, 16, 16, 3),
+                                             np.uint8)
+                             for v in ("student", "teacher")}, y))
+        states = []
+        for measure in (True, False):
+            keras.utils.set_random_seed(0)
+            student = build_student(students.create(
+                "resnet8", input_shape=(16, 16, 3)), 5, 16)
+            method = methods.create(self.spec, {"momentum": 0.5},
+                                    embed_dim=16)
+            model = Distiller(student, conv_teacher(16), 5, 16,
+                              method=method)
+            if not measure:
+                model.gradient_parts, model.gradient_monitor = [], None
+            model.compile(TorchSGD(0.05),
+                          teacher_head_optimizer=TorchSGD(0.01))
+            logs = run_replica_steps(model, tf.distribute.get_strategy(),
+                                     batches)
+            # Taken out, its tracker is never updated.
+            self.assertEqual(logs[0]["grad_ratio_centred_cosine"] > 0,
+                             measure)
+            states.append({k: v.numpy() for k, v in
+                           training_state(model).items()
+                           if not k.startswith("gradient_monitor")})
+        self.assertEqual(list(states[0]), list(states[1]))
+        for k in states[0]:
+            np.testing.assert_array_equal(states[0][k], states[1][k], k)
+
     @pytest.mark.slow
     def test_compare_next_to_a_built_in_method(self):
         tmp = self.tmp_path()

@@ -147,11 +147,13 @@ def loss_fields():
     return dict(sorted(fields.items()))
 
 
-def resolve_weights(distill, overrides):
-    """The method's defaults (and kd_temperature) with ``overrides``
-    (config.loss; None keeps a default) applied to the fields it reads."""
+def resolve_weights(distill, overrides, balanced=False):
+    """The method's defaults (and kd_temperature; with ``balanced``, its
+    ``balanced_defaults`` over them) with ``overrides`` (config.loss; None
+    keeps a default) applied to the fields it reads."""
     cls = get(distill)
-    weights = {**GENERAL_DEFAULTS, **cls.defaults}
+    weights = {**GENERAL_DEFAULTS, **cls.defaults,
+               **(cls.balanced_defaults if balanced else {})}
     for k, v in overrides.items():
         if v is not None and k in weights:
             weights[k] = v

@@ -71,11 +71,15 @@ class Result:
     """What ``Method.compute`` returns: the logged global terms, the
     method's global value (unweighted by beta), this replica's share of it
     (whose gradient, summed over replicas, is the value's), and whatever
-    ``update`` needs from the step."""
+    ``update`` needs from the step. ``shares``: {term: its share of the
+    value, weight included} when the method has several terms
+    (``weighted`` fills it): the training step then measures each term's
+    gradient on its own, and a divergence names the term that drove it."""
     terms: Dict[str, object]
     value: object = 0.0
     share: object = 0.0
     state: object = None
+    shares: Optional[Dict[str, object]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +133,10 @@ class Method:
         tuned: the weight fields ``compare --tune`` searches, each over a
             log range around its default (``TUNE_RANGE``); None: the
             weights of its terms, else beta if it has a term.
+        balanced_defaults: fields whose default differs with balanced
+            weights (``--weights=balanced``), where the published one
+            fails on small data for a reason no weight fixes (CRD's fixed
+            normalisation constant); a value the user sets wins.
 
     An instance is made by ``ega_tf.methods.create`` with the resolved
     weights (``self.w``) and the run's context, then its state is built in
@@ -146,6 +154,7 @@ class Method:
     evaluates: bool = True
     min_batch: int = 2
     tuned: Optional[Tuple[str, ...]] = None
+    balanced_defaults: Mapping[str, float] = {}
 
     def __init__(self, weights, num_examples=0, embed_dim=256, seed=0,
                  steps_per_epoch=1, labels=None, epochs=PUBLISHED_EPOCHS):
@@ -195,7 +204,7 @@ class Method:
                              f"{', '.join(missing)}.")
         for field in (*cls.integer_fields, *cls.limits,
                       *(f for f in cls.terms.values() if f),
-                      *(cls.tuned or ())):
+                      *(cls.tuned or ()), *cls.balanced_defaults):
             if field not in cls.fields():
                 raise ValueError(f"{where} declares field {field!r}, which "
                                  "is not among its defaults.")
@@ -298,9 +307,11 @@ class Method:
         """A Result from {term: (global value, share)}: the terms logged,
         the value and share summed with the weights ``terms`` names."""
         value = share = 0.0
+        shares = {}
         for term, (v, s) in parts.items():
             field = self.terms.get(term)
             weight = float(self.w[field]) if field else 1.0
             value, share = value + weight * v, share + weight * s
+            shares[term] = weight * s
         return Result({t: v for t, (v, _) in parts.items()}, value, share,
-                      state)
+                      state, shares)

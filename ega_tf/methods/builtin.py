@@ -223,7 +223,8 @@ class DKD(Method):
                          "float32")
         warmup = w["dkd_warmup"] * self.epochs / PUBLISHED_EPOCHS
         ramp = ops.minimum(epoch / warmup, 1.0) if warmup > 0 else 1.0
-        return Result(result.terms, ramp * result.value, ramp * result.share)
+        return Result(result.terms, ramp * result.value, ramp * result.share,
+                      shares={k: ramp * v for k, v in result.shares.items()})
 
     def update(self, b, state):
         self.iterations.assign_add(1)
@@ -337,6 +338,10 @@ class CRD(Method):
     uses_index = True
     evaluates = False  # held-out images have no bank rows
     min_batch = 1
+    # Z fixed while the banks are random collapses the student on small
+    # data whatever its weight (docs/methods.md); balanced, it is
+    # estimated at every step.
+    balanced_defaults = {"crd_z_per_step": 1}
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
