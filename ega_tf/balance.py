@@ -67,14 +67,21 @@ def output_gradients(tape, share, outputs):
         share, outputs, unconnected_gradients=tf.UnconnectedGradients.ZERO)]
 
 
-def global_norm(grads):
-    """The norm of gradients on this replica's rows, over the global
-    batch (their squares summed over the replicas)."""
+def global_norms(parts):
+    """The norms of each entry of ``parts`` (a list of gradient lists on
+    this replica's rows, or None: not measured, NaN) over the global
+    batch: the squares are summed over the replicas in one all-reduce for
+    every part (one collective each made the two-replica step's graph
+    twice as slow to build)."""
     import tensorflow as tf
 
     from ega_tf import replicas
-    local = tf.add_n([tf.reduce_sum(tf.square(g)) for g in grads])
-    return tf.sqrt(replicas.sum(local))
+    local = tf.stack([
+        tf.add_n([tf.reduce_sum(tf.square(g)) for g in grads])
+        if grads is not None else tf.constant(0.0) for grads in parts])
+    norms = tf.sqrt(replicas.sum(local))
+    known = tf.constant([grads is not None for grads in parts])
+    return tf.where(known, norms, float("nan"))
 
 
 def _layer_class():

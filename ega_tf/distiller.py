@@ -245,8 +245,7 @@ class Distiller(keras.Model):
                 else balance.output_gradients(tape, shares["method"],
                                               outputs))
         nan = tf.constant(float("nan"))
-        norms = tf.stack([balance.global_norm(grads[k]) if k in grads
-                          else nan for k in keys])
+        norms = balance.global_norms([grads.get(k) for k in keys])
         required = tf.constant([k in grads and not k.startswith("term:")
                                 for k in keys])
         slow, fast = tf.unstack(self.gradient_monitor.update(norms,
