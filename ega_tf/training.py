@@ -157,7 +157,7 @@ def choose_jit(setting, teacher=None, image_size=(32, 32), replicas=1,
     determinism is off (``deterministic``: not every XLA op has a
     deterministic GPU kernel, and Keras refuses XLA under it), and not on
     CPUs: there XLA made the training step 35-50 % slower and added its
-    compile time (measured with benchmarks/train_step.py, see README); nor
+    compile time (measured with benchmarks/train_step.py, docs/speed.md); nor
     can XLA compile a CPU step holding cross-replica collectives. ``true``
     is obeyed as asked."""
     import numpy as np
@@ -902,7 +902,8 @@ class _Group:
         collapsed, _, share = collapse(cell.history)
         if collapsed and not was_collapsed:
             _collapse_warning(epoch + 1, share, cell.label
-                              if len(self.outcomes) > 1 else None)
+                              if len(self.outcomes) > 1 else None,
+                              balanced=config.weights == "balanced")
         cell.progress.end(epoch, {**logs, **val}, row["epoch_seconds"])
         if self.chief:
             # The row goes in before the checkpoint: a crash between the
@@ -939,15 +940,17 @@ def collapse(history):
     return since is not None, since, share
 
 
-def _collapse_warning(epoch, share, label=None):
+def _collapse_warning(epoch, share, label=None, balanced=False):
+    fix = ("a smaller --config.balance.ratio" if balanced else
+           "--weights=balanced, a smaller method weight "
+           "(--config.loss.beta)")
     logging.warning(
         (label.replace("%", "%%") + ": " if label else "") +
         "The student has collapsed at epoch %d: %.0f%% of its pooled "
         "features are exactly zero on the test set (dead ReLUs; at least "
         "%.0f%% counts as collapsed). Its accuracy is not the method's: "
-        "try --weights=balanced, a smaller method weight "
-        "(--config.loss.beta) or a smaller learning rate.",
-        epoch, 100 * share, 100 * COLLAPSED_SHARE)
+        "try %s or a smaller learning rate.",
+        epoch, 100 * share, 100 * COLLAPSED_SHARE, fix)
 
 
 def _reported(results, workdir):
