@@ -1,6 +1,6 @@
 """Any network as a student: a user's .keras model, a module:function
-factory and a keras.applications network each distil on digits and export a
-SavedModel that a fresh process serves; keras.applications inputs are
+factory and a keras.applications network (slow) each distil on digits and
+export a SavedModel that a fresh process serves; keras.applications inputs are
 normalised as their own preprocess_input does; bad students get one line;
 the whole flow (resume, two replicas, TFLite int8, a grid with pictures) on
 MobileNetV3Small (slow)."""
@@ -72,21 +72,40 @@ class AnyStudentTest(TestCase):
         return self.run_cli("train", "--config=configs/digits.py",
                             f"--teacher={self.teacher}", "--epochs=1", *args)
 
-    def test_three_forms_distil_on_digits_and_serve_in_a_fresh_process(self):
+    def test_a_file_and_a_factory_distil_on_digits_and_serve_elsewhere(self):
         tmp = self.tmp_path()
         (tmp / "my_students.py").write_text(_FACTORY)
         sys.path.insert(0, str(tmp))
         self.addCleanup(sys.path.remove, str(tmp))
         model = user_keras_model(tmp / "mine.keras")
-        forms = {
+        results = self.distil_and_serve(tmp, {
             "mine": [f"--student={model}",
                      "--config.student_feature_layer=features",
                      "--config.student_input.mean=(0.5,0.5,0.5)",
                      "--config.student_input.std=(0.25,0.25,0.25)"],
             "small_cnn": ["--student=my_students:small_cnn"],
+        })
+        self.assertEqual(results["mine"]["student_params"],
+                         3 * 3 * 3 * 12 + 12 + 12 * 256 + 256 + 256 * 10
+                         + 10)  # its features, then the student's heads
+        # A default workdir is named by the file's and function's names.
+        from ega_tf import config as config_lib
+        from ega_tf import training
+        c = config_lib.default_config()
+        c.dataset, c.student, c.distill = "digits", model, "none"
+        self.assertEqual(training.default_workdir(c),
+                         "runs/digits_mine_none_s0")
+
+    @pytest.mark.slow  # an ImageNet-shaped network, trained then served
+    def test_a_keras_applications_network_distils_and_serves_elsewhere(self):
+        self.distil_and_serve(self.tmp_path(), {
             "MobileNetV3Small": [
-                "--student=keras.applications.MobileNetV3Small"],
-        }
+                "--student=keras.applications.MobileNetV3Small"]})
+
+    def distil_and_serve(self, tmp, forms):
+        """Trains one epoch of each form (label -> train flags), then one
+        process that never imports ega_tf serves every SavedModel and must
+        give each run's test top-1. Returns {label: results.json}."""
         results = {}
         for label, args in forms.items():
             with self.subTest(student=label):
@@ -96,9 +115,6 @@ class AnyStudentTest(TestCase):
                                              "results.json").read_text())
                 self.assertEqual(results[label]["epochs"], 1)
                 self.assertIn("node", history_rows(tmp / label)[0])
-        self.assertEqual(results["mine"]["student_params"],
-                         3 * 3 * 3 * 12 + 12 + 12 * 256 + 256 + 256 * 10
-                         + 10)  # its features, then the student's heads
         digits = data.load("digits")
         np.save(tmp / "x.npy", digits.test.images)
         np.save(tmp / "y.npy", digits.test.labels)
@@ -111,13 +127,7 @@ class AnyStudentTest(TestCase):
             self.assertAlmostEqual(
                 served[str(tmp / label / "saved_model")],
                 results[label]["test_top1_last"], places=4, msg=label)
-        # A default workdir is named by the file's and function's names.
-        from ega_tf import config as config_lib
-        from ega_tf import training
-        c = config_lib.default_config()
-        c.dataset, c.student, c.distill = "digits", model, "none"
-        self.assertEqual(training.default_workdir(c),
-                         "runs/digits_mine_none_s0")
+        return results
 
     @pytest.mark.slow  # builds four ImageNet-sized networks
     def test_keras_applications_inputs_are_their_preprocess_input(self):

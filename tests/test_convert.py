@@ -3,6 +3,7 @@ OpenAI CLIP's ModifiedResNet: each file in its published layout, converted
 and compared with the PyTorch reference on the same images."""
 
 import numpy as np
+import pytest
 import torch
 from absl.testing import parameterized
 
@@ -47,6 +48,8 @@ class ResNetFamiliesTest(TestCase):
         self.assertPublishedParity(teacher.get_layer("backbone"), published,
                                    x)
 
+    @pytest.mark.slow  # the full network; the fast tier converts each
+    # ResNet family's layout at a small depth and CLIP's RN50 in full
     def test_resnet50_parity_with_preprocessing(self):
         """Full ResNet-50 in the MoCo v2 layout; preprocessing and network
         differences measured separately, then end to end."""

@@ -10,6 +10,7 @@ import shutil
 import zipfile
 
 import numpy as np
+import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl.testing import parameterized
@@ -368,6 +369,7 @@ class ImageFolderTest(TestCase):
         self.assertRegex(r.stderr, r"imgs: 3 classes, (\d+)x\1 RGB, train 12"
                          r" \(12 labeled, 0 unlabeled\), test 6")
 
+    @pytest.mark.slow  # the fast tier trains on a small folder
     def test_thousands_of_files_train_with_ega_and_export(self):
         """~3,100 PNG/JPEG files of varied sizes -> EGA -> SavedModel.
 
