@@ -24,7 +24,7 @@ from ega_tf.errors import UserError
 SHORTCUTS = {
     "dataset": "Dataset: digits, cifar100, stl10, tiny_imagenet, or "
                "folder:PATH (PATH/<split>/<class>/<image>).",
-    "student": "Student network (see the README's student zoo).",
+    "student": "Student network (docs/students.md lists the zoo).",
     "teacher": "Teacher .keras file, or a published checkpoint (converted "
                "once and cached).",
     "distill": "ega: cross-entropy + EGA from the teacher; none: "
