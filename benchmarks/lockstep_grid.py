@@ -38,7 +38,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-# The README's grid, in its order; K takes the last K (ega alone, EGA and
+# docs/results.md's grid, in its order; K takes the last K (ega alone, EGA and
 # its ablations, ..., all 15 with cross-entropy alone first).
 METHODS = ("none", "kd", "hint", "rkd", "pkt", "sp", "nce", "ccl", "crd",
            "dkd", "seed", "compress", "ega_node", "ega_edge", "ega")

@@ -80,7 +80,7 @@ def define_flags(flag_values):
     cli.define("integer", "tune", 0, "Trials per method searching its "
                "main weights (and, with --tune_lr, the learning rate) on "
                "the validation split before the grid trains; 0: the "
-               "published weights (README, 'Tuning').", flag_values)
+               "published weights (docs/compare.md, 'Tuning').", flag_values)
     cli.define("integer", "tune_epochs", None, "Epochs of each trial "
                "(default: the config's epochs).", flag_values)
     cli.define("bool", "tune_lr", False, "Also search the learning rate "
@@ -88,8 +88,8 @@ def define_flags(flag_values):
     cli.define("bool", "share_teacher", True, "Train the cells of one "
                "seed and labeled fraction together in lockstep: one batch "
                "and one teacher forward per step for all of them, each "
-               "cell's numbers bit for bit those of its run alone (README, "
-               "'Speed'); false: one cell after another.", flag_values)
+               "cell's numbers bit for bit those of its run alone "
+               "(docs/speed.md); false: one cell after another.", flag_values)
     cli.define("bool", "pictures", True, "Draw curves.png, embeddings.png "
                "and graphs.png (needs matplotlib).", flag_values)
     cli.define("integer", "embedding_points", analysis.PROBE_POINTS,

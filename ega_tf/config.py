@@ -46,8 +46,7 @@ def default_config(arg=None):
 
     # The two networks.
     # A zoo name (resnet8x4, ...), keras.applications.NAME,
-    # path/to/model.keras or package.module:function (README, "Your own
-    # student").
+    # path/to/model.keras or package.module:function (docs/students.md).
     c.student = "resnet8x4"
     c.student_weights = config_dict.placeholder(str)  # a weights file
     # A user's model that outputs logits: the layer giving its features.

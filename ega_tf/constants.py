@@ -18,7 +18,7 @@ DIAGNOSTICS = ("zero_features", "xs_norm")
 
 # A student whose pooled features on the test set are exactly zero in at
 # least this share has collapsed (its last ReLUs dead for nearly every
-# image). Measured on digits (README, "Notes and deviations"): healthy runs
+# image). Measured on digits (docs/notes.md): healthy runs
 # stay far below, collapsed ones far above.
 COLLAPSED_SHARE = 0.5
 

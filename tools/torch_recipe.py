@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """The published EGA recipe as a whole run in PyTorch, on ega_tf's data, for
-comparing whole runs of the two frameworks (README, "Faithfulness").
+comparing whole runs of the two frameworks (docs/results.md).
 
     python tools/torch_recipe.py --teacher=teacher.keras --seeds=0,1,2,3,4 \
         --out=runs/torch_recipe [--distill=ega|ccl|none] [--epochs=20] \

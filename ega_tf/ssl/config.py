@@ -1,6 +1,6 @@
 """The SimCLR pretraining configuration (``python -m ega_tf.pretrain``).
 
-Sized for small images on a CPU: the digits teacher of the README's demo
+Sized for small images on a CPU: the digits teacher of `make demo`
 trains in about two minutes. Every field can be overridden with
 ``--config.FIELD=VALUE``; ``--dataset``, ``--arch``, ``--epochs``,
 ``--batch_size`` and ``--seed`` are shorthands.

@@ -5,7 +5,7 @@ network (``sources``: keras.applications, a .keras file, a factory).
 float image batch [N, H, W, 3] to the pooled feature [N, C]; with
 ``num_classes`` it appends the linear classifier, and the model's trainable
 parameters then equal the PyTorch reference's ``parameters()`` (the table in
-the README). Keras's ``count_params()`` additionally counts BatchNorm's
+docs/students.md). Keras's ``count_params()`` additionally counts BatchNorm's
 moving mean and variance, which PyTorch keeps as buffers rather than
 parameters.
 

@@ -121,7 +121,7 @@ def with_precision(teacher, precision):
     standardisation stay float32 and the features come out as float32.
     bfloat16 made a resnet32x4 teacher's forward 40 % faster on this CPU
     (it has AVX512-BF16) and moved its features by ~6e-3 of their scale
-    (README, "Speed")."""
+    (docs/speed.md)."""
     import keras
     from ega_tf.registry import check_choice
     check_choice("teacher_precision", precision, PRECISIONS)
@@ -171,7 +171,7 @@ def load(path, trust_saved_model=False):
         raise UserError(
             f"Teacher file {path!r} does not exist. Make one with "
             "`python -m ega_tf.pretrain --dataset=digits --out=teacher.keras` "
-            "(README) or convert a published checkpoint (BUILD.md).")
+            "(README.md) or convert a published checkpoint (BUILD.md).")
     if not path.endswith(".keras") or not os.path.isfile(path):
         raise UserError(f"Expected a .keras teacher file, got {path!r}.")
     refs = _saved_model_refs(_keras_archive_config(path))

@@ -1,4 +1,4 @@
-"""A diagnostic variant of EGA for the README's question: does the node
+"""A diagnostic variant of EGA for a question of docs/results.md: does the node
 term's target N = I hurt on a data set with few classes?
 
 N's off-diagonal entries are the correlations of one image's student
