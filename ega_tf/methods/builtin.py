@@ -16,6 +16,7 @@ TensorFlow is imported inside the methods' computations only, so that
 
 from __future__ import annotations
 
+import abc
 import math
 
 import numpy as np
@@ -230,7 +231,7 @@ class DKD(Method):
         self.iterations.assign_add(1)
 
 
-class _Queue(Method):
+class _Queue(Method, abc.ABC):
     """A FIFO queue of teacher projections (no larger than the training
     set), filled with the global batch: SEED and CompRess-1q. Subclasses
     name the queue's length field and give the per-example loss."""
@@ -249,8 +250,9 @@ class _Queue(Method):
             keras.initializers.RandomNormal(seed=self.seed))
         self.pointer = self.add_variable("pointer", (), dtype="int64")
 
+    @abc.abstractmethod
     def loss_per_example(self, b, queue):
-        raise NotImplementedError
+        """[B] loss of each example of ``b`` against ``queue`` [Q, d]."""
 
     def compute(self, b):
         from keras import ops
