@@ -11,8 +11,8 @@ values, so a method's choice is never worse on validation than its
 defaults. The grid then trains every seed with the chosen values and
 reports test numbers as usual.
 
-Optuna proposes the values (``sampler``; docs/architecture.md, "Dependencies", says
-why Optuna). The study lives in memory only: each trial is an ordinary
+Optuna proposes the values (``sampler``; docs/architecture.md,
+"Dependencies", says why Optuna). The study lives in memory only: each trial is an ordinary
 ``ega_tf.train`` workdir (``<grid>/tuning/<method>_<student>_lf<f>/
 trial_<k>``), and trial k is asked for with a sampler seeded by the setting
 and k after the trials before it are told their results. So a rerun asks

@@ -1,12 +1,13 @@
 """Teacher files read by a process other than the one that wrote them.
 
 Each architecture's converted file (every family's, slow; and the locally
-pretrained and user-wrapped kinds) is loaded by Keras's own loader and run in a fresh process that only
-imported ``ega_tf``, and must give the in-process outputs; ``import
-ega_tf`` must register every Keras class the project defines; a teacher
-trained at one image size serves another; BUILD.md's convert -> train commands run as written, each in
-its own process; and a checkpoint passed straight to ``train`` is converted
-once, then read from the cache by the next process.
+pretrained and user-wrapped kinds) is loaded by Keras's own loader and run
+in a fresh process that only imported ``ega_tf``, and must give the
+in-process outputs; ``import ega_tf`` must register every Keras class the
+project defines; a teacher trained at one image size serves another;
+BUILD.md's convert -> train commands run as written, each in its own
+process; and a checkpoint passed straight to ``train`` is converted once,
+then read from the cache by the next process.
 """
 
 import ast
@@ -83,8 +84,8 @@ def local_teachers(directory):
 
 def one_family_per_architecture():
     """The first family of each architecture module: families that share
-    one differ only in their checkpoints' key names, which test_convert
-    checks for each."""
+    one differ only in their checkpoints' key names, which test_convert and
+    test_convert_vit convert for each."""
     first = {}
     for name, family in FAMILIES.items():
         first.setdefault(family.architecture, name)
