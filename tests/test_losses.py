@@ -5,6 +5,7 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 from ega_tf import losses
+from ega_tf.keras_distillation import EGADistillationLoss
 from tests.references import np_corr, np_ega, np_kd
 from tests.test_case import TestCase
 
@@ -144,7 +145,7 @@ class KerasDistillerIntegrationTest(TestCase):
         import keras
         keras.utils.set_random_seed(0)
         teacher, student = self._tiny("t", 6), self._tiny("s", 6)
-        ega = losses.EGADistillationLoss(teacher_layer_name="embedding",
+        ega = EGADistillationLoss(teacher_layer_name="embedding",
                                          student_layer_name="embedding")
         dist = keras.distillation.Distiller(teacher, student, ega,
                                             student_loss_weight=0.5)
@@ -161,7 +162,7 @@ class KerasDistillerIntegrationTest(TestCase):
         self.assertTrue(np.isfinite(hist.history["loss"][0]))
         with self.assertRaisesRegex(ValueError, "equal width"):
             ega.validate_outputs(tf.zeros((2, 3)), tf.zeros((2, 4)))
-        edge_only = losses.EGADistillationLoss(node_weight=0.0)
+        edge_only = EGADistillationLoss(node_weight=0.0)
         edge_only.validate_outputs(tf.zeros((2, 3)), tf.zeros((2, 4)))
         np.testing.assert_allclose(
             float(edge_only.compute_loss(tf.constant(t_emb),

@@ -1,12 +1,13 @@
 """Distillation methods, by name (``--distill=NAME``), on one footing.
 
-Each method is one class (``ega_tf.methods.base.Method``) that declares its
-name, logged terms, published weights and their source, its integer fields
-and valid ranges, what it reads and its state; ``@register`` puts it in
-``METHODS``. The built-in ones are in ``builtin.py``; a user's own method is
-a class in a Python file, named on the command line as
-``--distill=path/to/my_method.py:MyMethod`` (docs/methods.md, "Write your
-own method"). The student's loss is
+A method is one file here holding its loss functions and its class (an
+``ega_tf.methods.base.Method`` subclass that declares its name, logged
+terms, published weights and their source, its integer fields and valid
+ranges, what it reads and its state); ``@register`` puts the class in
+``METHODS`` when the file is imported below. A user's own method is a class
+in a Python file, named on the command line as
+``--distill=path/to/my_method.py:MyMethod`` (``user_file``; docs/methods.md,
+"Write your own method"). The student's loss is
 
     L = gamma * CE + alpha * KD_T(z_t, z_s) + beta * L_method
 
@@ -16,124 +17,32 @@ overrides any. Nothing here imports TensorFlow: ``--help`` prints the table.
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import importlib.util
-import os
-import sys
-import traceback
-
-from ega_tf.errors import UserError
-from ega_tf.methods.base import (GENERAL_DEFAULTS, GENERAL_FIELDS, Batch,
-                                 Method, Range, Result)
-from ega_tf.registry import Registry
+# Each file registers its methods when imported; the table lists them in
+# this order.
+from ega_tf.methods import (cross_entropy, ega, rkd, pkt, sp, nce,  # noqa
+                            kd, hint, dkd, seed, crd)
+from ega_tf.methods.base import (GENERAL_DEFAULTS, GENERAL_FIELDS, METHODS,
+                                 Batch, Method, Range, Result, register)
+from ega_tf.methods import user_file
+from ega_tf.methods.user_file import is_file_spec, load_from_argv
 
 __all__ = ["Batch", "GENERAL_FIELDS", "METHODS", "Method", "Range",
            "Result", "check_weights", "create", "describe", "get",
-           "loss_fields", "register", "resolve_weights"]
-
-METHODS: Registry = Registry("distillation method")
-# A user's file, by its --distill spec ("path.py:Class"), once loaded.
-_FROM_FILES = {}
-
-
-def register(cls):
-    """Class decorator: adds a ``Method`` subclass to ``METHODS`` under its
-    ``name`` (its declarations are checked first)."""
-    if not (isinstance(cls, type) and issubclass(cls, Method)):
-        raise TypeError(f"@register takes a Method subclass; got {cls!r}.")
-    cls.check_declarations()
-    METHODS.register(cls.name, cls)
-    return cls
-
-
-def is_file_spec(distill):
-    """Whether ``distill`` names a class in a Python file
-    (``path/to/file.py:ClassName``)."""
-    path, _, cls = str(distill).rpartition(":")
-    return path.endswith(".py") and bool(cls)
-
-
-def _load_file(spec):
-    """The Method subclass ``spec`` (``path.py:Class``) names, its file
-    executed once per process."""
-    if spec in _FROM_FILES:
-        return _FROM_FILES[spec]
-    path, _, name = spec.rpartition(":")
-    if not os.path.isfile(path):
-        raise UserError(f"--distill={spec}: {path!r} does not exist. Name "
-                        "a Python file and a class in it: "
-                        "--distill=path/to/my_method.py:MyMethod.")
-    # One module per file, however the path is written.
-    module_name = "ega_tf_user_method_" + hashlib.sha1(
-        os.path.realpath(path).encode()).hexdigest()[:12]
-    module = sys.modules.get(module_name)
-    if module is None:
-        module_spec = importlib.util.spec_from_file_location(module_name,
-                                                             path)
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[module_name] = module
-        try:
-            module_spec.loader.exec_module(module)
-        except UserError:
-            raise
-        except Exception as e:  # the user's file: say where and why
-            del sys.modules[module_name]
-            lines = [f.lineno for f in traceback.extract_tb(e.__traceback__)
-                     if os.path.realpath(f.filename) == os.path.realpath(
-                         path)]
-            where = f"{path}:{lines[-1]}" if lines else path
-            raise UserError(f"--distill={spec}: running the file failed at "
-                            f"{where}: {type(e).__name__}: {e}") from e
-    cls = getattr(module, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, Method)):
-        found = sorted(k for k, v in vars(module).items()
-                       if isinstance(v, type) and issubclass(v, Method)
-                       and v is not Method and v.__module__ == module_name)
-        raise UserError(
-            f"--distill={spec}: {path!r} has no Method subclass named "
-            f"{name!r}" + (f" (it defines {', '.join(found)})" if found
-                           else "; subclass ega_tf.methods.Method") + ".")
-    if cls.name not in METHODS:
-        try:
-            register(cls)
-        except ValueError as e:
-            raise UserError(f"--distill={spec}: {e}") from None
-    elif METHODS.get(cls.name) is not cls:
-        raise UserError(f"--distill={spec}: its name {cls.name!r} is taken "
-                        "by another method; give the class another name.")
-    _FROM_FILES[spec] = cls
-    return cls
+           "is_file_spec", "load_from_argv", "loss_fields", "register",
+           "resolve_weights"]
 
 
 def get(distill):
-    """The Method class of ``distill``: a registered name, or a
-    ``path.py:Class`` spec (the file is loaded and the class registered).
-    An unknown name is a UserError listing the valid ones."""
+    """The Method class ``distill`` names: a registered name, or a
+    ``path.py:Class`` spec (the file is loaded and the class registered);
+    a Method class is returned as it is. An unknown name is a UserError
+    listing the valid ones. Config resolution calls this once per run
+    (``config.method``); code after it asks that class."""
+    if isinstance(distill, type) and issubclass(distill, Method):
+        return distill
     if is_file_spec(distill):
-        return _load_file(distill)
+        return user_file.load(distill)
     return METHODS.get(distill)
-
-
-def name_of(distill):
-    """The method's name (for workdir names): its class's ``name``."""
-    return get(distill).name
-
-
-def load_from_argv(argv, flags=("distill", "methods")):
-    """Loads the user methods ``argv`` names in ``--distill`` (or a
-    comma-separated ``--methods``) before the config is built, so that
-    their fields exist for ``--config.loss.FIELD`` overrides."""
-    for i, arg in enumerate(argv):
-        for flag in flags:
-            value = None
-            if arg.startswith(f"--{flag}="):
-                value = arg.split("=", 1)[1]
-            elif arg == f"--{flag}" and i + 1 < len(argv):
-                value = argv[i + 1]
-            for item in (value or "").split(","):
-                if is_file_spec(item):
-                    get(item)
 
 
 def loss_fields():
@@ -150,7 +59,8 @@ def loss_fields():
 def resolve_weights(distill, overrides, balanced=False):
     """The method's defaults (and kd_temperature; with ``balanced``, its
     ``balanced_defaults`` over them) with ``overrides`` (config.loss; None
-    keeps a default) applied to the fields it reads."""
+    keeps a default) applied to the fields it reads. ``distill``: the
+    method's class, or what names it."""
     cls = get(distill)
     weights = {**GENERAL_DEFAULTS, **cls.defaults,
                **(cls.balanced_defaults if balanced else {})}
@@ -161,12 +71,11 @@ def resolve_weights(distill, overrides, balanced=False):
 
 
 def check_weights(distill, loss):
-    """The problems of ``loss`` (config.loss) for method ``distill``, as
-    messages: fields it does not read, values out of their range."""
-    try:
-        cls = get(distill)
-    except UserError:
-        return []  # the unknown name is reported on its own
+    """The problems of ``loss`` (config.loss) for the method ``distill``
+    (its class, or what names it), as messages: fields it does not read,
+    values out of their range."""
+    cls = get(distill)
+    distill = cls.spec
     used = cls.fields()
     problems = []
     for field, value in loss.items():
@@ -204,8 +113,8 @@ def describe():
 
 def create(distill, weights=None, num_examples=0, embed_dim=256, seed=0,
            steps_per_epoch=1, labels=None, epochs=None):
-    """The method ``distill`` (a name or a ``path.py:Class`` spec) with its
-    state built (in the current strategy's scope).
+    """The method ``distill`` (its class, a name or a ``path.py:Class``
+    spec) with its state built (in the current strategy's scope).
 
     Args:
         weights: overrides of the method's published defaults (None values
@@ -222,12 +131,8 @@ def create(distill, weights=None, num_examples=0, embed_dim=256, seed=0,
             240-epoch recipe (DKD's warm-up) scale to it. None: 240.
     """
     cls = get(distill)
-    method = cls(resolve_weights(distill, weights or {}),
+    method = cls(resolve_weights(cls, weights or {}),
                  num_examples=num_examples, embed_dim=embed_dim, seed=seed,
                  steps_per_epoch=steps_per_epoch, labels=labels,
                  **({} if epochs is None else {"epochs": epochs}))
     return method.build()
-
-
-# The built-in methods register themselves when their module runs.
-importlib.import_module("ega_tf.methods.builtin")

@@ -4,7 +4,7 @@ declarations without starting it.
 
 A method is one class that declares everything about itself::
 
-    @methods.register
+    @register
     class MyMethod(Method):
         name = "my_method"                    # --distill=my_method
         terms = {"mine": "mine_weight"}       # logged term -> its weight field
@@ -37,11 +37,29 @@ from typing import Dict, Mapping, Optional, Tuple
 import numpy as np
 
 from ega_tf.constants import PUBLISHED_EPOCHS
+from ega_tf.registry import Registry
+
+METHODS: Registry = Registry("distillation method")
+
+
+def register(cls):
+    """Class decorator: adds a ``Method`` subclass to ``METHODS`` under its
+    ``name`` (its declarations are checked first)."""
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise TypeError(f"@register takes a Method subclass; got {cls!r}.")
+    cls.check_declarations()
+    METHODS.register(cls.name, cls)
+    cls.spec = cls.name  # a user's file: its path.py:Class (user_file)
+    return cls
+
 
 # Fields every method reads: the weights of the student's loss, and the
 # temperature of its KD term (used when alpha > 0).
 GENERAL_FIELDS = ("gamma", "alpha", "beta", "kd_temperature")
 GENERAL_DEFAULTS = {"kd_temperature": 4.0}
+# gamma * CE + beta * method, no KD: the published footing of every
+# baseline but KD itself.
+CE_PLUS_METHOD = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
 # ``compare --tune``: each tuned weight is searched over [default * low,
 # default * high] on a log scale. Lower by two decades, higher by one: the
 # published weights were set for CIFAR-100 and 240 epochs, and where they
@@ -155,6 +173,9 @@ class Method:
     min_batch: int = 2
     tuned: Optional[Tuple[str, ...]] = None
     balanced_defaults: Mapping[str, float] = {}
+    # What --distill names it by (set when it is registered): its name, or
+    # for a class in a user's file, "path.py:Class".
+    spec: str = ""
 
     def __init__(self, weights, num_examples=0, embed_dim=256, seed=0,
                  steps_per_epoch=1, labels=None, epochs=PUBLISHED_EPOCHS):

@@ -1,0 +1,20 @@
+"""``keras.ops``, imported when it is first used.
+
+The methods' files and ``ega_tf.losses`` write their maths with
+``from ega_tf.keras_ops import ops`` at module level, and the command
+lines' ``--help`` imports those files for the methods' declarations
+without starting TensorFlow (which importing Keras does). The first
+``ops.NAME`` imports Keras; every later one is an attribute lookup.
+"""
+
+
+class _KerasOps:
+    def __getattr__(self, name):
+        from keras import ops as keras_ops
+        return getattr(keras_ops, name)
+
+    def __repr__(self):
+        return "<keras.ops, imported on first use>"
+
+
+ops = _KerasOps()
