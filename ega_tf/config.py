@@ -10,6 +10,7 @@ each published default is what it is.
 
 from __future__ import annotations
 
+import json
 import os
 
 import ml_collections
@@ -165,19 +166,36 @@ def check_variant(arg, variants=VARIANTS):
 
 
 def resolve(config):
-    """A copy with derived defaults filled in, every field checked."""
-    from ega_tf import students
-    from ega_tf import methods
+    """A copy with derived defaults filled in, every field checked, and
+    ``config.method``: the class of the method ``config.distill`` names,
+    which every later step asks (its declarations, its weights). That field
+    is derived, not set: ``as_dict`` (what a workdir's config.json holds)
+    leaves it out."""
+    from ega_tf import methods, students
     config = config.copy_and_resolve_references()
+    if "method" in config:  # resolved again, from config.distill
+        with config.unlocked():
+            del config["method"]
     validate(config)
+    method = methods.get(config.distill)
     with config.loss.unlocked():
         for name, value in methods.resolve_weights(
-                config.distill, config.loss,
+                method, config.loss,
                 balanced=config.weights == "balanced").items():
             config.loss[name] = value
     if config.optim.lr is None:
         config.optim.lr = students.parse(config.student).default_lr
+    with config.unlocked():
+        config.method = method
     return config
+
+
+def as_dict(config):
+    """The config's fields as plain JSON values (config.json), without the
+    method class ``resolve`` derived."""
+    out = json.loads(config.to_json())
+    out.pop("method", None)
+    return out
 
 
 def _problems(config):
@@ -224,10 +242,13 @@ def _problems(config):
     need(config.student_weights is None
          or os.path.isfile(config.student_weights),
          f"student_weights {config.student_weights!r} does not exist.")
-    check(methods.get, config.distill)
+    method = _method_or_none(config.distill)
+    if method is None:
+        check(methods.get, config.distill)  # the message of the unknown name
     need(config.embed_dim >= 1,
          f"embed_dim must be positive; got {config.embed_dim}.")
-    problems.extend(methods.check_weights(config.distill, config.loss))
+    if method is not None:
+        problems.extend(methods.check_weights(method, config.loss))
     check(balance.check_weights, config.weights)
     need(config.balance.ratio > 0,
          f"balance.ratio must be > 0; got {config.balance.ratio}.")
@@ -245,7 +266,6 @@ def _problems(config):
     need(o.teacher_head_lr > 0, "optim.teacher_head_lr must be > 0.")
     need(config.epochs >= 1, f"epochs must be at least 1; got "
          f"{config.epochs}.")
-    method = _method_or_none(config.distill)
     min_batch = method.min_batch if method else 1
     need(config.batch_size >= min_batch,
          f"batch_size must be at least {min_batch}"

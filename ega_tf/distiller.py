@@ -503,15 +503,3 @@ class Distiller(keras.Model):
         self._combine(terms, share, beta, alpha)
         return self._update_metrics(terms, labels, labeled, out["logits"],
                                     t_logits)
-
-
-class EGADistiller(Distiller):
-    """The ``Distiller`` under its first name, with EGA as the default
-    method when there is a teacher (``none`` without one)."""
-
-    def __init__(self, student, teacher, num_classes, embed_dim=256,
-                 method=None, weights=None, **kwargs):
-        if method is None:
-            method = "ega" if teacher is not None else "none"
-        super().__init__(student, teacher, num_classes, embed_dim, method,
-                         weights, **kwargs)

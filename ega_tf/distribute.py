@@ -140,9 +140,8 @@ def check_batch(config, replicas):
         raise UserError(f"batch_size {config.batch_size} does not divide "
                         f"among {replicas} replicas; use a multiple of "
                         f"{replicas}.")
-    from ega_tf import methods
-    least = methods.get(config.distill).min_batch
+    least = config.method.min_batch
     if per < least:
         raise UserError(f"batch_size {config.batch_size} leaves {per} "
                         f"example(s) per replica on {replicas} replicas; "
-                        f"{config.distill} needs at least {least}.")
+                        f"{config.method.name} needs at least {least}.")

@@ -19,7 +19,6 @@ import contextlib
 import csv
 import dataclasses
 import io
-import json
 import math
 import os
 import time
@@ -29,6 +28,7 @@ import numpy as np
 from absl import logging
 
 from ega_tf import analysis, methods, students
+from ega_tf import config as config_lib
 from ega_tf import workdir as wd
 from ega_tf.constants import COLLAPSED_SHARE
 from ega_tf.errors import ConfigError, UserError
@@ -58,16 +58,19 @@ AXES = ("distill", "student", "labeled_fraction", "seed", "weights")
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
-    method: str
+    method: type  # its Method class (a name given is resolved to it)
     student: str
     labeled_fraction: float
     seed: int
     weights: str = "published"  # config.weights: published | balanced
 
+    def __post_init__(self):
+        object.__setattr__(self, "method", methods.get(self.method))
+
     @property
     def method_label(self):
         """The method's name (a method from a file: its class's name)."""
-        return methods.name_of(self.method)
+        return self.method.name
 
     @property
     def label(self):
@@ -108,16 +111,17 @@ def make_cells(method_names, seeds, students, fractions,
     partial grid already compares the methods), each method's weightings
     side by side; a method with nothing to balance (``none``) runs once,
     with its published weights."""
-    for name in method_names:
-        methods.get(name)  # an unknown name lists the valid ones
+    # Each name resolved once (an unknown one lists the valid ones).
+    classes = [methods.get(name) for name in method_names]
     return [Cell(m, s, float(f), int(seed), w) for s in students
-            for f in fractions for seed in seeds for m in method_names
+            for f in fractions for seed in seeds for m in classes
             for w in balanceable(m, weights)]
 
 
 def balanceable(method, weights):
-    """The weightings of ``weights`` that apply to ``method``."""
-    if methods.get(method).uses_teacher:
+    """The weightings of ``weights`` that apply to ``method`` (a Method
+    class)."""
+    if method.uses_teacher:
         return list(weights)
     return [w for w in weights if w == "published"][:1] or ["published"]
 
@@ -125,7 +129,8 @@ def balanceable(method, weights):
 def labels(method_names, weights=("published",)):
     """The methods' labels in table order (each method's weightings side
     by side)."""
-    return [Cell(m, "", 0.0, 0, w).label for m in method_names
+    classes = [methods.get(name) for name in method_names]
+    return [Cell(m, "", 0.0, 0, w).label for m in classes
             for w in balanceable(m, weights)]
 
 
@@ -133,12 +138,11 @@ def cell_config(base, cell):
     """``base`` with the cell's axes set and the loss fields the method
     does not read cleared (a grid-wide --config.loss.FIELD applies to the
     methods that read FIELD), resolved."""
-    from ega_tf import config as config_lib
     c = base.copy_and_resolve_references()
-    c.distill, c.student = cell.method, cell.student
+    c.distill, c.student = cell.method.spec, cell.student
     c.labeled_fraction, c.seed = cell.labeled_fraction, cell.seed
     c.weights = cell.weights
-    used = set(methods.get(cell.method).fields())
+    used = set(cell.method.fields())
     with c.loss.unlocked():
         for field in list(c.loss.keys()):
             if field not in used:
@@ -196,7 +200,7 @@ def claim(base, workdir, tuning=None):
 
 def _shared(base):
     """The config without the fields the cells set."""
-    shared = json.loads(base.to_json())
+    shared = config_lib.as_dict(base)
     for key in AXES:
         shared.pop(key, None)
     shared.pop("loss", None)  # per method
@@ -246,8 +250,6 @@ def run(base, cells, workdir, verbose=0, log=print, after_cell=None,
     for cell in cells:
         if cell not in todo:
             status[cell] = cell_state(os.path.join(workdir, cell.name))
-            _write_missing_probe(cell, cell_configs[cell], workdir,
-                                 number(cell), log)
     groups = (lockstep_groups(todo, cell_configs) if share_teacher
               else [[c] for c in todo])
     spent, done = 0.0, 0
@@ -275,8 +277,9 @@ def run(base, cells, workdir, verbose=0, log=print, after_cell=None,
                     f"{duration(seconds)} for the {len(group)} cells")
             log(f"{number(cell)} {cell.describe()}: {_outcome(outcome)} in "
                 f"{took}" + (eta if cell is group[-1] else ""))
-        # Keras's global state only: a forced garbage collection here took
-        # 0.3 s a cell (Python's own collector frees the cell's graphs).
+        # Keras's global state only: Python's own collector frees the
+        # cell's graphs, and a forced collection here costs time per cell
+        # (docs/speed.md, "Start-up").
         keras.backend.clear_session(free_memory=False)
         if after_cell is not None:
             for cell in group:
@@ -288,20 +291,6 @@ def _numbering(cells):
     """"[ 3/45]": a cell's place in the grid."""
     width = len(str(len(cells)))
     return lambda cell: f"[{cells.index(cell) + 1:{width}d}/{len(cells)}]"
-
-
-def _write_missing_probe(cell, config, workdir, number, log):
-    """probe.npz for a cell finished by a version that did not write it."""
-    import keras
-
-    from ega_tf import training
-    path = os.path.join(workdir, cell.name)
-    if cell_state(path) == "finished" and not os.path.exists(
-            os.path.join(path, analysis.PROBE)):
-        log(f"{number} {cell.describe()}: finished by an earlier version; "
-            f"writing its {analysis.PROBE}...")
-        training.write_probe_of(config, path)
-        keras.backend.clear_session(free_memory=False)
 
 
 def _train_group(group, cell_configs, workdir, verbose):
@@ -383,7 +372,7 @@ def collect(cells, workdir) -> List[Dict]:
             "test_silhouette": results.get("test_silhouette"),
             "teacher_silhouette": results.get("teacher_silhouette"),
             "wall_time_s": results.get("wall_time_s"),
-            "distill": cell.method, "workdir": cell.name,
+            "distill": cell.method.spec, "workdir": cell.name,
             "_history": history})
     return rows
 

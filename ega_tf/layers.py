@@ -65,9 +65,9 @@ class BatchNorm(layers.BatchNormalization):
     normalisation with a dozen separate operations, forward and backward;
     on a 4-D channels-last input this layer calls TensorFlow's fused
     batch-norm kernel instead (``FusedBatchNormV3``: one operation each way,
-    and with oneDNN fused with the ReLU after it), which took the
-    resnet8x4 student's forward and backward from 309 to 251 ms on the
-    development CPU (docs/speed.md). The arithmetic is the same
+    and with oneDNN fused with the ReLU after it), which makes the
+    student's forward and backward shorter (measured in docs/speed.md).
+    The arithmetic is the same
     normalisation to float32 rounding (tests/test_fused_batchnorm.py holds
     outputs, gradients and statistics against Keras's path and a float64
     reference).

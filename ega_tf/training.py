@@ -30,6 +30,7 @@ import time
 
 from absl import logging
 
+from ega_tf import config as config_lib
 from ega_tf import distribute, runtime
 from ega_tf import workdir as wd
 from ega_tf.constants import COLLAPSED_SHARE, DIAGNOSTICS
@@ -125,13 +126,13 @@ def default_workdir(config):
     """``runs/<dataset>_<student>_<method>_s<seed>``; a ``folder:PATH``
     dataset is named by the folder's base name, a method from a file by
     its class's name."""
-    from ega_tf import methods, students
+    from ega_tf import students
     from ega_tf.data.sources import FOLDER_PREFIX
     name = config.dataset
     if name.startswith(FOLDER_PREFIX):
         name = os.path.basename(os.path.normpath(
             name[len(FOLDER_PREFIX):])) or "folder"
-    method = methods.name_of(config.distill)
+    method = config.method.name
     student = students.parse(config.student).label
     return os.path.join("runs", f"{name}_{student}_{method}"
                         f"_s{config.seed}")
@@ -156,8 +157,8 @@ def choose_jit(setting, teacher=None, image_size=(32, 32), replicas=1,
     ``auto`` compiles with XLA on GPUs, when the teacher compiles and op
     determinism is off (``deterministic``: not every XLA op has a
     deterministic GPU kernel, and Keras refuses XLA under it), and not on
-    CPUs: there XLA made the training step 35-50 % slower and added its
-    compile time (measured with benchmarks/train_step.py, docs/speed.md); nor
+    CPUs: there XLA made the training step slower and added its compile
+    time (measured with benchmarks/train_step.py, docs/speed.md); nor
     can XLA compile a CPU step holding cross-replica collectives. ``true``
     is obeyed as asked."""
     import numpy as np
@@ -254,8 +255,7 @@ def teacher_features(config, teacher, dataset, workdirs, chief, verbose):
 
 def uses_teacher(config):
     """Whether ``config``'s method reads a teacher."""
-    from ega_tf import methods
-    return methods.get(config.distill).uses_teacher
+    return config.method.uses_teacher
 
 
 def learning_rate(config):
@@ -290,7 +290,7 @@ def build_model(config, dataset, teacher=None, replicas=1):
     layers.synchronize_batchnorm(student, config.distribute.sync_batchnorm)
     steps = len(dataset.train) // config.batch_size
     method = methods.create(
-        config.distill, dict(config.loss), num_examples=len(dataset.train),
+        config.method, dict(config.loss), num_examples=len(dataset.train),
         embed_dim=config.embed_dim, seed=config.seed, steps_per_epoch=steps,
         epochs=config.epochs,
         labels=dataset.train.labels)
@@ -333,18 +333,6 @@ def restore_model(config, workdir, dataset=None, teacher=None):
     if epoch == 0:
         raise UserError(f"{workdir} has no checkpoint to restore.")
     return model
-
-
-def write_probe_of(config, workdir):
-    """Writes ``probe.npz`` for a run finished before runs wrote it (its
-    model restored), and adds its silhouettes to its results.json."""
-    from ega_tf import analysis
-    dataset = load_dataset(config)
-    model = restore_model(config, workdir, dataset)
-    results_path = os.path.join(workdir, wd.RESULTS)
-    results = wd.read_json(results_path)
-    results.update(analysis.write_probe(model, dataset.test, workdir))
-    wd.write_json(results_path, results)
 
 
 class Checkpointer:
@@ -439,8 +427,8 @@ def _cell_step_function(model, strategy, step_fn, jit):
     cross-replica context).
 
     Traced without autograph: the steps hold no Python control flow on
-    tensors, and converting every function they call added 1-3 s to the
-    start of every run on this CPU (a two-epoch digits run takes 6-8 s)."""
+    tensors, and converting every function they call adds seconds to the
+    start of every run (docs/speed.md, "Start-up")."""
     import tensorflow as tf
     replica_step = (tf.function(step_fn, jit_compile=True, autograph=False)
                     if jit else step_fn)
@@ -544,7 +532,7 @@ CELL_FIELDS = ("distill", "loss", "weights", "balance", "student",
 def lockstep_key(config):
     """Runs with equal keys see the same batches, views and teacher
     features, epoch by epoch: ``config`` without ``CELL_FIELDS``."""
-    shared = json.loads(config.to_json())
+    shared = config_lib.as_dict(config)
     for field in CELL_FIELDS:
         shared.pop(field, None)
     return json.dumps(shared, sort_keys=True)
@@ -643,7 +631,7 @@ class _Cell:
                         if r["epoch"] < self.start_epoch]
         if self.chief:
             wd.write_json(os.path.join(self.workdir, wd.CONFIG),
-                          json.loads(config.to_json()))
+                          config_lib.as_dict(config))
             wd.write_history(self.history_path, self.history)
         schedule = self.model.optimizer.learning_rate
         self.last_lr = lambda: (  # the rate of the last step taken

@@ -55,10 +55,13 @@ BALANCE_RANGE = (0.1, 10.0)
 @dataclasses.dataclass(frozen=True)
 class Setting:
     """What one search tunes: a method in one setting of the grid."""
-    method: str
+    method: type  # its Method class (a name given is resolved to it)
     student: str
     labeled_fraction: float
     weights: str = "published"
+
+    def __post_init__(self):
+        object.__setattr__(self, "method", methods.get(self.method))
 
     @classmethod
     def of(cls, cell):
@@ -75,21 +78,21 @@ class Setting:
         return self.cell(0).name.rsplit("_s", 1)[0]
 
 
-def space(config, method, tune_lr):
-    """{parameter: (low, high, published)} searched for ``method`` in
+def space(config, tune_lr):
+    """{parameter: (low, high, published)} searched for the method of
     ``config`` (the cell's, resolved): ``loss.FIELD`` for its tuned
     weights, or with balanced weights the balance's ratio (trial 0 then
     is the balanced run), and ``optim.lr`` with ``tune_lr``."""
     out = {}
     low, high = TUNE_RANGE
     if config.weights == "balanced":
-        if methods.get(method).uses_teacher:
+        if config.method.uses_teacher:
             ratio = float(config.balance.ratio)
             out[RATIO] = (ratio * BALANCE_RANGE[0],
                           ratio * BALANCE_RANGE[1], ratio)
         fields = ()
     else:
-        fields = methods.get(method).tuned_fields()
+        fields = config.method.tuned_fields()
     for field in fields:
         value = float(config.loss[field])
         if value > 0:
@@ -170,7 +173,7 @@ def search(base, cells, workdir, trials, *, epochs=None, tune_lr=False,
         config = grid.cell_config(base, setting.cell(seed))
         if epochs is not None:
             config.epochs = epochs
-        params = space(config, setting.method, tune_lr)
+        params = space(config, tune_lr)
         chosen[setting] = {}
         if params and trials:
             published[setting.name] = {k: v[2] for k, v in params.items()}

@@ -22,6 +22,7 @@ import shutil
 
 from absl import logging
 
+from ega_tf import config as config_lib
 from ega_tf.errors import UserError
 from ega_tf.io_utils import atomic_output
 
@@ -64,20 +65,10 @@ def _flatten(tree, prefix=""):
     return out
 
 
-# Fields added after runs were written without them, with the value that
-# computes what those runs computed: an older config.json without the field
-# means this value.
-ADDED_FIELDS = {"data.val_fraction": 0.0,
-                # Runs before the teacher's BatchNorm was folded.
-                "teacher_fold_bn": False,
-                # A comparison's grid.json: no --tune.
-                "tune.trials": 0}
-
-
 def differing_fields(old, new):
     """[(field, old value, new value)] where two configs (dicts) differ in
     a field that changes the numbers."""
-    a, b = ({**ADDED_FIELDS, **_flatten(c)} for c in (old, new))
+    a, b = (_flatten(c) for c in (old, new))
     return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
             if k not in OPERATIONAL and a.get(k) != b.get(k)]
 
@@ -115,7 +106,7 @@ def claim(workdir, config):
                 "it is not a run this version can resume. Use another "
                 "--workdir, or --config.resume=false to start over in it.")
         return "new", None
-    differ = differing_fields(read_json(path), json.loads(config.to_json()))
+    differ = differing_fields(read_json(path), config_lib.as_dict(config))
     if differ:
         shown = "; ".join(f"{k}: {a!r} in the workdir, {b!r} now"
                           for k, a, b in differ[:6])
@@ -155,18 +146,12 @@ def start_over(workdir):
 
 
 def read_history(path):
-    """The rows of history.csv as dicts of floats. A history written
-    before runs had a validation split named its test-set columns val_*;
-    they are read as test_*, today's name."""
+    """The rows of history.csv as dicts of floats."""
     if not os.path.exists(path):
         return []
     with open(path, newline="") as f:
-        rows = [{k: float(v) for k, v in row.items()}
+        return [{k: float(v) for k, v in row.items()}
                 for row in csv.DictReader(f)]
-    if rows and "test_top1" not in rows[0] and "val_top1" in rows[0]:
-        rows = [{("test_" + k[4:] if k.startswith("val_") else k): v
-                 for k, v in row.items()} for row in rows]
-    return rows
 
 
 def write_history(path, rows):

@@ -93,7 +93,7 @@ class AnyStudentTest(TestCase):
         from ega_tf import training
         c = config_lib.default_config()
         c.dataset, c.student, c.distill = "digits", model, "none"
-        self.assertEqual(training.default_workdir(c),
+        self.assertEqual(training.default_workdir(config_lib.resolve(c)),
                          "runs/digits_mine_none_s0")
 
     @pytest.mark.slow  # an ImageNet-shaped network, trained then served

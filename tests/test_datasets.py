@@ -353,7 +353,7 @@ class ImageFolderTest(TestCase):
         c = default_config()
         c.dataset = "folder:/data/photos/holiday_2026/"
         c.student, c.distill = "resnet8", "none"
-        self.assertEqual(training.default_workdir(c),
+        self.assertEqual(training.default_workdir(config_lib.resolve(c)),
                          "runs/holiday_2026_resnet8_none_s0")
 
     def test_train_cli_on_a_folder(self):

@@ -1,5 +1,5 @@
 """Distiller: known answers from a fixed teacher, gradient routing,
-unlabeled examples, precision and XLA; EGADistiller, its first name."""
+unlabeled examples, precision and XLA; the method without a teacher."""
 
 import keras
 import numpy as np
@@ -7,7 +7,7 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 from ega_tf import students
-from ega_tf.distiller import Distiller, EGADistiller, build_student
+from ega_tf.distiller import Distiller, build_student
 from ega_tf.optimizers import TorchSGD
 from tests.references import np_ce, np_ega
 from tests.test_case import TestCase, conv_teacher
@@ -183,15 +183,15 @@ class DistillerTest(TestCase):
         self.run_precision_test(check)
 
 
-class EGADistillerTest(TestCase):
+class MethodChoiceTest(TestCase):
 
-    def test_the_first_name_distils_with_ega_by_default(self):
+    def test_no_method_without_a_teacher_and_a_named_one_with_it(self):
         keras.utils.set_random_seed(0)
         student = build_student(students.create(
             "resnet8", input_shape=(S, S, 3)), K, D)
-        model = EGADistiller(student, conv_teacher(S), K, D)
-        self.assertEqual((model.method.name, model.beta), ("ega", 1.0))
-        alone = EGADistiller(student, None, K, D)
+        alone = Distiller(student, None, K, D)
         self.assertEqual(alone.method.name, "none")
+        model = Distiller(student, conv_teacher(S), K, D, method="ega")
+        self.assertEqual((model.method.name, model.beta), ("ega", 1.0))
         with self.assertRaisesRegex(ValueError, "'ega' needs a teacher"):
             Distiller(student, None, K, D, method="ega")

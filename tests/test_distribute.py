@@ -197,15 +197,16 @@ class BatchChecksTest(TestCase):
 
     def test_global_batch_must_split_and_leave_two_per_replica(self):
         c = config_lib.default_config()
+        c.teacher = "t.keras"
         c.batch_size = 63
         with self.assertRaisesRegex(UserError, "does not divide among 2"):
-            distribute.check_batch(c, 2)
+            distribute.check_batch(config_lib.resolve(c), 2)
         c.batch_size = 2
         with self.assertRaisesRegex(UserError, "1 example\\(s\\) per replica"
                                     " on 2 replicas; ega needs at least 2"):
-            distribute.check_batch(c, 2)
+            distribute.check_batch(config_lib.resolve(c), 2)
         c.distill = "none"
-        distribute.check_batch(c, 2)
+        distribute.check_batch(config_lib.resolve(c), 2)
 
     def test_xla_and_device_requests_that_cannot_work_are_refused(self):
         with self.assertRaisesRegex(UserError, "XLA cannot compile a multi-"

@@ -130,7 +130,7 @@ class LockstepTest(TestCase):
         configs = grid.configs(self.config("ega"), cells)
         groups = grid.lockstep_groups(cells, configs)
         self.assertEqual(
-            [[(c.method, c.seed, c.labeled_fraction) for c in g]
+            [[(c.method.name, c.seed, c.labeled_fraction) for c in g]
              for g in groups],
             [[("none", s, f), ("ega", s, f)] for f in (0.1, 1.0)
              for s in (0, 1)])

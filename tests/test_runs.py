@@ -12,7 +12,6 @@ one device and two compute the same step is tested in lockstep
 import functools
 import json
 import os
-import shutil
 import signal
 import time
 
@@ -126,24 +125,6 @@ class ResumeTest(TestCase):
                              str(work), verbose=0)
         self.assertEqual(again, first)
         self.assertEqual({p: p.stat().st_mtime_ns for p in stamps}, stamps)
-        # Written before runs had a validation split: config.json without
-        # data.val_fraction (which meant none), history naming the test
-        # set's columns val_*. It is the same run, and its results read
-        # the test columns as test_*.
-        old = tmp / "old"
-        shutil.copytree(work, old)
-        cfg = json.loads((old / "config.json").read_text())
-        del cfg["data"]["val_fraction"]
-        (old / "config.json").write_text(json.dumps(cfg))
-        (old / "history.csv").write_text(
-            (work / "history.csv").read_text().replace("test_", "val_"))
-        os.remove(old / "results.json")
-        resumed = training.run(config, str(old), verbose=0)
-        for key in ("test_top1_last", "test_top1_best",
-                    "teacher_head_top1_last", "test_zero_features_last"):
-            self.assertEqual(resumed[key], first[key], key)
-        self.assertEqual((old / "history.csv").read_text(),
-                         (work / "history.csv").read_text())
         # A leftover of an export killed mid-write is removed at the start.
         stale = work / ".saved_model.x1y2z3"
         stale.mkdir()

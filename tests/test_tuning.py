@@ -37,7 +37,7 @@ class SpaceTest(TestCase):
                   "none": {}}
         for name, published in expect.items():
             cell = grid.make_cells([name], [0], ["resnet8"], [0.1])[0]
-            space = tuning.space(grid.cell_config(base, cell), name, False)
+            space = tuning.space(grid.cell_config(base, cell), False)
             self.assertEqual({k: v[2] for k, v in space.items()}, published,
                              name)
             for k, (low, high, value) in space.items():
@@ -47,7 +47,7 @@ class SpaceTest(TestCase):
         # --tune_lr adds the student's rate (resnet8's 0.05).
         cell = grid.make_cells(["none"], [0], ["resnet8"], [0.1])[0]
         self.assertAllClose(tuning.space(grid.cell_config(base, cell),
-                                         "none", True)[tuning.LR],
+                                         True)[tuning.LR],
                             (0.005, 0.15, 0.05))
 
     def test_balanced_weights_search_the_ratio_from_trial_0(self):
@@ -55,7 +55,7 @@ class SpaceTest(TestCase):
         base.weights = "balanced"
         cell = grid.make_cells(["ega"], [0], ["resnet8"], [0.1],
                                ["balanced"])[0]
-        self.assertEqual(tuning.space(grid.cell_config(base, cell), "ega",
+        self.assertEqual(tuning.space(grid.cell_config(base, cell),
                                       False),
                          {tuning.RATIO: (0.1, 10.0, 1.0)})
 

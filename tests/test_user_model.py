@@ -138,30 +138,6 @@ class TeacherFileContractTest(TestCase):
         with self.assertRaisesRegex(UserError, "not a valid Keras file"):
             teachers.load(str(tmp / "cut.keras"))
 
-    def test_legacy_preprocessing_config_still_loads(self):
-        """Teacher files written before the timm vocabulary."""
-        from ega_tf.teachers.preprocess import TeacherPreprocess
-        images = np.random.default_rng(2).integers(0, 256, (2, 48, 60, 3),
-                                                   np.uint8)
-        for legacy, new in (
-                (dict(resize_shorter=40, crop_size=32,
-                      interpolation="bilinear", antialias=True),
-                 dict(input_size=32, crop_pct=0.8, antialias=True)),
-                (dict(image_size=[24, 24], interpolation="bicubic"),
-                 dict(input_size=24, crop_mode="squash",
-                      interpolation="bicubic")),
-                (dict(image_size=[24, 24], crop_fraction=0.875, clip=True,
-                      interpolation="bicubic"),
-                 dict(input_size=24, crop_pct=0.875, crop_mode="crop_first",
-                      interpolation="bicubic", clip=True))):
-            old = TeacherPreprocess.from_config(
-                {"name": "preprocess", "mean": (0.4,) * 3, "std": (0.2,) * 3,
-                 "metadata": {}, **legacy})
-            ref = TeacherPreprocess((0.4,) * 3, (0.2,) * 3, **new)
-            np.testing.assert_array_equal(old(images).numpy(),
-                                          ref(images).numpy())
-            self.assertEqual(old.get_config()["input_size"], new["input_size"])
-
 
 class DocumentedCommandsTest(TestCase):
 

@@ -136,29 +136,6 @@ class TeacherPreprocess(layers.Layer):
                 "antialias": self.antialias, "clip": self.clip,
                 "metadata": self.metadata}
 
-    @classmethod
-    def from_config(cls, config):
-        return cls(**_upgrade_legacy_config(dict(config)))
-
-
-def _upgrade_legacy_config(config):
-    """Teacher files written before the timm vocabulary named the resize
-    ``image_size`` (squash to it), ``resize_shorter`` + ``crop_size``
-    (torchvision) or ``image_size`` + ``crop_fraction`` (SimCLR)."""
-    image_size = config.pop("image_size", None)
-    shorter = config.pop("resize_shorter", None)
-    crop = config.pop("crop_size", None)
-    fraction = config.pop("crop_fraction", None)
-    if fraction:
-        config.update(input_size=image_size[0], crop_pct=fraction,
-                      crop_mode="crop_first")
-    elif image_size:
-        config.update(input_size=image_size[0], crop_mode="squash")
-    elif shorter:
-        config.update(input_size=crop, crop_pct=crop / shorter,
-                      crop_mode="center")
-    return config
-
 
 @keras.saving.register_keras_serializable(package="ega_tf")
 class FeatureStandardize(layers.Layer):

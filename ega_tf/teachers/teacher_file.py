@@ -180,6 +180,9 @@ def load(path, trust_saved_model=False):
             f"Teacher {path!r} calls the SavedModel {refs[0]!r}, which can "
             "run arbitrary TensorFlow ops; if you made it, rerun with "
             "--trust_saved_model.")
+    # The classes a teacher file may hold, registered with Keras (the
+    # preprocessing's are imported above).
+    from ega_tf.teachers import clip_resnet, vit  # noqa: F401
     try:
         teacher = serialization.load_model(path, compile=False,
                                            safe_mode=not refs)
