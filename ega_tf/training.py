@@ -428,7 +428,7 @@ def _cell_step_function(model, strategy, step_fn, jit):
 
     Traced without autograph: the steps hold no Python control flow on
     tensors, and converting every function they call adds seconds to the
-    start of every run (docs/speed.md, "Start-up")."""
+    start of every run (measured in docs/speed.md, "Start-up")."""
     import tensorflow as tf
     replica_step = (tf.function(step_fn, jit_compile=True, autograph=False)
                     if jit else step_fn)

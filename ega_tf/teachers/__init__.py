@@ -4,7 +4,9 @@
   inside the file) and ``FeatureStandardize``.
 - ``teacher_file``: the teacher contract, ``assemble``, ``save``, ``load``.
 - ``families``, ``convert``, ``checkpoint_io``, ``porting``: published
-  checkpoints -> teachers; ``cache``: checkpoints passed to ``train``.
+  checkpoints -> teachers; ``checkpoint_cache``: checkpoints passed to
+  ``train``, converted once; ``feature_cache``: the frozen teacher's
+  features of the clean views, computed once per run.
 - ``resnet``, ``clip_resnet``, ``vit``, ``clip_vit``, ``simclr``: the
   architectures; ``user_model``: a model you already have.
 """
@@ -14,8 +16,8 @@ import importlib
 # Each name from the module that defines it, imported on first use: they
 # import Keras, and the command lines' --help reads this package's family
 # table without starting TensorFlow.
-_WHERE = {"load_or_convert": "cache", "FeatureStandardize": "preprocess",
-          "TeacherPreprocess": "preprocess", "assemble": "teacher_file",
+_WHERE = {"load_or_convert": "checkpoint_cache",
+          "FeatureStandardize": "preprocess", "TeacherPreprocess": "preprocess", "assemble": "teacher_file",
           "describe": "teacher_file", "load": "teacher_file",
           "metadata": "teacher_file", "save": "teacher_file"}
 

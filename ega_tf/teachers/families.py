@@ -66,6 +66,9 @@ class Family:
 
     @property
     def module(self) -> ModuleType:
+        """The architecture's module, imported when a conversion needs it:
+        it imports Keras, and ``convert_teacher --help`` lists this table
+        without starting TensorFlow."""
         return importlib.import_module(
             f"ega_tf.teachers.{ARCHITECTURES[self.architecture]}")
 
