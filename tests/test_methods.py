@@ -196,6 +196,29 @@ def batch(step=0, rows=B):
     return x, train_labels()[index]
 
 
+class LayoutTest(TestCase):
+
+    def test_each_method_is_one_file_and_its_losses_reach_ega_tf_losses(
+            self):
+        import inspect
+        import sys
+        for name in methods.METHODS.names():
+            cls = methods.get(name)
+            module = sys.modules[cls.__module__]
+            with self.subTest(method=name):
+                self.assertEqual(module.__name__.rsplit(".", 1)[0],
+                                 "ega_tf.methods")
+                self.assertIn(cls.__name__, module.__all__)
+                functions = [n for n in module.__all__
+                             if inspect.isfunction(getattr(module, n))]
+                for function in functions:
+                    self.assertIs(getattr(losses, function),
+                                  getattr(module, function))
+        from ega_tf.losses import crd_loss, rkd_loss  # noqa: F401
+        with self.assertRaisesRegex(AttributeError, "no attribute 'nope'"):
+            losses.nope
+
+
 class MethodTest(TestCase):
 
     @parameterized.parameters(*methods.METHODS.names())

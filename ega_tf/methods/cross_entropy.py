@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from ega_tf.methods.base import Method, register
 
+__all__ = ["CrossEntropy"]
+
 
 @register
 class CrossEntropy(Method):
