@@ -30,6 +30,7 @@ from keras import layers, ops
 from ega_tf import losses, replicas
 from ega_tf.constants import CLIP_MEAN, CLIP_STD, DIAGNOSTICS
 from ega_tf.layers import ReverseChannels, torch_dense
+from ega_tf.methods.base import STANDARDIZE
 
 
 def build_student(backbone, num_classes, embed_dim=256, mean=CLIP_MEAN,
@@ -416,9 +417,12 @@ class Distiller(keras.Model):
                     share["terms"] = {next(iter(result.terms)): result.share}
                 state = result.state
             if self.alpha:
+                t_kd, s_kd = losses.maybe_standardize(
+                    batch.t_logits, s_logits,
+                    self.method.w.get(STANDARDIZE, False))
                 values["kd"], share["kd"] = replicas.mean(
-                    losses.kd_per_example(batch.t_logits, s_logits,
-                                          self.kd_temperature), valid)
+                    losses.kd_per_example(t_kd, s_kd, self.kd_temperature),
+                    valid)
                 terms["kd"] = values["kd"]
         share["values"] = values
         return terms, share, out, t_logits, batch, state

@@ -62,6 +62,12 @@ def correlation_matrix(a, b):
     return gram(standardize_rows(a), standardize_rows(b))
 
 
+def sqrt_or_zero(x):
+    """sqrt(x) for x >= 0 with a zero (not infinite) gradient at 0."""
+    positive = x > 0
+    return ops.where(positive, ops.sqrt(ops.where(positive, x, 1.0)), 0.0)
+
+
 def frobenius_norm(m):
     """sqrt(sum(m**2)) with a finite (zero) gradient at m == 0.
 
@@ -69,10 +75,7 @@ def frobenius_norm(m):
     (e.g. B = 1 makes E_t == E_s exactly), so the zero case is routed around
     the square root (the "double where" idiom).
     """
-    m = f32(m)
-    s = ops.sum(ops.square(m))
-    positive = s > 0
-    return ops.where(positive, ops.sqrt(ops.where(positive, s, 1.0)), 0.0)
+    return sqrt_or_zero(ops.sum(ops.square(f32(m))))
 
 
 def unit_rows(x, eps=1e-12):
@@ -93,6 +96,29 @@ def kd_per_example(teacher_logits, student_logits, temperature=4.0):
     return kl * temperature**2
 
 
+def standardize_logits(logits, eps=1e-7):
+    """Logit standardization (Sun et al., CVPR 2024): each row minus its
+    mean, divided by eps + its standard deviation over the classes (the
+    unbiased one, with n - 1, as ``torch.std``), so that a softmax at T
+    compares the logits' relations, not their scale."""
+    z = f32(logits)
+    n = ops.cast(ops.shape(z)[-1], "float32")
+    centred = z - ops.mean(z, axis=-1, keepdims=True)
+    var = ops.sum(ops.square(centred), axis=-1, keepdims=True) / ops.maximum(
+        n - 1.0, 1.0)
+    # Constant logits: sqrt's derivative at 0 is infinite.
+    return centred / (eps + sqrt_or_zero(var))
+
+
+def maybe_standardize(teacher_logits, student_logits, standardize):
+    """Both logits standardized when ``standardize`` (a method's
+    ``logit_standardization`` field), else as they are."""
+    if not standardize:
+        return teacher_logits, student_logits
+    return standardize_logits(teacher_logits), standardize_logits(
+        student_logits)
+
+
 def __getattr__(name):
     """``ega_tf.losses.NAME`` for a method's loss (``rkd_loss``, ...).
 
@@ -100,9 +126,10 @@ def __getattr__(name):
     imported here on first use of one of their names, not when this
     module loads."""
     if not name.startswith("__"):
-        from ega_tf.methods import crd, dkd, ega, hint, kd, nce, pkt, rkd, \
-            seed, sp
-        for module in (ega, kd, rkd, pkt, sp, hint, nce, dkd, seed, crd):
+        from ega_tf.methods import crd, dist, dkd, ega, hint, kd, mlkd, nce, \
+            pkt, rkd, seed, sp
+        for module in (ega, kd, rkd, pkt, sp, hint, nce, dkd, dist, mlkd,
+                       seed, crd):
             if name in module.__all__:
                 return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,7 +23,8 @@ from ega_tf.errors import UserError
 
 SHORTCUTS = {
     "dataset": "Dataset: digits, cifar100, stl10, tiny_imagenet, or "
-               "folder:PATH (PATH/<split>/<class>/<image>).",
+               "folder:PATH (PATH/<split>/<class>/<image>, and PATH/"
+               "unlabeled/<image> without a class).",
     "student": "Student network (docs/students.md lists the zoo).",
     "teacher": "Teacher .keras file, or a published checkpoint (converted "
                "once and cached).",
@@ -39,12 +40,15 @@ SHORTCUTS = {
               "210/240 of the run).",
     "batch_size": "Images per step.",
     "labeled_fraction": "Stratified fraction of training labels kept; the "
-                        "rest become -1 (used by EGA only).",
+                        "rest become -1: the cross-entropy skips them, and "
+                        "every method but dkd still distils on them "
+                        "(docs/methods.md, \"Unlabeled images\").",
     "seed": "Random seed (initialisation, data order, views, label subset).",
     "data_dir": "TFDS data directory.",
     "download": "Let TFDS download a missing dataset.",
     "unlabeled_split": "stl10: also train on its 100,000 unlabelled images "
-                       "(label -1, EGA only).",
+                       "(label -1, as labeled_fraction says; a folder:PATH "
+                       "reads PATH/unlabeled/ without it).",
     "trust_saved_model": "Load a teacher made from a SavedModel "
                          "(convert_teacher --model=DIR): it may run "
                          "arbitrary TensorFlow ops.",

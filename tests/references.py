@@ -213,3 +213,53 @@ def np_crd(anchor, pos, neg, z, n, temperature=0.07):
         out.append(-np.log(p / (p + k / n)) - np.log((k / n) / (ps + k / n))
                    .sum())
     return np.array(out)
+
+
+def np_standardize(logits, eps=1e-7):
+    """Logit standardization: (z - mean) / (eps + sample std) per row."""
+    z = np.asarray(logits, np.float64)
+    return (z - z.mean(-1, keepdims=True)) / (
+        eps + z.std(-1, ddof=1, keepdims=True))
+
+
+def np_pearson(a, b, eps=1e-8):
+    """Pearson correlation of two vectors, eps added to the norms'
+    product."""
+    a, b = a - a.mean(), b - b.mean()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + eps))
+
+
+def np_dist(tl, sl, inter=1.0, intra=1.0, tau=4.0):
+    """(DIST, inter-class relation, intra-class relation): one minus the
+    mean Pearson correlation of the probabilities at tau, per row and per
+    column, each times tau^2."""
+    pt = np_softmax(np.asarray(tl, np.float64) / tau)
+    ps = np_softmax(np.asarray(sl, np.float64) / tau)
+    rows = np.mean([np_pearson(ps[i], pt[i]) for i in range(len(pt))])
+    cols = np.mean([np_pearson(ps[:, c], pt[:, c])
+                    for c in range(pt.shape[1])])
+    a, b = tau**2 * (1 - rows), tau**2 * (1 - cols)
+    return inter * a + intra * b, a, b
+
+
+def np_mlkd(tl, sl, temperature=4.0, standardize=False):
+    """MLKD's three levels as its publisher's forward adds them, with the
+    weak and the strong images the same pair: (instance, class, batch).
+    The masks count examples (or classes) at most the median confidence,
+    by NumPy's percentile."""
+    tl, sl = np.asarray(tl, np.float64), np.asarray(sl, np.float64)
+    pt1 = np_softmax(tl)
+    conf = pt1.max(1)
+    share = np.mean(conf <= np.percentile(conf, 50))
+    class_conf = pt1.sum(0)
+    class_share = np.mean(class_conf <= np.percentile(class_conf, 50))
+    kt, ks = ((np_standardize(tl), np_standardize(sl)) if standardize
+              else (tl, sl))
+    inst = cls = bat = 0.0
+    for temp in (temperature, 3.0, 5.0, 2.0, 6.0):
+        kd = np_kd(kt, ks, temp)
+        inst += kd * share + kd  # weak (masked) + strong
+        pt, ps = np_softmax(tl / temp), np_softmax(sl / temp)
+        cls += ((pt.T @ pt - ps.T @ ps)**2).sum() / pt.shape[1] * class_share
+        bat += ((pt @ pt.T - ps @ ps.T)**2).sum() / len(pt) * share
+    return inst, cls, bat

@@ -244,6 +244,22 @@ class TinyImagenetTest(TestCase):
         self.assertEqual(res["epochs"], 1)
 
 
+def write_unlabeled(directory, n):
+    """``n`` images without a class, some in a subfolder, and a file that
+    is not an image; returns the images' paths in reading order."""
+    rng = np.random.default_rng(5)
+    paths = []
+    for i in range(n):
+        where = directory / ("more" if i % 2 else "")
+        where.mkdir(parents=True, exist_ok=True)
+        img = rng.integers(0, 256, (30 + i, 36, 3), dtype=np.uint8)
+        path = where / f"u{i}.png"
+        path.write_bytes(tf.io.encode_png(img).numpy())
+        paths.append(path)
+    (directory / "readme.txt").write_text("not an image")
+    return sorted(paths, key=lambda p: (p.parent != directory, str(p)))
+
+
 class ImageFolderTest(TestCase):
 
     def test_any_size_png_and_jpeg(self):
@@ -356,18 +372,41 @@ class ImageFolderTest(TestCase):
         self.assertEqual(training.default_workdir(config_lib.resolve(c)),
                          "runs/holiday_2026_resnet8_none_s0")
 
+    def test_unlabeled_images_join_training_with_label_minus_one(self):
+        root = self.tmp_path() / "pets"
+        write_image_folder(root, 3, 1)
+        extra = write_unlabeled(root / "unlabeled", 4)
+        with self.assertLogs("absl", "INFO") as logs:
+            ds = data.load(f"folder:{root}", image_size=24)
+        self.assertIn("pets: 9 labeled training images in 3 classes, 4 "
+                      "unlabeled", " ".join(logs.output))
+        self.assertEqual(ds.train.labels.tolist(), [0] * 3 + [1] * 3
+                         + [2] * 3 + [-1] * 4)
+        self.assertEqual((ds.train.num_labeled, len(ds.test)), (9, 3))
+        for path, image in zip(extra, ds.train.images[9:]):
+            want = augment.resize_center_crop(tf.io.decode_image(
+                tf.io.read_file(str(path)), channels=3), 24)
+            np.testing.assert_array_equal(image, want.numpy())
+        with self.assertRaisesRegex(UserError, "drop --unlabeled_split"):
+            data.load(f"folder:{root}", unlabeled_split=True)
+
     def test_train_cli_on_a_folder(self):
+        """EGA distils on the unlabeled images too; the start-up line counts
+        them."""
         out = self.tmp_path()
         write_image_folder(out / "imgs", 4, 2)
-        r = self.run_cli("train", "--distill=none", "--student=resnet8",
+        write_unlabeled(out / "imgs" / "unlabeled", 4)
+        pixel_teacher(out / "t.keras")
+        r = self.run_cli("train", "--distill=ega", "--student=resnet8",
+                         f"--teacher={out}/t.keras",
                          "--epochs=1", "--batch_size=4",
                          "--config.eval_batch_size=8",
                          "--config.export=false",
                          f"--dataset=folder:{out}/imgs",
                          f"--workdir={out}/f")
         self.assertSucceeded(r)
-        self.assertRegex(r.stderr, r"imgs: 3 classes, (\d+)x\1 RGB, train 12"
-                         r" \(12 labeled, 0 unlabeled\), test 6")
+        self.assertRegex(r.stderr, r"imgs: 3 classes, (\d+)x\1 RGB, train 16"
+                         r" \(12 labeled, 4 unlabeled\), test 6")
 
     @pytest.mark.slow  # the fast tier trains on a small folder
     def test_thousands_of_files_train_with_ega_and_export(self):

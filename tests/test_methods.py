@@ -19,6 +19,10 @@ from tests.test_case import (TestCase, conv_teacher, lockstep_errors,
 B, D, K, Q = 12, 8, 5, 20
 
 
+def ops_mean(x):
+    return tf.reduce_mean(x)
+
+
 def embeddings(seed, b=B, labels_missing=0.3):
     """Teacher and student embeddings that share structure, logits, labels
     (some -1) and a queue."""
@@ -71,6 +75,34 @@ CASES = {
             lambda d: ref.np_dkd(d["tl"], d["sl"], d["y"], 1.0, 8.0, 4.0)),
     "kd": (lambda d: losses.kd_loss(d["tl"], d["sl"], 4.0),
            lambda d: ref.np_kd(d["tl"], d["sl"], 4.0)),
+    "kd_standardized": (
+        lambda d: losses.kd_loss(*losses.maybe_standardize(
+            d["tl"], d["sl"], True), 2.0),
+        lambda d: ref.np_kd(ref.np_standardize(d["tl"]),
+                            ref.np_standardize(d["sl"]), 2.0)),
+    "dkd_standardized": (
+        lambda d: losses.dkd_loss(*losses.maybe_standardize(
+            d["tl"], d["sl"], True), d["y"], alpha=9.0, beta=72.0,
+            temperature=2.0),
+        lambda d: ref.np_dkd(ref.np_standardize(d["tl"]),
+                             ref.np_standardize(d["sl"]), d["y"], 9.0, 72.0,
+                             2.0)),
+    "dist": (lambda d: losses.dist_loss(d["tl"], d["sl"], 1.0, 1.0, 4.0),
+             lambda d: ref.np_dist(d["tl"], d["sl"], 1.0, 1.0, 4.0)[0]),
+    "dist_inter": (lambda d: ops_mean(losses.dist_inter_per_example(
+        d["tl"], d["sl"], 3.0)),
+        lambda d: ref.np_dist(d["tl"], d["sl"], tau=3.0)[1]),
+    "dist_intra": (lambda d: losses.dist_intra_term(d["tl"], d["sl"], 3.0),
+                   lambda d: ref.np_dist(d["tl"], d["sl"], tau=3.0)[2]),
+    "mlkd": (lambda d: losses.mlkd_loss(d["tl"], d["sl"], 0.9, 4.0),
+             lambda d: 0.9 * sum(ref.np_mlkd(d["tl"], d["sl"], 4.0))),
+    "mlkd_class": (lambda d: losses.mlkd_terms(d["tl"], d["sl"], 4.0)[
+        "mlkd_class"], lambda d: ref.np_mlkd(d["tl"], d["sl"], 4.0)[1]),
+    "mlkd_batch": (lambda d: losses.mlkd_terms(d["tl"], d["sl"], 4.0)[
+        "mlkd_batch"], lambda d: ref.np_mlkd(d["tl"], d["sl"], 4.0)[2]),
+    "mlkd_standardized": (
+        lambda d: losses.mlkd_loss(d["tl"], d["sl"], 9.0, 2.0, True),
+        lambda d: 9.0 * sum(ref.np_mlkd(d["tl"], d["sl"], 2.0, True))),
     "seed": (lambda d: losses.seed_loss(d["t"], d["s"], d["queue"],
                                         student_temperature=0.2,
                                         teacher_temperature=1e-4),
@@ -417,6 +449,6 @@ class MoreMethodReplicasTest(TestCase):
     losses over the gathered batch (EGA's is in test_distribute), as
     ReplicasTest checks CRD."""
 
-    @parameterized.parameters("seed", "dkd", "ccl", "rkd")
+    @parameterized.parameters("seed", "dkd", "ccl", "rkd", "dist", "mlkd")
     def test_two_replicas_equal_one(self, name):
         ReplicasTest.check_two_replicas(self, name)

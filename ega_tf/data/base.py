@@ -15,7 +15,9 @@ from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
-UNLABELED = -1  # label of an example that only EGA may use
+# The label of an example without one: the cross-entropy skips it, every
+# method that needs no label distils on it (docs/methods.md).
+UNLABELED = -1
 
 
 class Split:

@@ -1,4 +1,6 @@
-"""Your own images: ``folder:PATH`` with ``PATH/<split>/<class>/<image>``.
+"""Your own images: ``folder:PATH`` with ``PATH/<split>/<class>/<image>``,
+and images without a class in ``PATH/unlabeled/`` (any depth), which join
+the training split with label -1.
 
 The layout is TFDS ``ImageFolder``'s (a ``train`` split and a ``test``,
 ``val`` or ``validation`` split, one folder per class, class names sorted),
@@ -26,11 +28,12 @@ import os
 import numpy as np
 from absl import logging
 
-from ega_tf.data.base import Dataset, Split
+from ega_tf.data.base import UNLABELED, Dataset, Split
 from ega_tf.errors import DatasetNotFoundError, UserError
 from ega_tf.registry import check_choice
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+UNLABELED_DIR = "unlabeled"
 TEST_SPLITS = ("test", "val", "validation")
 BAD_IMAGE_POLICIES = ("skip", "error")
 MAX_DEFAULT_SIZE = 224
@@ -61,6 +64,18 @@ def _list_split(root, split, classes=None):
                   for f in sorted(os.listdir(folder))
                   if f.lower().endswith(EXTENSIONS)]
     return classes, files
+
+
+def _list_unlabeled(root):
+    """[(path, -1)] of every image under ``root/unlabeled/``, sorted (none
+    when the folder does not exist)."""
+    directory = os.path.join(root, UNLABELED_DIR)
+    files = []
+    for where, dirs, names in os.walk(directory):
+        dirs.sort()
+        files += [(os.path.join(where, f), UNLABELED) for f in sorted(names)
+                  if f.lower().endswith(EXTENSIONS)]
+    return files
 
 
 def _decoded_size(path):
@@ -137,7 +152,8 @@ def load_folder(path, image_size=None, on_bad_image="skip") -> Dataset:
     check_on_bad_image(on_bad_image)
     path = os.path.abspath(os.path.expanduser(path))
     layout = (f"{path}/train/<class>/<image>.png|jpg and {path}/test/<class>"
-              "/<image>.png|jpg (or val/)")
+              f"/<image>.png|jpg (or val/), and optionally {path}/unlabeled/"
+              "<image>.png|jpg")
     if not os.path.isdir(path):
         raise DatasetNotFoundError(f"Image folder {path!r} does not exist. "
                                    f"Expected {layout}.")
@@ -164,6 +180,14 @@ def load_folder(path, image_size=None, on_bad_image="skip") -> Dataset:
                         "their classes cannot be learned.", name, empty)
     _, test = _list_split(path, tests[0], classes)
     train, sizes = _check_files(train, on_bad_image, f"{path}/train")
+    unlabeled = _list_unlabeled(path)
+    if unlabeled:
+        unlabeled, more = _check_files(unlabeled, on_bad_image,
+                                       f"{path}/{UNLABELED_DIR}")
+        train, sizes = train + unlabeled, sizes + more
+    logging.info("%s: %d labeled training images in %d classes, %d "
+                 "unlabeled (%s/%s/)", name, len(train) - len(unlabeled),
+                 len(classes), len(unlabeled), path, UNLABELED_DIR)
     test, _ = _check_files(test, on_bad_image, f"{path}/{tests[0]}")
     if image_size is None:
         image_size = default_size(sizes, name)

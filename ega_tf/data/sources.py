@@ -200,8 +200,12 @@ def load_tiny_imagenet(data_dir=None, download=False, image_size=None,
 @DATASETS.register(FOLDER_PREFIX + "PATH")
 def load_folder(path, image_size=None, unlabeled_split=False,
                 on_bad_image="skip", **_) -> Dataset:
-    """Images in ``PATH/<split>/<class>/<file>`` (``folder.py``)."""
-    _no_unlabeled_split("folder:", unlabeled_split)
+    """Images in ``PATH/<split>/<class>/<file>``, and unlabeled ones in
+    ``PATH/unlabeled/`` (``folder.py``)."""
+    if unlabeled_split:
+        raise UserError("folder:PATH adds the images of PATH/unlabeled/ "
+                        "whenever that folder exists; drop "
+                        "--unlabeled_split.")
     from ega_tf.data import folder
     return folder.load_folder(path, image_size, on_bad_image)
 

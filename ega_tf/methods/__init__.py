@@ -20,9 +20,10 @@ from __future__ import annotations
 # Each file registers its methods when imported; the table lists them in
 # this order.
 from ega_tf.methods import (cross_entropy, ega, rkd, pkt, sp, nce,  # noqa
-                            kd, hint, dkd, seed, crd)
+                            kd, hint, dkd, dist, mlkd, seed, crd)
 from ega_tf.methods.base import (GENERAL_DEFAULTS, GENERAL_FIELDS, METHODS,
-                                 Batch, Method, Range, Result, register)
+                                 STANDARDIZE, Batch, Method, Range, Result,
+                                 register)
 from ega_tf.methods import user_file
 from ega_tf.methods.user_file import is_file_spec, load_from_argv
 
@@ -52,18 +53,24 @@ def loss_fields():
     for name in METHODS.names():
         cls = METHODS.get(name)
         for field in cls.fields():
-            fields[field] = int if field in cls.integer_fields else float
+            fields[field] = cls.kind(field)
     return dict(sorted(fields.items()))
 
 
 def resolve_weights(distill, overrides, balanced=False):
     """The method's defaults (and kd_temperature; with ``balanced``, its
-    ``balanced_defaults`` over them) with ``overrides`` (config.loss; None
-    keeps a default) applied to the fields it reads. ``distill``: the
+    ``balanced_defaults`` over them; with its ``logit_standardization``
+    on, its ``standardized_defaults``) with ``overrides`` (config.loss;
+    None keeps a default) applied to the fields it reads. ``distill``: the
     method's class, or what names it."""
     cls = get(distill)
     weights = {**GENERAL_DEFAULTS, **cls.defaults,
                **(cls.balanced_defaults if balanced else {})}
+    standardize = overrides.get(STANDARDIZE)
+    if standardize is None:
+        standardize = weights.get(STANDARDIZE, False)
+    if standardize and STANDARDIZE in weights:
+        weights.update(cls.standardized_defaults)
     for k, v in overrides.items():
         if v is not None and k in weights:
             weights[k] = v
@@ -91,6 +98,9 @@ def check_weights(distill, loss):
         if value not in limit:
             problems.append(f"loss.{field} must be {limit.describe()}; got "
                             f"{value}.")
+        elif field in cls.boolean_fields and not isinstance(value, bool):
+            problems.append(f"loss.{field} is a switch: true or false; got "
+                            f"{value}.")
         elif field in cls.integer_fields and value != int(value):
             problems.append(f"loss.{field} counts things: it must be a "
                             f"whole number; got {value}.")
@@ -106,7 +116,9 @@ def describe():
     lines = []
     for name in METHODS.names():
         cls = METHODS.get(name)
-        weights = ", ".join(f"{k}={v:g}" for k, v in cls.defaults.items())
+        weights = ", ".join(
+            f"{k}={str(v).lower() if isinstance(v, bool) else format(v, 'g')}"
+            for k, v in cls.defaults.items())
         lines.append(f"  {name}: {weights} ({cls.source})")
     return "\n".join(lines)
 

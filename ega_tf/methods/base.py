@@ -57,6 +57,9 @@ def register(cls):
 # temperature of its KD term (used when alpha > 0).
 GENERAL_FIELDS = ("gamma", "alpha", "beta", "kd_temperature")
 GENERAL_DEFAULTS = {"kd_temperature": 4.0}
+# The switch of the logit methods (kd, dkd, dist, mlkd): standardize both
+# logits before their softmax (ega_tf.losses.standardize_logits).
+STANDARDIZE = "logit_standardization"
 # gamma * CE + beta * method, no KD: the published footing of every
 # baseline but KD itself.
 CE_PLUS_METHOD = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
@@ -141,6 +144,8 @@ class Method:
             method's own fields; ``--config.loss.FIELD`` overrides any.
         source: where the defaults come from.
         integer_fields: fields that count things (queue lengths, epochs).
+        boolean_fields: fields that switch something on or off
+            (``logit_standardization``).
         limits: {field: Range}; a field not named must be >= 0.
         uses_teacher: False for cross-entropy alone.
         uses_index: reads each example's index in the training set
@@ -155,6 +160,10 @@ class Method:
             weights (``--weights=balanced``), where the published one
             fails on small data for a reason no weight fixes (CRD's fixed
             normalisation constant); a value the user sets wins.
+        standardized_defaults: fields whose default differs when the
+            method's ``logit_standardization`` is on (its publisher's
+            weights and temperature for standardized logits); a value the
+            user sets wins.
 
     An instance is made by ``ega_tf.methods.create`` with the resolved
     weights (``self.w``) and the run's context, then its state is built in
@@ -166,6 +175,7 @@ class Method:
     defaults: Mapping[str, float] = {}
     source: str = ""
     integer_fields: Tuple[str, ...] = ()
+    boolean_fields: Tuple[str, ...] = ()
     limits: Mapping[str, Range] = {}
     uses_teacher: bool = True
     uses_index: bool = False
@@ -173,6 +183,7 @@ class Method:
     min_batch: int = 2
     tuned: Optional[Tuple[str, ...]] = None
     balanced_defaults: Mapping[str, float] = {}
+    standardized_defaults: Mapping[str, float] = {}
     # What --distill names it by (set when it is registered): its name, or
     # for a class in a user's file, "path.py:Class".
     spec: str = ""
@@ -205,6 +216,13 @@ class Method:
         return ("beta",) if cls.terms and cls.defaults.get("beta") else ()
 
     @classmethod
+    def kind(cls, field):
+        """The Python type of ``field``'s values: bool, int or float."""
+        if field in cls.boolean_fields:
+            return bool
+        return int if field in cls.integer_fields else float
+
+    @classmethod
     def limit(cls, field):
         return {**GENERAL_LIMITS, **cls.limits}.get(field, NON_NEGATIVE)
 
@@ -223,15 +241,17 @@ class Method:
         if missing:
             raise ValueError(f"{where} must give defaults for "
                              f"{', '.join(missing)}.")
-        for field in (*cls.integer_fields, *cls.limits,
+        for field in (*cls.integer_fields, *cls.boolean_fields, *cls.limits,
                       *(f for f in cls.terms.values() if f),
-                      *(cls.tuned or ()), *cls.balanced_defaults):
+                      *(cls.tuned or ()), *cls.balanced_defaults,
+                      *cls.standardized_defaults):
             if field not in cls.fields():
                 raise ValueError(f"{where} declares field {field!r}, which "
                                  "is not among its defaults.")
         for field in cls.tuned_fields():
             default = {**GENERAL_DEFAULTS, **cls.defaults}.get(field)
-            if (field in cls.integer_fields or default is None
+            if (field in cls.integer_fields or field in cls.boolean_fields
+                    or default is None
                     or not default > 0):
                 raise ValueError(
                     f"{where}: tuned field {field!r} needs a positive, "

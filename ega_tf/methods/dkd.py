@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from ega_tf.constants import PUBLISHED_EPOCHS
 from ega_tf.keras_ops import ops
-from ega_tf.losses import f32
-from ega_tf.methods.base import (CE_PLUS_METHOD, POSITIVE, Method, Result,
-                                 register)
+from ega_tf.losses import f32, maybe_standardize
+from ega_tf.methods.base import (CE_PLUS_METHOD, POSITIVE, STANDARDIZE,
+                                 Method, Result, register)
 
 __all__ = ["DKD", "dkd_loss", "dkd_per_example"]
 
@@ -50,16 +50,21 @@ class DKD(Method):
     """Decoupled KD on the teacher head's logits, labeled examples only,
     ramped in over ``dkd_warmup`` epochs of the published 240, scaled to
     the run's length as the learning-rate decays are (20 of 240: 1.67 of
-    a 20-epoch run)."""
+    a 20-epoch run). With ``logit_standardization``, on standardized
+    logits, both weights times 9 and T 2 (the LS publisher's)."""
     name = "dkd"
     terms = {"tckd": "dkd_alpha", "nckd": "dkd_beta"}
     defaults = {**CE_PLUS_METHOD, "dkd_alpha": 1.0, "dkd_beta": 8.0,
-                "dkd_temperature": 4.0, "dkd_warmup": 20}
+                "dkd_temperature": 4.0, "dkd_warmup": 20, STANDARDIZE: False}
+    standardized_defaults = {"dkd_alpha": 9.0, "dkd_beta": 72.0,
+                             "dkd_temperature": 2.0}
     integer_fields = ("dkd_warmup",)
+    boolean_fields = (STANDARDIZE,)
     limits = {"dkd_temperature": POSITIVE}
     tuned = ("dkd_beta",)  # the NCKD weight, mdistiller's per-pair knob
     source = ("mdistiller's DKD for resnet32x4 -> resnet8x4 (alpha 1, beta "
-              "8, T 4, 20-epoch warm-up)")
+              "8, T 4, 20-epoch warm-up); with logit standardization, "
+              "LS-KD's (both x 9, T 2)")
     min_batch = 1
 
     def build_state(self):
@@ -68,7 +73,9 @@ class DKD(Method):
 
     def compute(self, b):
         w = self.w
-        per = dkd_per_example(b.t_logits, b.s_logits, b.labels,
+        t_logits, s_logits = maybe_standardize(b.t_logits, b.s_logits,
+                                               w[STANDARDIZE])
+        per = dkd_per_example(t_logits, s_logits, b.labels,
                               w["dkd_alpha"], w["dkd_beta"],
                               w["dkd_temperature"])
         result = self.weighted({k: self.per_example(per[k], b.labeled)
