@@ -6,8 +6,14 @@
     git clone https://github.com/megvii-research/mdistiller
     git clone https://github.com/jacobswan1/SEED
     git clone https://github.com/UMBCvision/CompRess
+    git clone https://github.com/hunto/image_classification_sota
+    git clone https://github.com/Jin-Ying/Multi-Level-Logit-Distillation
+    git clone https://github.com/sunshangquan/logit-standardization-KD
     python tools/publisher_parity.py --repdistiller=RepDistiller --ega=EGA \
-        --mdistiller=mdistiller --seed_code=SEED --compress=CompRess
+        --mdistiller=mdistiller --seed_code=SEED --compress=CompRess \
+        --dist=image_classification_sota \
+        --mlkd=Multi-Level-Logit-Distillation \
+        --logit_standardization=logit-standardization-KD
 
 Loads each publisher's loss module from your checkout (their files, run
 as they are: nothing of theirs is copied here), computes it with PyTorch
@@ -24,7 +30,14 @@ replaced by the given embeddings, and ``soft_cross_entropy`` of
 ``tools/utils.py``); CompRess-1q's (``nn/compress_loss.py``: the
 ``Normalize``, ``SampleSimilarities`` and ``KLD`` that ``CompReSSA``
 combines, called as it calls them; ``CompReSSA`` itself moves to CUDA
-when made). The queue methods use one queue of 128 unit rows, the
+when made); DIST's (``lib/models/losses/dist_kd.py`` of the
+classification code DIST_KD's README points to, at ``dist_t4``); MLKD's
+(``KD_ours.forward_train`` of ``mdistiller/distillers/KD_ours.py``, with
+networks that return the given logits for both of its views, so its weak
+and strong images are one pair, as ega_tf reads them); and logit
+standardization's KD, DKD and MLKD (``mdistiller/distillers/KD.py``,
+``DKD.py``, ``MLKD.py`` of its repository, standardization on, at its
+``--base-temp 2 --kd-weight 9``). The queue methods use one queue of 128 unit rows, the
 queue's state before the batch is added. Fully labeled batches only: the
 published NCE has no unlabeled examples (see docs/methods.md for how
 ega_tf counts them). Needs PyTorch (the ``[convert]`` extra); SEED's
@@ -156,6 +169,45 @@ def _compress_theirs(checkout):
     return loss
 
 
+def _multi_level_theirs(checkout, module, cls, weight, temperature,
+                        standardize=None):
+    """MLKD's three losses (kd, cc, bc) through the publisher's
+    ``forward_train``, its student and teacher returning the given logits
+    for the weak and the strong image alike."""
+    import types
+
+    import torch
+    try:
+        import turtle  # noqa: F401 (the published file imports it unused)
+    except ImportError:
+        _placeholder("turtle")
+    distiller = getattr(_package_module(checkout, "mdistiller/distillers",
+                                        module), cls)
+
+    class Given(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.logits = None
+
+        def forward(self, image):
+            return self.logits, None
+
+    cfg = types.SimpleNamespace(
+        KD=types.SimpleNamespace(TEMPERATURE=temperature, LOSS=types.
+                                 SimpleNamespace(CE_WEIGHT=0.1,
+                                                 KD_WEIGHT=weight)),
+        EXPERIMENT=types.SimpleNamespace(LOGIT_STAND=bool(standardize)))
+    student, teacher = Given(), Given()
+    model = distiller(student, teacher, cfg)
+
+    def loss(t, s, tl, sl, y, q):
+        student.logits, teacher.logits = sl, tl
+        image = torch.zeros(len(sl), 3, 1, 1)
+        _, parts = model.forward_train(image, image, y, epoch=1)
+        return parts["loss_kd"] + parts["loss_cc"] + parts["loss_bc"]
+    return loss
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repdistiller", help="a RepDistiller checkout")
@@ -163,12 +215,19 @@ def main():
     ap.add_argument("--mdistiller", help="an mdistiller checkout (DKD)")
     ap.add_argument("--seed_code", help="a checkout of SEED's code")
     ap.add_argument("--compress", help="a checkout of CompRess's code")
+    ap.add_argument("--dist", help="a checkout of DIST's classification "
+                    "code (hunto/image_classification_sota)")
+    ap.add_argument("--mlkd", help="a checkout of MLKD's code")
+    ap.add_argument("--logit_standardization",
+                    help="a checkout of logit standardization's code")
     ap.add_argument("--batches", type=int, default=3)
     args = ap.parse_args()
     if not (args.repdistiller or args.ega or args.mdistiller
-            or args.seed_code or args.compress):
+            or args.seed_code or args.compress or args.dist or args.mlkd
+            or args.logit_standardization):
         ap.error("give one or more of --repdistiller, --ega, --mdistiller, "
-                 "--seed_code, --compress")
+                 "--seed_code, --compress, --dist, --mlkd, "
+                 "--logit_standardization")
     import torch
 
     from ega_tf import losses
@@ -217,6 +276,38 @@ def main():
         cases["compress (0.04)"] = (
             _compress_theirs(args.compress),
             lambda t, s, tl, sl, y, q: losses.compress_loss(t, s, q, 0.04))
+    if args.dist:
+        dist = _module(args.dist, "lib/models/losses/dist_kd.py")
+        cases["dist (1, 1, T 4)"] = (
+            lambda t, s, tl, sl, y, q: dist.DIST(1.0, 1.0, 4.0)(sl, tl),
+            lambda t, s, tl, sl, y, q: losses.dist_loss(tl, sl, 1.0, 1.0,
+                                                        4.0))
+    if args.mlkd:
+        cases["mlkd (0.9, T 4)"] = (
+            _multi_level_theirs(args.mlkd, "KD_ours", "KD_ours", 0.9, 4.0),
+            lambda t, s, tl, sl, y, q: losses.mlkd_loss(tl, sl, 0.9, 4.0))
+    if args.logit_standardization:
+        root = args.logit_standardization
+        ls_kd = _package_module(root, "mdistiller/distillers", "KD")
+        ls_dkd = _package_module(root, "mdistiller/distillers", "DKD")
+
+        def standardized(fn):
+            return lambda t, s, tl, sl, y, q: fn(
+                *losses.maybe_standardize(tl, sl, True), y)
+        cases.update({
+            "kd + ls (T 2)": (
+                lambda t, s, tl, sl, y, q: ls_kd.kd_loss(sl, tl, 2.0, True),
+                standardized(lambda tl, sl, y: losses.kd_loss(tl, sl, 2.0))),
+            "dkd + ls (9, 72)": (
+                lambda t, s, tl, sl, y, q: ls_dkd.dkd_loss(
+                    sl, tl, y, 9.0, 72.0, 2.0, True),
+                standardized(lambda tl, sl, y: losses.dkd_loss(
+                    tl, sl, y, 9.0, 72.0, 2.0))),
+            "mlkd + ls (9, T 2)": (
+                _multi_level_theirs(root, "MLKD", "MLKD", 9.0, 2.0, True),
+                lambda t, s, tl, sl, y, q: losses.mlkd_loss(tl, sl, 9.0, 2.0,
+                                                            True)),
+        })
     print(f"{'loss':<17} {'classes':>7} {'publisher':>14} {'ega_tf':>14} "
           f"{'relative':>9}")
     worst = 0.0
