@@ -119,6 +119,11 @@ def default_config(arg=None):
     # resolution (8 at 64 px, 12 at 96 px).
     c.padding = config_dict.placeholder(int)
     c.teacher_view = "independent"  # independent | same | clean
+    # The teacher logits the logit methods (kd, dkd, dist, mlkd, ccl) read:
+    # auto takes a supervised teacher's own classifier when it has one for
+    # the data set's classes (as RepDistiller and mdistiller distil), else
+    # the online teacher head's; head | classifier choose one.
+    c.teacher_logits = "auto"
 
     # The input pipeline (decoded-image cache, shuffling, map order).
     c.input = ml_collections.ConfigDict()
@@ -156,6 +161,9 @@ def default_config(arg=None):
 def get_config(arg=None):
     """Lets this file serve as ``--config`` itself (the CLI's default)."""
     return default_config(arg)
+
+
+TEACHER_LOGITS = ("auto", "head", "classifier")
 
 
 def check_variant(arg, variants=VARIANTS):
@@ -276,6 +284,8 @@ def _problems(config):
     need(config.padding is None or config.padding >= 0,
          f"padding must be >= 0; got {config.padding}.")
     check(augment.check_teacher_view, config.teacher_view)
+    check(check_choice, "teacher_logits", config.teacher_logits,
+          TEACHER_LOGITS)
     check(feature_cache.check_policy, config.teacher_cache)
     check(check_choice, "teacher_precision", config.teacher_precision,
           teacher_file.PRECISIONS)

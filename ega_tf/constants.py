@@ -27,6 +27,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 SWAV_STD = (0.228, 0.224, 0.225)  # SwAV's own evaluation transform
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# RepDistiller's CIFAR-100 normalisation (its dataset/cifar100.py).
+CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
+CIFAR100_STD = (0.2675, 0.2565, 0.2761)
 
 # How a teacher's evaluation transform fits an image to its square input
 # (ega_tf/teachers/preprocess.py): center (resize the shorter side, crop

@@ -80,6 +80,11 @@ class Distiller(keras.Model):
             ``weights``); default ``"none"``.
         weights: overrides of the named method's weights (gamma, beta,
             alpha, kd_temperature and its own fields).
+        teacher_logits: the teacher logits the methods read (z_t): "head",
+            the online teacher head's (trained during the run); or
+            "classifier", the teacher's own (a supervised teacher's layer
+            ``classifier``, ``teacher_file.classifier``), which it must
+            have for the ``num_classes`` classes.
 
     Example:
         student = build_student(students.create("resnet8"), 100)
@@ -91,7 +96,8 @@ class Distiller(keras.Model):
 
     def __init__(self, student, teacher, num_classes, embed_dim=256,
                  method="none", weights=None, balance_weights=False,
-                 balance_ratio=1.0, balance_decay=0.99, **kwargs):
+                 balance_ratio=1.0, balance_decay=0.99,
+                 teacher_logits="head", **kwargs):
         super().__init__(**kwargs)
         from ega_tf import methods
         self.student = student
@@ -125,6 +131,20 @@ class Distiller(keras.Model):
                 dtype="float32")
             self.teacher_embed.build((None, width))
             self.teacher_classifier.build((None, embed_dim))
+        self.own_classifier = None
+        if teacher_logits == "classifier":
+            from ega_tf.teachers import teacher_file
+            own = teacher_file.classifier(teacher) if teacher else None
+            if own is None or int(own.units) != self.num_classes:
+                raise ValueError(
+                    "teacher_logits='classifier' needs a teacher with its "
+                    f"own classifier for {self.num_classes} classes; this "
+                    "one has " + ("none" if own is None else
+                                  f"one for {own.units}") + ".")
+            self.own_classifier = own
+        elif teacher_logits != "head":
+            raise ValueError("teacher_logits must be 'head' or "
+                             f"'classifier'; got {teacher_logits!r}.")
         # Diagnostics beside the terms, when the student gives its pooled
         # features (build_student's do): the share of them exactly zero
         # (dead ReLUs: a collapsed student) and the mean norm of x_s.
@@ -361,16 +381,21 @@ class Distiller(keras.Model):
             labels, ops.cast(logits, "float32"), from_logits=True)
 
     def _teacher_forward(self, x):
-        """Frozen teacher feature and the online head's (x_t, z_t). The
-        features come from the teacher, or (``x["teacher_features"]``, the
-        clean view's, computed once) from the input."""
+        """Frozen teacher feature -> the online head's (x_t, z_t) and the
+        logits the methods read (the head's z_t, or the teacher's own
+        classifier's). The features come from the teacher, or
+        (``x["teacher_features"]``, the clean view's, computed once) from
+        the input."""
         if "teacher_features" in x:
             f_t = x["teacher_features"]
         else:
             f_t = self.teacher(x["teacher"], training=False)
         f_t = ops.stop_gradient(ops.cast(f_t, "float32"))
         x_t = self.teacher_embed(f_t)
-        return x_t, self.teacher_classifier(x_t)
+        z_t = self.teacher_classifier(x_t)
+        own = (z_t if self.own_classifier is None else ops.cast(
+            self.own_classifier(f_t), "float32"))
+        return x_t, z_t, own
 
     def _compute_terms(self, x, y, labels, labeled, valid, training):
         """One batch's terms, unweighted. Returns (global terms, shares,
@@ -398,12 +423,12 @@ class Distiller(keras.Model):
                 ops.sum(ops.square(emb / big), -1)), valid)
         t_logits, batch, state = None, None, None
         if self.distilling:
-            x_t, t_logits = self._teacher_forward(x)
+            x_t, t_logits, read_logits = self._teacher_forward(x)
             terms["teacher_ce"], share["teacher_ce"] = replicas.mean(
                 self._ce(labels, t_logits), labeled)
             batch = Batch(
                 x_t=ops.stop_gradient(x_t), x_s=out["embedding"],
-                t_logits=ops.stop_gradient(t_logits), s_logits=s_logits,
+                t_logits=ops.stop_gradient(read_logits), s_logits=s_logits,
                 labels=labels, labeled=labeled, valid=valid,
                 raw_labels=ops.where(valid > 0, ops.reshape(
                     ops.cast(y, "int32"), (-1,)), -1),

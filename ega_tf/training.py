@@ -258,6 +258,33 @@ def uses_teacher(config):
     return config.method.uses_teacher
 
 
+def teacher_logits(config, teacher, num_classes, log=True):
+    """"head" or "classifier": which teacher logits the methods read
+    (``config.teacher_logits``; auto: the teacher's own classifier when it
+    has one for ``num_classes`` classes). A UserError when "classifier" is
+    asked of a teacher without one."""
+    from ega_tf.teachers import teacher_file
+    own = teacher_file.classifier(teacher) if teacher is not None else None
+    fits = own is not None and int(own.units) == num_classes
+    setting = config.teacher_logits
+    if setting == "classifier" and not fits:
+        raise UserError(
+            f"teacher_logits=classifier: the teacher {config.teacher!r} has "
+            + ("no classifier of its own (a self-supervised teacher)"
+               if own is None else f"a classifier for {own.units} classes, "
+               f"and the data set has {num_classes}")
+            + "; use --config.teacher_logits=head (the online head's).")
+    chosen = "classifier" if fits and setting != "head" else "head"
+    if log and teacher is not None:
+        logging.info(
+            "The methods read the teacher's logits from %s.",
+            f"its own classifier ({num_classes} classes)"
+            if chosen == "classifier" else "the online teacher head"
+            + (f" (its own classifier has {own.units} classes, the data "
+               f"{num_classes})" if own is not None and not fits else ""))
+    return chosen
+
+
 def learning_rate(config):
     """The student's base rate; the linear rule scales it from the
     published batch of 64 when asked to."""
@@ -300,7 +327,9 @@ def build_model(config, dataset, teacher=None, replicas=1):
                       config.embed_dim, method=method,
                       balance_weights=config.weights == "balanced",
                       balance_ratio=config.balance.ratio,
-                      balance_decay=config.balance.decay)
+                      balance_decay=config.balance.decay,
+                      teacher_logits=teacher_logits(config, teacher,
+                                                    dataset.num_classes))
     lr = step_schedule(learning_rate(config), steps, config.epochs,
                        config.optim.decay_fractions, config.optim.decay_factor)
     jit, why = choose_jit(config.jit_compile, teacher, size, replicas,
@@ -972,6 +1001,9 @@ def _results(config, model, history, dataset):
         "status": "finished",
         "dataset": config.dataset, "student": config.student,
         "distill": config.distill, "teacher": config.teacher or None,
+        "teacher_logits": (("classifier" if model.own_classifier is not None
+                            else "head") if model.teacher is not None
+                           else None),
         "seed": config.seed, "labeled_fraction": config.labeled_fraction,
         "epochs": len(history),
         "test_top1_last": 100 * last["test_top1"] if history else None,

@@ -77,7 +77,9 @@ class Batch:
     replica's rows; ``ega_tf.replicas`` reaches the others)."""
     x_t: object        # [b, D] teacher projections (no gradient)
     x_s: object        # [b, D] student projections
-    t_logits: object   # [b, K] teacher head logits (no gradient)
+    t_logits: object   # [b, K] teacher logits (no gradient): the online
+    #                    head's, or a supervised teacher's own classifier's
+    #                    (config.teacher_logits)
     s_logits: object   # [b, K]
     labels: object     # [b] labels with -1 replaced by 0
     labeled: object    # [b] 1 for labeled examples (and not padding)

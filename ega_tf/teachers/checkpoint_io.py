@@ -151,13 +151,16 @@ def _to_numpy(obj):
 
 def find_state_dict(obj):
     """The tensor dict inside a checkpoint, and a family hint: DINO's
-    ``teacher`` (its ``module.``/``backbone.`` prefixes stripped), else
-    ``state_dict`` or the object itself; open_clip's ``module.`` prefix is
-    stripped."""
+    ``teacher`` (its ``module.``/``backbone.`` prefixes stripped),
+    RepDistiller's ``model``, else ``state_dict`` or the object itself;
+    open_clip's ``module.`` prefix is stripped."""
     if not isinstance(obj, dict):
         raise ConversionError("The checkpoint is not a dict of tensors.")
     if "teacher" in obj and isinstance(obj["teacher"], dict):
         return {_strip_dino(k): v for k, v in obj["teacher"].items()}, "dino"
+    if "model" in obj and isinstance(obj["model"], dict) and any(
+            isinstance(v, np.ndarray) for v in obj["model"].values()):
+        return dict(obj["model"]), "repdistiller"
     if "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not any(isinstance(v, np.ndarray) for v in obj.values()):

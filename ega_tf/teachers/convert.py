@@ -55,6 +55,10 @@ def detect_family(keys, hint=None) -> Family:
     if any(k.startswith(("module.prototypes", "module.projection_head"))
            for k in keys) or "module.conv1.weight" in keys:
         return FAMILIES["swav"]
+    if "block0.0.weight" in keys or "block1.layer.0.conv1.weight" in keys \
+            or ("layer1.0.conv1.weight" in keys and "layer4.0.conv1.weight"
+                not in keys) or "linear.weight" in keys:
+        return FAMILIES["repdistiller"]  # its CIFAR nets, as a bare dict
     if "conv1.weight" in keys:
         return FAMILIES["torchvision" if "fc.weight" in keys
                         else "barlow_twins"]
@@ -108,7 +112,11 @@ def build_teacher(path, family, arch, kept, log=print):
     from ega_tf.teachers.teacher_file import assemble
 
     backbone = family.module.build(arch)
-    used = family.module.port(backbone, kept, ignore=family.drop_heads)
+    classifier = (family.module.build_classifier(
+        arch, int(backbone.output_shape[-1])) if family.classifier else None)
+    used = family.module.port(backbone, kept, ignore=family.drop_heads,
+                              **({"classifier": classifier} if classifier
+                                 else {}))
     log(f"{family.name}: ported {len(used)} tensors into "
         f"{family.architecture} {arch}")
     size = families.default_input_size(arch)
@@ -118,6 +126,8 @@ def build_teacher(path, family, arch, kept, log=print):
             "source_sha256": checkpoint_io.sha256(path),
             "architecture": family.architecture, **arch,
             "embedding_dim": int(backbone.output_shape[-1]),
-            "input_resolution": size})
-    return assemble(backbone, preprocess,
-                    name=f"{family.name}_{family.architecture}")
+            "input_resolution": size,
+            **({"num_classes": int(classifier.units)} if classifier
+               else {})})
+    name = f"{family.name}_{arch.get('network', family.architecture)}"
+    return assemble(backbone, preprocess, name=name, classifier=classifier)

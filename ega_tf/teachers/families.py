@@ -21,8 +21,9 @@ import importlib
 from types import ModuleType
 from typing import Dict, Tuple
 
-from ega_tf.constants import (CLIP_MEAN, CLIP_STD, IMAGENET_MEAN,
-                              IMAGENET_STD, SWAV_STD)
+from ega_tf.constants import (CIFAR100_MEAN, CIFAR100_STD, CLIP_MEAN,
+                              CLIP_STD, IMAGENET_MEAN, IMAGENET_STD,
+                              SWAV_STD)
 # The modules that build and port each architecture, imported when a
 # family's is first needed (they import Keras; the family table is read by
 # --help, which must not start TensorFlow).
@@ -32,6 +33,7 @@ ARCHITECTURES: Dict[str, str] = {
     "vit": "vit",                  # timm-layout ViTs (keras-hub)
     "clip_vit": "clip_vit",        # CLIP / open_clip ViTs (keras-hub)
     "simclr": "simclr",            # SimCLR v1/v2 TF1 ResNets
+    "repdistiller": "repdistiller",  # RepDistiller's CIFAR networks (zoo)
 }
 
 # CLIP's text tower and the scalars OpenAI's TorchScript files carry.
@@ -63,6 +65,9 @@ class Family:
     std: Tuple[float, ...] = IMAGENET_STD
     clip: bool = False
     antialias: bool = True  # tf.image.resize methods only; PIL's always is
+    # A supervised network whose classifier the teacher file keeps (layer
+    # "classifier"; the architecture module builds and ports it).
+    classifier: bool = False
 
     @property
     def module(self) -> ModuleType:
@@ -114,6 +119,11 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in [
            arch_options=(("activation", "quick_gelu"),), **_CLIP),
     Family("open_clip_gelu", architecture="clip_vit",
            arch_options=(("activation", "gelu"),), **_CLIP),
+    # Supervised CIFAR teachers, ``{'model': state_dict, ...}``: the 32 px
+    # images normalised as its training did, no resize at 32 px.
+    Family("repdistiller", "", (), (), architecture="repdistiller",
+           mean=CIFAR100_MEAN, std=CIFAR100_STD, crop_pct=1.0,
+           crop_mode="squash", interpolation="bilinear", classifier=True),
 ]}
 
 

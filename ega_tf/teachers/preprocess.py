@@ -159,3 +159,20 @@ class FeatureStandardize(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "mean": self.mean, "std": self.std}
+
+
+@keras.saving.register_keras_serializable(package="ega_tf")
+class WithClassifier(layers.Layer):
+    """Returns the teacher's features (its first input) unchanged; its
+    second input, the logits of the teacher's own classifier, only keeps
+    that classifier (layer ``classifier``) in the file. A supervised
+    teacher's output is its pooled feature, as every teacher's is, and
+    ``teacher_file.classifier`` gives the layer that reads it."""
+
+    def call(self, inputs):
+        features, _ = inputs
+        return features
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+

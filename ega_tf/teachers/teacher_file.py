@@ -20,25 +20,47 @@ import zipfile
 from ega_tf import serialization
 from ega_tf.errors import UserError, first_line
 from ega_tf.io_utils import atomic_output
-from ega_tf.teachers.preprocess import TeacherPreprocess
+from ega_tf.teachers.preprocess import TeacherPreprocess, WithClassifier
 
 _WRAP_HINT = ("wrap your encoder with `python -m ega_tf.convert_teacher "
               "--model=FILE --input_size=S --mean=... --std=... "
               "--out=teacher.keras` (BUILD.md, 'Teachers')")
 
 
-def assemble(backbone, preprocess, name="teacher", standardize=None):
+def assemble(backbone, preprocess, name="teacher", standardize=None,
+             classifier=None):
     """The teacher model: uint8 image -> preprocess -> ``backbone``
-    (-> ``standardize``, a ``FeatureStandardize``, if given)."""
+    (-> ``standardize``, a ``FeatureStandardize``, if given). A supervised
+    teacher's ``classifier`` (a layer named "classifier" on the pooled
+    feature) travels in the file beside the features
+    (``classifier(teacher)`` gives it back)."""
     import keras
     if backbone.name != "backbone":
         raise ValueError("The teacher's network must be a model named "
                          f"'backbone'; got {backbone.name!r}.")
+    if classifier is not None and (standardize is not None
+                                   or classifier.name != "classifier"):
+        raise ValueError("A teacher's classifier must be a layer named "
+                         "'classifier' reading the backbone's features "
+                         "unstandardised.")
     inputs = keras.Input(shape=(None, None, 3), dtype="uint8", name="image")
     out = backbone(preprocess(inputs))
+    if classifier is not None:
+        out = WithClassifier(name="features")([out, classifier(out)])
     if standardize is not None:
         out = standardize(out)
     return keras.Model(inputs, out, name=name)
+
+
+def classifier(teacher):
+    """The teacher's own classifier layer (on its output features), or
+    None when it has none (a self-supervised teacher)."""
+    try:
+        layer = teacher.get_layer("classifier")
+    except ValueError:
+        return None
+    return layer if any(isinstance(l, WithClassifier)
+                        for l in teacher.layers) else None
 
 
 def preprocess_layer(teacher):
@@ -119,9 +141,8 @@ PRECISIONS = ("float32", "bfloat16")
 def with_precision(teacher, precision):
     """Runs the frozen network in ``precision``; the preprocessing and any
     standardisation stay float32 and the features come out as float32.
-    bfloat16 made a resnet32x4 teacher's forward 40 % faster on this CPU
-    (it has AVX512-BF16) and moved its features by ~6e-3 of their scale
-    (docs/speed.md)."""
+    What bfloat16 saves, on a CPU with bfloat16 arithmetic, and how far it
+    moves the features, are measured in docs/speed.md."""
     import keras
     from ega_tf.registry import check_choice
     check_choice("teacher_precision", precision, PRECISIONS)
