@@ -264,7 +264,9 @@ def teacher_logits(config, teacher, num_classes, log=True):
     has one for ``num_classes`` classes). A UserError when "classifier" is
     asked of a teacher without one."""
     from ega_tf.teachers import teacher_file
-    own = teacher_file.classifier(teacher) if teacher is not None else None
+    if teacher is None:  # cross-entropy alone: no logits to read
+        return "head"
+    own = teacher_file.classifier(teacher)
     fits = own is not None and int(own.units) == num_classes
     setting = config.teacher_logits
     if setting == "classifier" and not fits:
@@ -275,7 +277,7 @@ def teacher_logits(config, teacher, num_classes, log=True):
                f"and the data set has {num_classes}")
             + "; use --config.teacher_logits=head (the online head's).")
     chosen = "classifier" if fits and setting != "head" else "head"
-    if log and teacher is not None:
+    if log:
         logging.info(
             "The methods read the teacher's logits from %s.",
             f"its own classifier ({num_classes} classes)"
