@@ -251,6 +251,38 @@ class LayoutTest(TestCase):
             losses.nope
 
 
+class LogitStandardizationTest(TestCase):
+
+    def test_the_logit_methods_take_the_ls_publishers_defaults(self):
+        on = {"logit_standardization": True}
+        kd = methods.resolve_weights("kd", on)
+        self.assertEqual((kd["gamma"], kd["alpha"], kd["kd_temperature"]),
+                         (0.1, 9.0, 2.0))
+        dkd = methods.resolve_weights("dkd", on)
+        self.assertEqual((dkd["dkd_alpha"], dkd["dkd_beta"],
+                          dkd["dkd_temperature"]), (9.0, 72.0, 2.0))
+        mlkd = methods.resolve_weights("mlkd", on)
+        self.assertEqual((mlkd["gamma"], mlkd["mlkd_weight"],
+                          mlkd["mlkd_temperature"]), (0.2, 9.0, 2.0))
+        dist = methods.resolve_weights("dist", on)
+        self.assertEqual((dist["beta"], dist["dist_temperature"]), (2.0, 4.0))
+        # Off, the published defaults; a value the user sets wins.
+        self.assertEqual(methods.resolve_weights("kd", {})["alpha"], 0.9)
+        self.assertEqual(methods.resolve_weights(
+            "kd", {**on, "kd_temperature": 3.0})["kd_temperature"], 3.0)
+
+    def test_only_the_logit_methods_read_it(self):
+        self.assertEqual(methods.check_weights("kd", {
+            "logit_standardization": True}), [])
+        problems = methods.check_weights("ega", {
+            "logit_standardization": True})
+        self.assertLen(problems, 1)
+        self.assertIn("loss.logit_standardization is not read by "
+                      "--distill=ega", problems[0])
+        self.assertIn("switch", methods.check_weights("dkd", {
+            "logit_standardization": 1.0})[0])
+
+
 class MethodTest(TestCase):
 
     @parameterized.parameters(*methods.METHODS.names())
