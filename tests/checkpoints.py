@@ -350,6 +350,22 @@ def write_simclr(directory, seed=3):
                      lambda x: tf_simclr.forward(weights, x), 224)
 
 
+def write_repdistiller(directory, name="resnet8", num_classes=100, seed=0):
+    """RepDistiller's ``ckpt_epoch_240.pth`` of network ``name``: its pooled
+    feature is the teacher's embedding."""
+    import torch
+
+    from tools.reference import torch_repdistiller
+    torch.manual_seed(seed)
+    model = torch_repdistiller.randomized(
+        torch_repdistiller.create(name, num_classes), seed)
+    path = pathlib.Path(directory) / "ckpt_epoch_240.pth"
+    torch.save({"epoch": 240, "model": model.state_dict(), "accuracy": 79.42,
+                "optimizer": {"param_groups": []}}, path)
+    fn32, fn64 = _torch_references(model, "features")
+    return Published("repdistiller", path, fn32, 32, reference64=fn64)
+
+
 def write(family, directory, small=False):
     """The family's published file, small, in ``directory``; ``small``
     makes the CLIP and ViT networks take 64-px images instead of 224."""
@@ -366,8 +382,8 @@ def write(family, directory, small=False):
                 "mocov3_vit": write_mocov3_vit}[family](directory, image=64)
     return {"clip": write_clip_resnet, "clip_vit": write_clip_vit,
             "open_clip_gelu": write_open_clip, "dino_vit": write_dino_vit,
-            "mocov3_vit": write_mocov3_vit,
-            "simclr": write_simclr}[family](directory)
+            "mocov3_vit": write_mocov3_vit, "simclr": write_simclr,
+            "repdistiller": write_repdistiller}[family](directory)
 
 
 def random_pixels(seed, n=4, size=224):

@@ -13,7 +13,7 @@ from absl.testing import parameterized
 
 from ega_tf import teachers
 from ega_tf.constants import CIFAR100_MEAN, CIFAR100_STD
-from ega_tf.errors import ConversionError
+from ega_tf.errors import ConversionError, UserError
 from ega_tf.teachers import convert, teacher_file
 from tests.test_case import TestCase
 from tools.reference import torch_repdistiller
@@ -174,7 +174,16 @@ class TeacherLogitsTest(TestCase):
         stored = json.loads((tmp / "w" / "results.json").read_text())
         self.assertEqual(stored["teacher_logits"], "classifier")
         self.assertTrue(np.isfinite(results["test_top1_last"]))
-        c.teacher_logits, c.resume = "head", False
-        results = training.run(config_lib.resolve(c), str(tmp / "w"),
-                               verbose=0)
-        self.assertEqual(results["teacher_logits"], "head")
+        # head: asked for, or when the classifier is for other classes.
+        teacher = teacher_file.load(str(tmp / "t.keras"))
+        c.teacher_logits = "head"
+        self.assertEqual(training.teacher_logits(c, teacher, 10), "head")
+        c.teacher_logits = "auto"
+        with self.assertLogs("absl", "INFO") as logs:
+            self.assertEqual(training.teacher_logits(c, teacher, 7), "head")
+        self.assertIn("online teacher head (its own classifier has 10 "
+                      "classes, the data 7)", " ".join(logs.output))
+        c.teacher_logits = "classifier"
+        with self.assertRaisesRegex(UserError, "a classifier for 10 "
+                                    "classes, and the data set has 7"):
+            training.teacher_logits(c, teacher, 7)

@@ -40,7 +40,8 @@ def torch_reference(family, arch, state):
     import fnmatch
 
     import torch
-    from tools.reference import torch_clip, torch_resnet, torch_vit
+    from tools.reference import (torch_clip, torch_repdistiller, torch_resnet,
+                                 torch_vit)
     tensors = {k: torch.tensor(np.asarray(v)) for k, v in state.items()
                if not any(fnmatch.fnmatchcase(k, p)
                           for p in family.drop_heads)}
@@ -67,6 +68,9 @@ def torch_reference(family, arch, state):
                                   arch["mlp_dim"] / arch["width"])
         model.head = torch.nn.Identity()
         forward = model
+    elif family.architecture == "repdistiller":
+        model = torch_repdistiller.create(arch["network"], arch["num_classes"])
+        forward = model.features
     else:
         raise SystemExit(f"No PyTorch reference for {family.name}.")
     for key, value in model.state_dict().items():
@@ -113,7 +117,17 @@ def main():
     image = tf.io.decode_image(tf.io.read_file(args.image), channels=3,
                                expand_animations=False).numpy()
 
-    if family.architecture == "simclr":
+    if family.architecture == "repdistiller":
+        # CIFAR images: normalised as they are; another size squashed to
+        # 32 by PIL bilinear first.
+        from PIL import Image
+        res = meta["input_resolution"]
+        pixels = np.asarray(Image.fromarray(image).resize(
+            (res, res), Image.BILINEAR), np.float32) / 255.0
+        ref_pixels = ((pixels - np.array(family.mean)) / np.array(
+            family.std))[None].astype(np.float32)
+        reference = torch_reference(family, arch, kept)
+    elif family.architecture == "simclr":
         ref_pixels = tf_simclr.eval_preprocess(image,
                                                meta["input_resolution"],
                                                family.crop_pct)

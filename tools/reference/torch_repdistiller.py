@@ -17,12 +17,17 @@ checkpoints carry them):
   the last ReLU of each applied outside it, max-pools after the first
   three, global average pooling, ``classifier``.
 
-Each ``forward`` returns (pooled feature, logits).
+Each ``forward`` returns (pooled feature, logits); ``features`` the first.
 """
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+
+class _Network(nn.Module):
+    def features(self, x):
+        return self(x)[0]
 
 
 class _Basic(nn.Module):
@@ -45,7 +50,7 @@ class _Basic(nn.Module):
         return F.relu(out + short)
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(_Network):
     def __init__(self, depth, widths, num_classes):
         super().__init__()
         n = (depth - 2) // 6
@@ -89,7 +94,7 @@ class _Bottleneck(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class ResNet50(nn.Module):
+class ResNet50(_Network):
     def __init__(self, num_classes, blocks=(3, 4, 6, 3)):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
@@ -141,7 +146,7 @@ class _Stage(nn.Module):
         return self.layer(x)
 
 
-class WideResNet(nn.Module):
+class WideResNet(_Network):
     def __init__(self, depth, widen, num_classes):
         super().__init__()
         n = (depth - 4) // 6
@@ -166,7 +171,7 @@ VGG_BLOCKS = {8: [[64], [128], [256], [512], [512]],
               19: [[64, 64], [128, 128], [256] * 4, [512] * 4, [512] * 4]}
 
 
-class VGG(nn.Module):
+class VGG(_Network):
     def __init__(self, depth, num_classes):
         super().__init__()
         cin = 3
