@@ -253,6 +253,11 @@ class TestCase(tf.test.TestCase, parameterized.TestCase):
 
     def tearDown(self):
         keras.mixed_precision.set_global_policy("float32")
+        # Keras's global state (layer-name counters, the graph it keeps for
+        # functional models) grows with every model a test builds, and
+        # slows the tests after it in the same process; the models a test
+        # keeps still run.
+        keras.backend.clear_session(free_memory=False)
         super().tearDown()
 
     @classmethod

@@ -477,10 +477,16 @@ class ReplicasTest(TestCase):
 
 @pytest.mark.slow
 class MoreMethodReplicasTest(TestCase):
-    """A queue (SEED), an iteration counter (DKD) and two more graph
-    losses over the gathered batch (EGA's is in test_distribute), as
-    ReplicasTest checks CRD."""
+    """A queue (SEED), an iteration counter (DKD), a graph loss beside a
+    per-example one (DIST) and graph losses with a median over the
+    gathered batch (MLKD), as ReplicasTest checks CRD (EGA's graph is in
+    test_distribute)."""
 
-    @parameterized.parameters("seed", "dkd", "ccl", "rkd", "dist", "mlkd")
+    @parameterized.parameters("seed", "dkd", "dist", "mlkd")
     def test_two_replicas_equal_one(self, name):
+        ReplicasTest.check_two_replicas(self, name)
+
+    @parameterized.parameters("ccl", "rkd")
+    @pytest.mark.slow  # the same kinds of term as dist's and EGA's
+    def test_two_replicas_equal_one_more(self, name):
         ReplicasTest.check_two_replicas(self, name)
