@@ -160,7 +160,8 @@ DEPLOY_EXTRA = ("the [deploy] extra: pip install -e '.[deploy]' (make "
 
 
 def _import_deploy(module, what):
-    """``module`` of the [deploy] extra, or a UserError naming the extra."""
+    """``module`` of the [deploy] extra, or a UserError naming the extra
+    (imported by name: an optional package outside this one)."""
     import importlib
     try:
         return importlib.import_module(module)

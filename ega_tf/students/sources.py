@@ -197,6 +197,8 @@ def _keras_application(source, input_shape, weights):
         raise UserError(f"--student={source.spec}: {first_line(e, 200)}") \
             from None
     backbone.name = source.label
+    # The keras.applications module that defines the named network, for
+    # its preprocess_input (known only from the user's --student name).
     module = importlib.import_module(fn.__module__)
     return backbone, measure_input(module.preprocess_input, source.spec)
 
@@ -246,7 +248,7 @@ def _call_factory(spec, input_shape):
     module_name, _, function = spec.partition(":")
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # as python -m does
-    try:
+    try:  # the user's module:function, named on the command line
         module = importlib.import_module(module_name)
     except ImportError as e:
         raise UserError(f"--student={spec}: cannot import {module_name!r} "
