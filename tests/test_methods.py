@@ -477,16 +477,11 @@ class ReplicasTest(TestCase):
 
 @pytest.mark.slow
 class MoreMethodReplicasTest(TestCase):
-    """A queue (SEED), an iteration counter (DKD), a graph loss beside a
-    per-example one (DIST) and graph losses with a median over the
-    gathered batch (MLKD), as ReplicasTest checks CRD (EGA's graph is in
-    test_distribute)."""
+    """A queue (SEED), an iteration counter (DKD), graph losses over the
+    gathered batch (CCL's NCE, RKD; EGA's is in test_distribute), a graph
+    loss beside a per-example one (DIST) and graph losses with a median
+    over the gathered batch (MLKD), as ReplicasTest checks CRD."""
 
-    @parameterized.parameters("seed", "dkd", "dist", "mlkd")
+    @parameterized.parameters("seed", "dkd", "ccl", "rkd", "dist", "mlkd")
     def test_two_replicas_equal_one(self, name):
-        ReplicasTest.check_two_replicas(self, name)
-
-    @parameterized.parameters("ccl", "rkd")
-    @pytest.mark.slow  # the same kinds of term as dist's and EGA's
-    def test_two_replicas_equal_one_more(self, name):
         ReplicasTest.check_two_replicas(self, name)

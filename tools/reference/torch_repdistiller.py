@@ -24,30 +24,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from tools.reference.torch_resnet import Basic  # RepDistiller's names too
+
 
 class _Network(nn.Module):
     def features(self, x):
         return self(x)[0]
-
-
-class _Basic(nn.Module):
-    def __init__(self, cin, planes, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = None
-        if stride != 1 or cin != planes:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(cin, planes, 1, stride, bias=False),
-                nn.BatchNorm2d(planes))
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        short = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + short)
 
 
 class CifarResNet(_Network):
@@ -60,7 +42,7 @@ class CifarResNet(_Network):
         for s, (planes, stride) in enumerate(zip(widths[1:], (1, 2, 2)), 1):
             blocks = []
             for i in range(n):
-                blocks.append(_Basic(cin, planes, stride if i == 0 else 1))
+                blocks.append(Basic(cin, planes, stride if i == 0 else 1))
                 cin = planes
             setattr(self, f"layer{s}", nn.Sequential(*blocks))
         self.fc = nn.Linear(cin, num_classes)
