@@ -269,9 +269,8 @@ class ConversionCacheTest(TestCase):
 
 class TeacherSizeTest(TestCase):
     """A teacher pretrained at one image size trains students at another:
-    its file resizes to the size its network was built for (files written
-    before it carried that size are given it when read); a teacher that
-    cannot take the images is refused in one line before training."""
+    its file resizes to the size its network was built for; a teacher
+    that cannot take the images is refused in one line before training."""
 
     @classmethod
     def setUpClass(cls):
@@ -313,23 +312,6 @@ class TeacherSizeTest(TestCase):
         want = loaded.get_layer("standardize")(
             loaded.get_layer("backbone")(x.astype(np.float32)))
         self.assertLessEqual(self.rel_err(loaded(images), want), 1e-5)
-
-    def test_an_older_file_without_its_size_is_given_it(self):
-        """As pretrain wrote teachers before they carried their size."""
-        loaded = teachers.load(self.teacher)
-        old = teachers.TeacherPreprocess(
-            loaded.get_layer("preprocess").mean,
-            loaded.get_layer("preprocess").std, name="preprocess")
-        path = self.tmp_path() / "old.keras"
-        teachers.save(teachers.assemble(
-            loaded.get_layer("backbone"), old,
-            standardize=loaded.get_layer("standardize")), path)
-        again = teachers.load(path)
-        self.assertEqual(teacher_file.preprocess_layer(again).input_size, 28)
-        images = uint8_images(size=32)
-        np.testing.assert_array_equal(again(images), loaded(images))
-        r = self.train(path, self.tmp_path() / "w")
-        self.assertSucceeded(r)
 
     def test_a_teacher_that_cannot_take_the_images_says_which_it_takes(self):
         inputs = keras.Input((24, 28, 3))

@@ -213,7 +213,6 @@ def load(path, trust_saved_model=False):
                         "it a complete .keras file written by ega_tf?") \
             from None
     check_contract(teacher, f"Teacher {path!r}")
-    fit_input_size(teacher)
     return teacher
 
 
@@ -228,19 +227,6 @@ def _backbone_input_size(teacher):
     if not shape or len(shape) != 4 or None in shape[1:3]:
         return None
     return tuple(int(s) for s in shape[1:3])
-
-
-def fit_input_size(teacher):
-    """Teachers pretrained locally before they carried their input size
-    (preprocessing without ``input_size`` in front of a network built for
-    one square size) resize to that size, as later files do: a teacher
-    trained at 28 px then serves 32 px images. Returns ``teacher``."""
-    layer = preprocess_layer(teacher)
-    size = _backbone_input_size(teacher)
-    if layer is not None and layer.input_size is None and size and \
-            size[0] == size[1]:
-        layer.input_size, layer.crop_mode = size[0], "squash"
-    return teacher
 
 
 def check_runs_on(teacher, image_size, path="The teacher"):
