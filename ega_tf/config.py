@@ -163,9 +163,6 @@ def get_config(arg=None):
     return default_config(arg)
 
 
-TEACHER_LOGITS = ("auto", "head", "classifier")
-
-
 def check_variant(arg, variants=VARIANTS):
     """``--config=file.py:ARG`` must name a variant the file knows."""
     if arg not in (None, "", *variants):
@@ -285,7 +282,7 @@ def _problems(config):
          f"padding must be >= 0; got {config.padding}.")
     check(augment.check_teacher_view, config.teacher_view)
     check(check_choice, "teacher_logits", config.teacher_logits,
-          TEACHER_LOGITS)
+          teacher_file.TEACHER_LOGITS)
     check(feature_cache.check_policy, config.teacher_cache)
     check(check_choice, "teacher_precision", config.teacher_precision,
           teacher_file.PRECISIONS)

@@ -81,10 +81,12 @@ class Distiller(keras.Model):
         weights: overrides of the named method's weights (gamma, beta,
             alpha, kd_temperature and its own fields).
         teacher_logits: the teacher logits the methods read (z_t): "head",
-            the online teacher head's (trained during the run); or
+            the online teacher head's (trained during the run);
             "classifier", the teacher's own (a supervised teacher's layer
-            ``classifier``, ``teacher_file.classifier``), which it must
-            have for the ``num_classes`` classes.
+            ``classifier``), which it must have for the ``num_classes``
+            classes; "auto", the teacher's own when it has it
+            (``teacher_file.logits_source``, whose sentence
+            ``logits_source`` keeps).
 
     Example:
         student = build_student(students.create("resnet8"), 100)
@@ -97,7 +99,7 @@ class Distiller(keras.Model):
     def __init__(self, student, teacher, num_classes, embed_dim=256,
                  method="none", weights=None, balance_weights=False,
                  balance_ratio=1.0, balance_decay=0.99,
-                 teacher_logits="head", **kwargs):
+                 teacher_logits="auto", **kwargs):
         super().__init__(**kwargs)
         from ega_tf import methods
         self.student = student
@@ -131,20 +133,13 @@ class Distiller(keras.Model):
                 dtype="float32")
             self.teacher_embed.build((None, width))
             self.teacher_classifier.build((None, embed_dim))
-        self.own_classifier = None
-        if teacher_logits == "classifier":
+        self.own_classifier, self.logits_source = None, None
+        if teacher is not None:
             from ega_tf.teachers import teacher_file
-            own = teacher_file.classifier(teacher) if teacher else None
-            if own is None or int(own.units) != self.num_classes:
-                raise ValueError(
-                    "teacher_logits='classifier' needs a teacher with its "
-                    f"own classifier for {self.num_classes} classes; this "
-                    "one has " + ("none" if own is None else
-                                  f"one for {own.units}") + ".")
-            self.own_classifier = own
-        elif teacher_logits != "head":
-            raise ValueError("teacher_logits must be 'head' or "
-                             f"'classifier'; got {teacher_logits!r}.")
+            chosen, self.logits_source = teacher_file.logits_source(
+                teacher, self.num_classes, teacher_logits)
+            if chosen == "classifier":
+                self.own_classifier = teacher_file.classifier(teacher)
         # Diagnostics beside the terms, when the student gives its pooled
         # features (build_student's do): the share of them exactly zero
         # (dead ReLUs: a collapsed student) and the mean norm of x_s.

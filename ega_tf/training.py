@@ -258,35 +258,6 @@ def uses_teacher(config):
     return config.method.uses_teacher
 
 
-def teacher_logits(config, teacher, num_classes, log=True):
-    """"head" or "classifier": which teacher logits the methods read
-    (``config.teacher_logits``; auto: the teacher's own classifier when it
-    has one for ``num_classes`` classes). A UserError when "classifier" is
-    asked of a teacher without one."""
-    from ega_tf.teachers import teacher_file
-    if teacher is None:  # cross-entropy alone: no logits to read
-        return "head"
-    own = teacher_file.classifier(teacher)
-    fits = own is not None and int(own.units) == num_classes
-    setting = config.teacher_logits
-    if setting == "classifier" and not fits:
-        raise UserError(
-            f"teacher_logits=classifier: the teacher {config.teacher!r} has "
-            + ("no classifier of its own (a self-supervised teacher)"
-               if own is None else f"a classifier for {own.units} classes, "
-               f"and the data set has {num_classes}")
-            + "; use --config.teacher_logits=head (the online head's).")
-    chosen = "classifier" if fits and setting != "head" else "head"
-    if log:
-        logging.info(
-            "The methods read the teacher's logits from %s.",
-            f"its own classifier ({num_classes} classes)"
-            if chosen == "classifier" else "the online teacher head"
-            + (f" (its own classifier has {own.units} classes, the data "
-               f"{num_classes})" if own is not None and not fits else ""))
-    return chosen
-
-
 def learning_rate(config):
     """The student's base rate; the linear rule scales it from the
     published batch of 64 when asked to."""
@@ -330,8 +301,9 @@ def build_model(config, dataset, teacher=None, replicas=1):
                       balance_weights=config.weights == "balanced",
                       balance_ratio=config.balance.ratio,
                       balance_decay=config.balance.decay,
-                      teacher_logits=teacher_logits(config, teacher,
-                                                    dataset.num_classes))
+                      teacher_logits=config.teacher_logits)
+    if model.logits_source:
+        logging.info("%s", model.logits_source)
     lr = step_schedule(learning_rate(config), steps, config.epochs,
                        config.optim.decay_fractions, config.optim.decay_factor)
     jit, why = choose_jit(config.jit_compile, teacher, size, replicas,

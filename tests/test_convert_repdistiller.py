@@ -137,7 +137,10 @@ class TeacherLogitsTest(TestCase):
         y = np.arange(6) % 10
         own = Distiller(student, teacher, 10, 16, method="kd",
                         teacher_logits="classifier")
-        head = Distiller(student, teacher, 10, 16, method="kd")
+        head = Distiller(student, teacher, 10, 16, method="kd",
+                         teacher_logits="head")
+        self.assertIs(Distiller(student, teacher, 10, 16, method="kd")
+                      .own_classifier, teacher.get_layer("classifier"))
         z_s = student(x)["logits"].numpy()
         _, want_z = torch_outputs(model, x)
         data = ({"student": x, "teacher": x}, y)
@@ -149,8 +152,8 @@ class TeacherLogitsTest(TestCase):
                     distiller.teacher_embed(feats)).numpy()
             self.assertAllClose(float(terms["kd"]), np_kd(z_t, z_s, 4.0),
                                 rtol=1e-4)
-        with self.assertRaisesRegex(ValueError, "own classifier for 100 "
-                                    "classes; this one has one for 10"):
+        with self.assertRaisesRegex(UserError, "a classifier for 10 "
+                                    "classes, and the data set has 100"):
             Distiller(student, teacher, 100, 16, method="kd",
                       teacher_logits="classifier")
 
@@ -176,14 +179,12 @@ class TeacherLogitsTest(TestCase):
         self.assertTrue(np.isfinite(results["test_top1_last"]))
         # head: asked for, or when the classifier is for other classes.
         teacher = teacher_file.load(str(tmp / "t.keras"))
-        c.teacher_logits = "head"
-        self.assertEqual(training.teacher_logits(c, teacher, 10), "head")
-        c.teacher_logits = "auto"
-        with self.assertLogs("absl", "INFO") as logs:
-            self.assertEqual(training.teacher_logits(c, teacher, 7), "head")
+        source = teacher_file.logits_source
+        self.assertEqual(source(teacher, 10, "head")[0], "head")
+        chosen, why = source(teacher, 7, "auto")
+        self.assertEqual(chosen, "head")
         self.assertIn("online teacher head (its own classifier has 10 "
-                      "classes, the data 7)", " ".join(logs.output))
-        c.teacher_logits = "classifier"
+                      "classes, the data 7)", why)
         with self.assertRaisesRegex(UserError, "a classifier for 10 "
                                     "classes, and the data set has 7"):
-            training.teacher_logits(c, teacher, 7)
+            source(teacher, 7, "classifier")

@@ -63,6 +63,35 @@ def classifier(teacher):
                         for l in teacher.layers) else None
 
 
+TEACHER_LOGITS = ("auto", "head", "classifier")
+
+
+def logits_source(teacher, num_classes, setting="auto"):
+    """("head" | "classifier", a sentence saying which and why): where the
+    logit methods read the teacher's logits. ``setting`` auto takes the
+    teacher's own classifier when it has one for ``num_classes`` classes,
+    else the online head's; "classifier" without one is a UserError."""
+    from ega_tf.registry import check_choice
+    check_choice("teacher_logits", setting, TEACHER_LOGITS)
+    own = classifier(teacher)
+    fits = own is not None and int(own.units) == num_classes
+    if setting == "classifier" and not fits:
+        raise UserError(
+            "teacher_logits=classifier: the teacher has "
+            + ("no classifier of its own (a self-supervised teacher)"
+               if own is None else f"a classifier for {own.units} classes, "
+               f"and the data set has {num_classes}")
+            + "; use --config.teacher_logits=head (the online head's).")
+    if fits and setting != "head":
+        return "classifier", ("The methods read the teacher's logits from "
+                              f"its own classifier ({num_classes} classes).")
+    return "head", ("The methods read the teacher's logits from the online "
+                    "teacher head" + (
+                        f" (its own classifier has {own.units} classes, the "
+                        f"data {num_classes})" if own is not None and not fits
+                        else "") + ".")
+
+
 def preprocess_layer(teacher):
     for layer in teacher.layers:
         if isinstance(layer, TeacherPreprocess):
