@@ -65,9 +65,9 @@ def mlkd_terms(teacher_logits, student_logits, temperature=4.0,
     standardization, when on, applies to the instance level only, as
     published."""
     t, s = f32(teacher_logits), f32(student_logits)
-    confidence = ops.max(ops.softmax(t, -1), -1)
-    example_share = _median_share(confidence)
-    class_share = _median_share(ops.sum(ops.softmax(t, -1), 0))
+    p_teacher = ops.softmax(t, -1)  # at T 1, as the published masks read
+    example_share = _median_share(ops.max(p_teacher, -1))
+    class_share = _median_share(ops.sum(p_teacher, 0))
     t_kd, s_kd = maybe_standardize(t, s, standardize)
     temperatures = (temperature, *EXTRA_TEMPERATURES)
     instance = class_level = batch_level = 0.0
