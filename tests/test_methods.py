@@ -452,10 +452,12 @@ class ReplicasTest(TestCase):
     (FitNets: BatchNorm variances of 1e7), where one step's rounding moves
     a weight by whole units."""
 
+    @pytest.mark.slow  # the fast tier steps a user's method with state
+    # on two replicas (test_user_method) and EGA and KD (test_distribute,
+    # test_balance)
     def test_two_replicas_equal_one(self):
         """CRD: memory banks, negatives drawn per example index (SEED's
-        queue and DKD's iteration counter in the slow tier; a user's
-        method with state in test_user_method)."""
+        queue and DKD's iteration counter in MoreMethodReplicasTest)."""
         self.check_two_replicas("crd")
 
     def check_two_replicas(self, name):
