@@ -35,15 +35,19 @@ def main():
     ap.add_argument("--steps", type=int, default=15)
     args = ap.parse_args()
 
-    from ega_tf import cli, distribute
-    tf = cli.import_tensorflow()
+    from ega_tf.core import runtime
+    from ega_tf.training import distribute
+    tf = runtime.import_tensorflow()
     distribute.split_cpu(2)
     import keras
     import numpy as np
 
-    from ega_tf import layers, replicas, students, teachers, training
-    from ega_tf.distiller import Distiller, build_student
-    from ega_tf.optimizers import TorchSGD
+    from ega_tf import students, teachers
+    from ega_tf.nn import layers, replicas
+    from ega_tf.nn.optimizers import TorchSGD
+    from ega_tf.students.head import build_student
+    from ega_tf.training import cell
+    from ega_tf.training.distiller import Distiller
 
     size, G = args.image_size, args.batch_size
     rng = np.random.default_rng(0)
@@ -73,8 +77,8 @@ def main():
 
     def time_step(strategy, gather=True):
         model = model_for(strategy)
-        step = training._step_function(model, strategy, model.train_step,
-                                       False)
+        step = cell.step_function(model, strategy, model.train_step,
+                                  False)
         it = data(strategy)
         # Without the gather: the step traced with each replica's own rows
         # as the graph (wrong arithmetic, only to time the collective).

@@ -58,9 +58,11 @@ def images_per_second(ds, images, batch=BATCH):
 
 def train_images_per_second(size, steps):
     import keras
+
     from ega_tf import students
-    from ega_tf.distiller import Distiller, build_student
-    from ega_tf.optimizers import TorchSGD
+    from ega_tf.nn.optimizers import TorchSGD
+    from ega_tf.students.head import build_student
+    from ega_tf.training.distiller import Distiller
     keras.utils.set_random_seed(0)
     student = build_student(students.create("resnet8x4", 100,
                                             (size, size, 3)), 100, 256)
@@ -84,8 +86,7 @@ def synthetic_split(n, size, seed=0):
 
 def decode_splits(tmp, n):
     """Streamed (JPEG-decoding) splits of the two file readers."""
-    from tools.synthetic import make_tiny_imagenet_zip, \
-        write_image_folder
+    from tools.synthetic import make_tiny_imagenet_zip, write_image_folder
     manual = os.path.join(tmp, "tfds", "downloads", "manual")
     os.makedirs(manual)
     make_tiny_imagenet_zip(os.path.join(manual, "tiny-imagenet-200.zip"),

@@ -129,14 +129,16 @@ def steps_child(args):
 
     import numpy as np
 
-    from ega_tf import cli
-    tf = cli.import_tensorflow()
+    from ega_tf.core import runtime
+    tf = runtime.import_tensorflow()
     import keras
 
-    from ega_tf import methods, students, training
-    from ega_tf.distiller import Distiller, build_student
-    from ega_tf.optimizers import TorchSGD
     from benchmarks.train_step import tf_teacher
+    from ega_tf import methods, students
+    from ega_tf.nn.optimizers import TorchSGD
+    from ega_tf.students.head import build_student
+    from ega_tf.training import cell
+    from ega_tf.training.distiller import Distiller
     k = int(args.child)
     size = 32
     teacher_args = argparse.Namespace(
@@ -161,8 +163,8 @@ def steps_child(args):
                           method=method)
         model.compile(TorchSGD(0.05), teacher_head_optimizer=(
             TorchSGD(0.01) if uses else None))
-        cells.append(training._cell_step_function(model, strategy,
-                                                  model.train_step, False))
+        cells.append(cell.cell_step_function(model, strategy,
+                                             model.train_step, False))
         taught.append(bool(uses))
     batch = ({"student": images, "teacher": images,
               "index": np.arange(64)}, labels)
@@ -170,8 +172,8 @@ def steps_child(args):
         lambda ctx: tf.data.Dataset.from_tensors(batch).repeat()))
     # A group runs the teacher if one of its cells reads it; a cell alone
     # if it reads it.
-    fetch = training._fetch_function(strategy, teacher, False)
-    plain = training._fetch_function(strategy, None, False)
+    fetch = cell.fetch_function(strategy, teacher, False)
+    plain = cell.fetch_function(strategy, None, False)
 
     def group():
         b = (fetch if any(taught) else plain)(iterator)

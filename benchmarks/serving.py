@@ -9,7 +9,7 @@ LiteRT) and ONNX (run by ONNX Runtime).
         --classes=10
 
 The student (random weights: speed does not depend on them) is exported as
-training exports it, then converted with ``ega_tf.serving.export_tflite``
+training exports it, then converted with ``ega_tf.deploy.serving.export_tflite``
 (int8 calibrated on random images) and ``export_onnx``. Times are medians
 after warm-up; LiteRT uses as many threads as the machine has cores, ONNX
 Runtime its default (one per core). Needs the [deploy] extra.
@@ -36,12 +36,13 @@ def main():
     ap.add_argument("--repeats", type=int, default=30)
     args = ap.parse_args()
 
-    from ega_tf import cli
-    tf = cli.import_tensorflow()
+    from ega_tf.core import runtime
+    tf = runtime.import_tensorflow()
     import numpy as np
 
-    from ega_tf import serving, students
-    from ega_tf.distiller import build_student
+    from ega_tf import students
+    from ega_tf.deploy import serving
+    from ega_tf.students.head import build_student
 
     size = args.image_size
     rng = np.random.default_rng(0)

@@ -45,22 +45,23 @@ def child(what, steps):
 
     import numpy as np
 
-    from ega_tf import cli
-    tf = cli.import_tensorflow()
+    from ega_tf.core import runtime
+    tf = runtime.import_tensorflow()
     import keras
 
     from ega_tf import config as config_lib
-    from ega_tf import students, training
+    from ega_tf import students
     from ega_tf.teachers import TeacherPreprocess, assemble
+    from ega_tf.training import build
     c = config_lib.default_config("smoke")
     c.dataset, c.student, c.distill = "digits", "resnet8", "ega"
     c.teacher = "random"  # not read: the teacher is built below
     config = config_lib.resolve(c)
-    dataset = training.load_dataset(config)
+    dataset = build.load_dataset(config)
     backbone = students.create("resnet8")
     backbone.name = "backbone"
     teacher = assemble(backbone, TeacherPreprocess(input_size=32))
-    model = training.build_model(config, dataset, teacher)
+    model = build.build_model(config, dataset, teacher)
     x = dataset.train.images[:64]
     batch = ({"student": tf.constant(x), "teacher": tf.constant(x)},
              tf.constant(dataset.train.labels[:64]))

@@ -98,7 +98,7 @@ def tf_teacher(args, images):
     import numpy as np
 
     from ega_tf import students, teachers
-    from ega_tf.constants import CLIP_MEAN, CLIP_STD
+    from ega_tf.core.constants import CLIP_MEAN, CLIP_STD
     if args.teacher.endswith(".keras"):
         teacher = teachers.load(args.teacher)
         if args.teacher_fold_bn == "true":
@@ -130,9 +130,12 @@ def tf_teacher(args, images):
 def tf_model(args, images):
     import keras
 
-    from ega_tf import runtime, students, training
-    from ega_tf.distiller import Distiller, build_student
-    from ega_tf.optimizers import TorchSGD
+    from ega_tf import students
+    from ega_tf.core import runtime
+    from ega_tf.nn.optimizers import TorchSGD
+    from ega_tf.students.head import build_student
+    from ega_tf.training import build
+    from ega_tf.training.distiller import Distiller
     runtime.set_precision(args.precision)
     keras.utils.set_random_seed(0)
     teacher = tf_teacher(args, images) if args.distill == "ega" else None
@@ -143,17 +146,17 @@ def tf_model(args, images):
         args.image_size, args.image_size, 3)), NUM_CLASSES, EMBED)
     model = Distiller(student, teacher, NUM_CLASSES, EMBED,
                       method="ega" if teacher is not None else "none")
-    jit, why = training.choose_jit(args.jit, teacher,
-                                   (args.image_size, args.image_size))
+    jit, why = build.choose_jit(args.jit, teacher,
+                                (args.image_size, args.image_size))
     model.compile(TorchSGD(0.05), teacher_head_optimizer=(
         TorchSGD(0.01) if teacher is not None else None), jit_compile=jit)
     return model, jit, why
 
 
 def run_tf(args):
-    from ega_tf import cli
-    tf = cli.import_tensorflow()
-    from ega_tf import training
+    from ega_tf.core import runtime
+    tf = runtime.import_tensorflow()
+    from ega_tf.training import cell
     images, labels = synthetic(args)
     model, jit, why = tf_model(args, images)
     strategy = tf.distribute.get_strategy()
@@ -164,7 +167,7 @@ def run_tf(args):
         batch = ({"student": images, "teacher_features": feats}, labels)
     it = iter(strategy.distribute_datasets_from_function(
         lambda ctx: tf.data.Dataset.from_tensors(batch).repeat()))
-    step = training._step_function(model, strategy, model.train_step, jit)
+    step = cell.step_function(model, strategy, model.train_step, jit)
     start = time.perf_counter()
     first = {k: float(v) for k, v in step(it).items()}
     compile_s = time.perf_counter() - start
@@ -185,7 +188,7 @@ def tf_profile(args, model, images, labels):
     import numpy as np
     import tensorflow as tf
 
-    from ega_tf import losses
+    from ega_tf.methods import ega
 
     def timed_tf(fn, *a):  # waits for the values
         return timed(lambda: tf.nest.map_structure(
@@ -212,13 +215,14 @@ def tf_profile(args, model, images, labels):
     emb = tf.random.normal((args.batch_size, EMBED))
 
     @tf.function
-    def ega(t, s):
+    def ega_gradient(t, s):
         with tf.GradientTape() as tape:
             tape.watch(s)
-            loss = losses.ega_loss(t, s)
+            loss = ega.ega_loss(t, s)
         return tape.gradient(loss, s)
     if model.teacher is not None:
-        parts["EGA loss + gradient"] = timed_tf(ega, emb, emb * 0.5 + 1)
+        parts["EGA loss + gradient"] = timed_tf(ega_gradient, emb,
+                                                emb * 0.5 + 1)
     grads = [tf.zeros_like(v) for v in student_vars]
 
     @tf.function
@@ -253,7 +257,7 @@ def run_torch(args):
     import torch
     from torch import nn
 
-    from ega_tf.constants import CLIP_MEAN, CLIP_STD
+    from ega_tf.core.constants import CLIP_MEAN, CLIP_STD
     from tools.reference import torch_cifar_resnet, torch_clip
     from tools.reference.torch_losses import ega as torch_ega
     torch.set_num_threads(os.cpu_count())

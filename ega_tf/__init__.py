@@ -12,7 +12,7 @@ written here loads with Keras's own loader::
 The command lines (``python -m ega_tf.train`` and the others) skip this
 while Python starts them: their ``--help`` and flag errors need no
 TensorFlow, and they register the classes themselves before reading a file
-(``ega_tf.serialization``).
+(``ega_tf.nn.serialization``).
 """
 
 import sys
@@ -27,13 +27,13 @@ def _starting_a_command():
 
 
 if not _starting_a_command():
-    from ega_tf import cli as _cli
+    from ega_tf.core import runtime as _runtime
 
-    with _cli.filtered_stderr():  # TensorFlow's start-up notices
+    with _runtime.filtered_stderr():  # TensorFlow's start-up notices
         # Every module that registers a Keras class (tests/
         # test_teacher_files.py checks none is missing).
-        from ega_tf import layers as _layers  # noqa: F401
-        from ega_tf import optimizers as _optimizers  # noqa: F401
+        from ega_tf.nn import layers as _layers  # noqa: F401
+        from ega_tf.nn import optimizers as _optimizers  # noqa: F401
         from ega_tf.ssl import augment as _augment  # noqa: F401
         from ega_tf.teachers import clip_resnet as _clip_resnet  # noqa
         from ega_tf.teachers import preprocess as _preprocess  # noqa

@@ -9,9 +9,9 @@ side in one process, and a test can run a command in-process on a fresh
 
 - TensorFlow's C++ start-up notices (oneDNN, missing CUDA drivers, failed
   ``cuInit`` on CPU-only machines) are printed before ``TF_CPP_MIN_LOG_LEVEL``
-  takes effect in TensorFlow 2.19+; ``import_tensorflow`` captures the
-  process's stderr while TensorFlow loads and starts its devices, and gives
-  back every line that is not one of those notices.
+  takes effect in TensorFlow 2.19+; ``core.runtime.import_tensorflow``
+  captures the process's stderr while TensorFlow loads and starts its
+  devices, and gives back every line that is not one of those notices.
 - ``--help`` / ``--helpshort`` / ``-h`` print the command's flags with their
   defaults (and the config fields, for commands with ``--config``) and exit 0.
 - A ``UserError`` (bad input) is printed as one ``error: ...`` line, exit
@@ -26,67 +26,15 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import tempfile
 
 from absl import flags
 
-from ega_tf.errors import RunStopped, UserError
+from ega_tf.core.errors import RunStopped, UserError
+from ega_tf.core.runtime import import_tensorflow
 
 EXIT_USER_ERROR = 2
 EXIT_STOPPED = 3
 HELP_FLAGS = ("-h", "--help", "--helpshort", "--helpfull", "-?")
-
-# Lines TensorFlow prints at start-up that say nothing about the run.
-_STARTUP_NOISE = (
-    "All log messages before absl::InitializeLog() is called",
-    "oneDNN custom operations are on",
-    "Could not find cuda drivers on your machine",
-    "failed call to cuInit",
-    "This TensorFlow binary is optimized to use available CPU instructions",
-    "To enable the following instructions:",
-    "Unable to register cu",
-)
-
-
-@contextlib.contextmanager
-def filtered_stderr(noise=_STARTUP_NOISE):
-    """Captures file descriptor 2 (C++ and Python writes alike) and writes
-    back the lines that contain none of ``noise``."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            capture.seek(0)
-            text = capture.read().decode("utf-8", "replace")
-            kept = [line for line in text.splitlines(keepends=True)
-                    if not any(n in line for n in noise)]
-            if kept:
-                sys.stderr.write("".join(kept))
-                sys.stderr.flush()
-
-
-_DEVICES_LISTED = []
-
-
-def import_tensorflow():
-    """Imports TensorFlow (``import ega_tf`` may have done so already) and
-    lists its devices, which is when CUDA's notices come, without the
-    start-up notices; returns the module."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if not _DEVICES_LISTED:
-        with filtered_stderr():
-            import tensorflow as tf
-            tf.config.list_physical_devices()
-        import logging
-        logging.getLogger("tensorflow").setLevel(logging.WARNING)
-        _DEVICES_LISTED.append(True)
-    return sys.modules["tensorflow"]
 
 
 def _one_line(e):

@@ -24,8 +24,9 @@ import os
 import sys
 import time
 
-from ega_tf import analysis, cli
-from ega_tf.errors import UserError
+from ega_tf import cli
+from ega_tf.core.errors import UserError
+from ega_tf.training import probe
 
 # The grid's axes: each a list flag that sets one config field per cell.
 AXES = {
@@ -92,9 +93,9 @@ def define_flags(flag_values):
                "(docs/speed.md); false: one cell after another.", flag_values)
     cli.define("bool", "pictures", True, "Draw curves.png, embeddings.png "
                "and graphs.png (needs matplotlib).", flag_values)
-    cli.define("integer", "embedding_points", analysis.PROBE_POINTS,
+    cli.define("integer", "embedding_points", probe.PROBE_POINTS,
                "Test images in the t-SNE pictures (balanced over classes; "
-               f"at most {analysis.PROBE_POINTS}, the runs keep that many).",
+               f"at most {probe.PROBE_POINTS}, the runs keep that many).",
                flag_values)
 
 
@@ -140,7 +141,9 @@ def header(config, cells, args):
 
 
 def main(argv, flag_values):
-    from ega_tf import balance, grid, methods, pictures, tuning
+    from ega_tf import methods
+    from ega_tf.comparison import grid, pictures, tables, tuning
+    from ega_tf.training import balance
     if len(argv) > 1:
         raise UserError(f"Unexpected argument(s) {' '.join(argv[1:])}: "
                         "every setting is a --flag (see --help).")
@@ -166,10 +169,10 @@ def main(argv, flag_values):
         _axis(flag_values, "labeled_fraction", base, float), weights)
     if flag_values.pictures:
         pictures.check_matplotlib()
-        if not 2 <= flag_values.embedding_points <= analysis.PROBE_POINTS:
+        if not 2 <= flag_values.embedding_points <= probe.PROBE_POINTS:
             raise UserError(
                 f"--embedding_points={flag_values.embedding_points}: the "
-                f"pictures draw from 2 to {analysis.PROBE_POINTS} test images "
+                f"pictures draw from 2 to {probe.PROBE_POINTS} test images "
                 "(each run keeps the embeddings of that many).")
     workdir = flag_values.workdir or os.path.join(
         "runs", f"compare_{base.dataset.replace(':', '_').replace('/', '_')}")
@@ -203,22 +206,22 @@ def main(argv, flag_values):
             f"; the grid's {runs} took "
             f"{grid.duration(time.time() - begin)} (this process's time; "
             "work done by an earlier one counts 0).")
-    rows = grid.collect(cells, workdir)
+    rows = tables.collect(cells, workdir)
     # Tables and figures name a method from a file by its class's name.
     labels = list(dict.fromkeys(grid.labels(method_names, weights)))
     if flag_values.pictures:
         pictures.draw(rows, workdir, labels, flag_values.embedding_points,
                       log)
-    grid.write_hparams(rows, {c.name: configs[c] for c in cells}, workdir)
+    tables.write_hparams(rows, {c.name: configs[c] for c in cells}, workdir)
     text = header(next(iter(configs.values())), cells,
                   cli.command_line(flag_values))
     if tune["trials"]:
         text += "\n" + tuning.markdown(by_setting, tune["trials"],
                                        tune["epochs"])
-    grid.write_tables(rows, workdir, text, labels)
-    with open(os.path.join(workdir, grid.SUMMARY)) as f:
+    tables.write_tables(rows, workdir, text, labels)
+    with open(os.path.join(workdir, tables.SUMMARY)) as f:
         print(f.read())
-    written = [grid.RESULTS_CSV, grid.SUMMARY]
+    written = [tables.RESULTS_CSV, tables.SUMMARY]
     if tune["trials"]:
         written += [tuning.TUNING_CSV, tuning.TUNED]
     if flag_values.pictures:

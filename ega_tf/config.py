@@ -10,13 +10,12 @@ each published default is what it is.
 
 from __future__ import annotations
 
-import json
 import os
 
 import ml_collections
 from ml_collections import config_dict
 
-from ega_tf.errors import ConfigError, UserError
+from ega_tf.core.errors import ConfigError, UserError
 
 VARIANTS = ("smoke",)
 
@@ -94,7 +93,7 @@ def default_config(arg=None):
     # published: each method's own weights (config.loss), as its authors
     # set them. balanced: the method's beta and the KD term's alpha follow
     # the gradients, each term pushing the student's outputs balance.ratio
-    # times as hard as the cross-entropy (ega_tf/balance.py; the method's
+    # times as hard as the cross-entropy (ega_tf/training/balance.py; the method's
     # own terms keep their published proportions).
     c.weights = "published"
     c.balance = ml_collections.ConfigDict()
@@ -174,8 +173,8 @@ def resolve(config):
     """A copy with derived defaults filled in, every field checked, and
     ``config.method``: the class of the method ``config.distill`` names,
     which every later step asks (its declarations, its weights). That field
-    is derived, not set: ``as_dict`` (what a workdir's config.json holds)
-    leaves it out."""
+    is derived, not set: a workdir's config.json
+    (``training.workdir.config_record``) leaves it out."""
     from ega_tf import methods, students
     config = config.copy_and_resolve_references()
     if "method" in config:  # resolved again, from config.distill
@@ -195,22 +194,15 @@ def resolve(config):
     return config
 
 
-def as_dict(config):
-    """The config's fields as plain JSON values (config.json), without the
-    method class ``resolve`` derived."""
-    out = json.loads(config.to_json())
-    out.pop("method", None)
-    return out
-
-
 def _problems(config):
     """Every problem of ``config``, as messages, in the order of the
     fields (the dataset first, the teacher last)."""
-    from ega_tf import balance, data, distribute, methods, students
+    from ega_tf import data, methods, students
+    from ega_tf.core.registry import check_choice
+    from ega_tf.core.runtime import check_precision
     from ega_tf.data import augment, folder, pipeline
     from ega_tf.teachers import feature_cache, teacher_file
-    from ega_tf.registry import check_choice
-    from ega_tf.runtime import check_precision
+    from ega_tf.training import balance, distribute
 
     problems = []
 

@@ -21,12 +21,12 @@ The output is written atomically: a failed conversion leaves no file behind.
 from __future__ import annotations
 
 from ega_tf import cli
-from ega_tf.errors import UserError
+from ega_tf.core.errors import UserError
 
 
 def define_flags(flag_values):
+    from ega_tf.core.constants import CROP_MODES
     from ega_tf.teachers.families import FAMILIES
-    from ega_tf.constants import CROP_MODES
     d = lambda *a: cli.define(*a, flag_values)  # noqa: E731
     d("string", "checkpoint", None, "Checkpoint file (or TF checkpoint "
       "prefix/directory) to convert.")

@@ -25,7 +25,7 @@ import json
 import os
 
 from ega_tf import cli
-from ega_tf.errors import UserError
+from ega_tf.core.errors import UserError
 
 FORMATS = ("tflite", "onnx")
 
@@ -44,8 +44,9 @@ def main(argv, flag_values):
     import numpy as np
 
     from ega_tf import config as config_lib
-    from ega_tf import serving, training
-    from ega_tf import workdir as wd
+    from ega_tf.deploy import serving
+    from ega_tf.training import build
+    from ega_tf.training import workdir as wd
     workdir, fmt = flag_values.workdir, flag_values.format
     if len(argv) > 1 or not workdir:
         raise UserError("usage: python -m ega_tf.export --workdir=RUN "
@@ -64,7 +65,7 @@ def main(argv, flag_values):
                         "with python -m ega_tf.train first.")
     config = config_lib.default_config()
     config.update(wd.read_json(config_path))
-    dataset = training.load_dataset(config)
+    dataset = build.load_dataset(config)
     if fmt == "onnx":
         path = os.path.join(workdir, serving.ONNX_NAME)
         serving.export_onnx(saved, path)

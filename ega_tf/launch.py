@@ -26,7 +26,7 @@ import sys
 import threading
 
 from ega_tf import cli
-from ega_tf.errors import UserError
+from ega_tf.core.errors import UserError
 
 
 def define_flags(flag_values):

@@ -9,7 +9,7 @@ input size; the model needs TensorFlow only.
 from __future__ import annotations
 
 from ega_tf import cli
-from ega_tf.errors import UserError
+from ega_tf.core.errors import UserError
 
 
 def define_flags(flag_values):
@@ -20,7 +20,7 @@ def define_flags(flag_values):
 
 
 def main(argv, flag_values):
-    from ega_tf.serving import predict_files
+    from ega_tf.deploy.serving import predict_files
     paths = argv[1:]
     if not flag_values.model or not paths:
         raise UserError("usage: python -m ega_tf.predict --model=DIR "

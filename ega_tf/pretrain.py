@@ -16,7 +16,7 @@ import os
 import time
 
 from ega_tf import cli
-from ega_tf.errors import UserError
+from ega_tf.core.errors import UserError
 
 SHORTCUTS = {
     "dataset": "Dataset (the labels are never used for training).",
@@ -40,7 +40,8 @@ def define_flags(flag_values):
 
 
 def main(argv, flag_values):
-    from ega_tf import data, runtime
+    from ega_tf import data
+    from ega_tf.core import runtime
     from ega_tf.ssl import config as config_lib
     from ega_tf.ssl.pretrain import pretrain
     from ega_tf.teachers import teacher_file

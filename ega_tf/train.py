@@ -19,7 +19,7 @@ import os
 import sys
 
 from ega_tf import cli
-from ega_tf.errors import UserError
+from ega_tf.core.errors import UserError
 
 SHORTCUTS = {
     "dataset": "Dataset: digits, cifar100, stl10, tiny_imagenet, or "
@@ -78,15 +78,15 @@ def define_flags(flag_values):
 
 def main(argv, flag_values):
     from ega_tf import config as config_lib
-    from ega_tf import training
+    from ega_tf.training import build, loop
     if len(argv) > 1:
         raise UserError(f"Unexpected argument(s) {' '.join(argv[1:])}: "
                         "every setting is a --flag (see --help).")
     config = config_lib.resolve(cli.config_from_flags(flag_values,
                                                       SHORTCUTS))
-    workdir = flag_values.workdir or training.default_workdir(config)
+    workdir = flag_values.workdir or build.default_workdir(config)
     verbose = flag_values.verbose or (1 if sys.stdout.isatty() else 2)
-    results = training.run(config, workdir, verbose)
+    results = loop.run(config, workdir, verbose)
     print(json.dumps(results, indent=2))
     chosen = results.get("test_top1_at_best_val")
     print(f"test top-1: last {results['test_top1_last']:.2f}"

@@ -16,7 +16,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
                  "OMP_NUM_THREADS"):
         os.environ.setdefault(name, "1")
 
-from ega_tf import cli, distribute  # noqa: E402
+from ega_tf.core import runtime  # noqa: E402
+from ega_tf.training import distribute  # noqa: E402
 
-tf = cli.import_tensorflow()
+tf = runtime.import_tensorflow()
 distribute.split_cpu(2)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from ega_tf import data, students
-from ega_tf.distiller import build_student
+from ega_tf.students.head import build_student
 from tests.test_case import TestCase, history_rows, pixel_teacher
 from tools.synthetic import write_image_folder
 
@@ -90,10 +90,10 @@ class AnyStudentTest(TestCase):
                          + 10)  # its features, then the student's heads
         # A default workdir is named by the file's and function's names.
         from ega_tf import config as config_lib
-        from ega_tf import training
+        from ega_tf.training import build
         c = config_lib.default_config()
         c.dataset, c.student, c.distill = "digits", model, "none"
-        self.assertEqual(training.default_workdir(config_lib.resolve(c)),
+        self.assertEqual(build.default_workdir(config_lib.resolve(c)),
                          "runs/digits_mine_none_s0")
 
     @pytest.mark.slow  # an ImageNet-shaped network, trained then served
@@ -137,7 +137,7 @@ class AnyStudentTest(TestCase):
         self.check_inputs(("MobileNetV3Small",))
 
     def test_batchnorm_follows_the_recipe_unless_the_model_is_yours(self):
-        from ega_tf.layers import batchnorm_layers
+        from ega_tf.nn.layers import batchnorm_layers
 
         def momenta(model):
             return {layer.momentum for layer in batchnorm_layers(model)}
@@ -220,7 +220,7 @@ class AnyStudentTest(TestCase):
         """Resume (bit for bit, this machine), two replicas, TFLite int8,
         a grid with pictures beside a zoo student."""
         from ega_tf import config as config_lib
-        from ega_tf import training
+        from ega_tf.training import loop
         tmp = self.tmp_path()
         net = "keras.applications.MobileNetV3Small"
         c = config_lib.default_config()
@@ -228,7 +228,7 @@ class AnyStudentTest(TestCase):
                       epochs=2, labeled_fraction=0.1, export=True,
                       checkpoint_every_steps=10))
         c = config_lib.resolve(c)
-        whole = training.run(c, str(tmp / "whole"), verbose=0)
+        whole = loop.run(c, str(tmp / "whole"), verbose=0)
 
         class Crash(Exception):
             pass
@@ -237,8 +237,8 @@ class AnyStudentTest(TestCase):
             if (epoch, step) == (1, 5):
                 raise Crash
         with self.assertRaises(Crash):
-            training.run(c, str(tmp / "k"), verbose=0, on_step=crash)
-        again = training.run(c, str(tmp / "k"), verbose=0)
+            loop.run(c, str(tmp / "k"), verbose=0, on_step=crash)
+        again = loop.run(c, str(tmp / "k"), verbose=0)
         self.assertEqual(history_rows(tmp / "whole"), history_rows(tmp / "k"))
         self.assertEqual(again["test_top1_last"], whole["test_top1_last"])
         r = self.train(f"--student={net}", "--config.export=false",

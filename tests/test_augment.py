@@ -7,8 +7,8 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 from ega_tf import data
+from ega_tf.core.errors import UserError
 from ega_tf.data import augment, pipeline
-from ega_tf.errors import UserError
 from tests.test_case import TestCase
 
 

@@ -1,4 +1,4 @@
-"""Balanced weights and the gradient measurements (``ega_tf.balance``):
+"""Balanced weights and the gradient measurements (``ega_tf.training.balance``):
 the norms of each term's gradient on the student's outputs against a
 float64 NumPy computation, the moving averages against their formula, the
 effective weights and the logged ratios they give, the divergence message
@@ -10,14 +10,21 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ega_tf import balance
 from ega_tf import config as config_lib
-from ega_tf import distribute, layers, methods, students, training
-from ega_tf.distiller import Distiller, build_student
-from ega_tf.optimizers import TorchSGD
+from ega_tf import methods, students
+from ega_tf.nn import layers
+from ega_tf.nn.optimizers import TorchSGD
+from ega_tf.students.head import build_student
+from ega_tf.training import balance, distribute, divergence
+from ega_tf.training.distiller import Distiller
 from tests.references import np_ega, np_kd, np_softmax
-from tests.test_case import (TestCase, conv_teacher, lockstep_errors,
-                             run_lockstep, run_replica_steps)
+from tests.test_case import (
+    TestCase,
+    conv_teacher,
+    lockstep_errors,
+    run_lockstep,
+    run_replica_steps,
+)
 
 K, D, S, B, N = 5, 16, 16, 8, 40
 
@@ -194,11 +201,11 @@ class DivergenceCauseTest(TestCase):
         model = make("dkd", balanced=False, dkd_beta=1e5)
         run_replica_steps(model, tf.distribute.get_strategy(),
                           [batch(3), batch(4)])
-        cause = training.cause_of(c, model)
+        cause = divergence.cause_of(c, model)
         self.assertEqual((cause["term"], cause["field"], cause["weight"]),
                          ("nckd", "dkd_beta", 1e5))
         self.assertGreater(cause["ratio"], 10 * cause["ratios"]["tckd"])
-        error = training.DivergedError("ce", float("nan"), 2, 4, 0.05, cause)
+        error = divergence.DivergedError("ce", float("nan"), 2, 4, 0.05, cause)
         text = str(error)
         self.assertIn("driven by the nckd term", text)
         self.assertIn("--weights=balanced", text)
@@ -207,13 +214,13 @@ class DivergenceCauseTest(TestCase):
         record = error.record()
         self.assertEqual((record["term"], record["non_finite"]),
                          ("nckd", "ce"))
-        self.assertEqual(str(training.DivergedError.from_record(record)),
+        self.assertEqual(str(divergence.DivergedError.from_record(record)),
                          text)
         # No distillation term dominated: the learning rate is the advice.
-        plain = training.DivergedError("ce", float("inf"), 0, 0, 1e6)
+        plain = divergence.DivergedError("ce", float("inf"), 0, 0, 1e6)
         self.assertRegex(str(plain), r"^training diverged: ce became inf "
                          r"at epoch 1, step 1 .*Lower --config.optim.lr")
-        self.assertIsNone(training.cause_of(c, make("dkd", dkd_beta=1e5)))
+        self.assertIsNone(divergence.cause_of(c, make("dkd", dkd_beta=1e5)))
 
 
 class BalanceReplicasTest(TestCase):
@@ -258,6 +265,7 @@ class DivergingRunTest(TestCase):
         the first epoch: the one-line message and results.json name the
         hint term and its weight, not the cross-entropy it took along."""
         import json
+
         from tests.test_case import pixel_teacher
         tmp = self.tmp_path()
         teacher = pixel_teacher(tmp / "teacher.keras")

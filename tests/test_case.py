@@ -114,7 +114,7 @@ def history_rows(workdir):
     """The history rows of the run in ``workdir`` without the wall-clock
     columns (``*_seconds``), which differ between runs that compute the
     same numbers."""
-    from ega_tf import workdir as wd
+    from ega_tf.training import workdir as wd
     return [{k: v for k, v in row.items() if not k.endswith("_seconds")}
             for row in wd.read_history(os.path.join(workdir, wd.HISTORY))]
 
@@ -140,17 +140,17 @@ def split_among_replicas(batches, replicas):
 
 
 class ReplicaStepper:
-    """The training loop's step (``training._step_function``) on each of
+    """The training loop's step (``cell.step_function``) on each of
     ``batches`` in turn, split among the strategy's replicas; each call
     runs the next step and returns its logs (metrics reset before it)."""
 
     def __init__(self, model, strategy, batches, jit=False):
-        from ega_tf import training
+        from ega_tf.training import cell
         self.model = model
         self.iterator = iter(strategy.distribute_datasets_from_function(
             split_among_replicas(batches, strategy.num_replicas_in_sync)))
-        self.step = training._step_function(model, strategy,
-                                            model.train_step, jit)
+        self.step = cell.step_function(model, strategy,
+                                       model.train_step, jit)
 
     def __call__(self):
         self.model.reset_metrics()

@@ -13,7 +13,10 @@ import time
 import numpy as np
 import pytest
 
-from ega_tf import analysis, grid, methods, pictures
+from ega_tf import methods
+from ega_tf.comparison import grid, pictures, tables
+from ega_tf.training import probe
+from ega_tf.training import workdir as wd
 from tests.test_case import TestCase, history_rows, pixel_teacher
 
 ALL = ",".join(["none", "kd", "hint", "rkd", "pkt", "sp", "nce", "ccl", "crd",
@@ -40,14 +43,14 @@ class CompareGridTest(TestCase):
                     f"--workdir={cls.workdir}"]
         cls.first = cls.run_cli_static("compare", *cls.args)
         # As the first run wrote it (a rerun rewrites it).
-        cls.summary = (cls.workdir / grid.SUMMARY).read_text()
+        cls.summary = (cls.workdir / tables.SUMMARY).read_text()
 
     @classmethod
     def run_cli_static(cls, *args):
         return cls("run").run_cli(*args)
 
     def rows(self):
-        with open(self.workdir / grid.RESULTS_CSV, newline="") as f:
+        with open(self.workdir / tables.RESULTS_CSV, newline="") as f:
             return list(csv.DictReader(f))
 
     def test_every_method_trains_with_finite_values(self):
@@ -122,10 +125,10 @@ class CompareGridTest(TestCase):
         copy = self.dir / "copy"
         shutil.copytree(self.workdir, copy)
         for name in os.listdir(copy):
-            if (copy / name).is_dir() and name != grid.HPARAMS:
-                self.assertTrue((copy / name / analysis.PROBE).exists())
+            if (copy / name).is_dir() and name != tables.HPARAMS:
+                self.assertTrue((copy / name / wd.PROBE).exists())
                 shutil.rmtree(copy / name / "checkpoints")
-        for name in (pictures.EMBEDDINGS, pictures.GRAPHS, grid.SUMMARY):
+        for name in (pictures.EMBEDDINGS, pictures.GRAPHS, tables.SUMMARY):
             os.remove(copy / name)
         args = [a for a in self.args if not a.startswith("--workdir")]
         r = self.run_cli("compare", *args, f"--workdir={copy}")
@@ -137,13 +140,13 @@ class CompareGridTest(TestCase):
         r = self.run_cli("compare", *args, f"--workdir={copy}",
                          "--pictures=false")
         self.assertSucceeded(r)
-        table = [line for line in (copy / grid.SUMMARY).read_text()
+        table = [line for line in (copy / tables.SUMMARY).read_text()
                  .splitlines() if line.startswith("| ega |")]
         self.assertEqual(len(table), 1)
         # As the run computed it, from the embeddings it kept.
         ega = self.workdir / "ega_resnet8_lf0.1_s0"
-        probe = analysis.read_probe(ega)
-        expected = analysis.silhouette(probe["x_s"], probe["labels"])
+        kept = probe.read_probe(ega)
+        expected = probe.silhouette(kept["x_s"], kept["labels"])
         self.assertEqual(table[0].split("|")[9].strip(), f"{expected:.3f}")
         results = json.loads((ega / "results.json").read_text())
         self.assertAllClose(results["test_silhouette"], expected, rtol=1e-6)
@@ -156,7 +159,7 @@ class CompareGridTest(TestCase):
         cell = "ega_resnet8_lf0.1_s0"
         results = json.loads((self.workdir / cell / "results.json")
                              .read_text())
-        events, = glob.glob(str(self.workdir / grid.HPARAMS / cell /
+        events, = glob.glob(str(self.workdir / tables.HPARAMS / cell /
                                 "events*"))
         params, scalars = {}, {}
         for event in tf.compat.v1.train.summary_iterator(events):
@@ -176,17 +179,17 @@ class CompareGridTest(TestCase):
                          ("ega", "resnet8", 0.8, 0.24))
         self.assertAllClose(scalars["test_top1_last"],
                             (1, results["test_top1_last"]), rtol=1e-6)
-        self.assertEqual(len(os.listdir(self.workdir / grid.HPARAMS)),
+        self.assertEqual(len(os.listdir(self.workdir / tables.HPARAMS)),
                          len(self.METHODS.split(",")))
 
     def test_rerun_keeps_every_finished_cell(self):
-        before = (self.workdir / grid.RESULTS_CSV).read_bytes()
+        before = (self.workdir / tables.RESULTS_CSV).read_bytes()
         r = self.run_cli("compare", *self.args, "--pictures=false")
         self.assertSucceeded(r)
         n = len(self.METHODS.split(","))
         self.assertIn(f"{n} of {n} cells finished earlier", r.stdout)
         self.assertNotIn("training...", r.stdout)
-        self.assertEqual((self.workdir / grid.RESULTS_CSV).read_bytes(),
+        self.assertEqual((self.workdir / tables.RESULTS_CSV).read_bytes(),
                          before)
 
     def test_a_cell_is_an_ordinary_train_workdir(self):
@@ -235,7 +238,7 @@ class CompareKillTest(TestCase):
             ["-m", "ega_tf.compare", *args, "--share_teacher=false",
              f"--workdir={tmp}/whole"]))
         proc = self.start_process(["-m", "ega_tf.compare", *args,
-                       f"--workdir={tmp}/killed"])
+                                   f"--workdir={tmp}/killed"])
         history = tmp / "killed" / "ega_resnet8_lf0.1_s0" / "history.csv"
         while not history.exists():  # the group finished an epoch
             self.assertIsNone(proc.poll(), "the grid ended too early")
@@ -249,7 +252,7 @@ class CompareKillTest(TestCase):
         self.assertIn("resuming (in lockstep with 2 other cells", r.stdout)
 
         def results(name):
-            with open(tmp / name / grid.RESULTS_CSV, newline="") as f:
+            with open(tmp / name / tables.RESULTS_CSV, newline="") as f:
                 return [{k: v for k, v in row.items() if k != "wall_time_s"}
                         for row in csv.DictReader(f)]
 
@@ -317,7 +320,7 @@ class SummaryTest(TestCase):
         rows.append({**rows[-1], "seed": 3, "status": "diverged",
                      "test_top1_last": 1.0})
         rows[3]["collapsed"] = True  # ega, seed 0: counted, and flagged
-        summary = grid.summarise(rows, ["none", "ega"])
+        summary = tables.summarise(rows, ["none", "ega"])
         none, ega = summary
         self.assertAllClose(none["last"], (72.0, 2.0))
         self.assertAllClose(ega["last"], (82.0, np.std([80, 81, 85],
@@ -332,7 +335,7 @@ class SummaryTest(TestCase):
         # Paired by seed: differences 10, 9, 11 (seed 3 diverged, unpaired).
         self.assertEqual(ega["vs_none_pairs"], 3)
         self.assertAllClose(ega["vs_none_ci"], t2 * 1.0 / np.sqrt(3))
-        text = grid.summary_markdown(summary, "# t")
+        text = tables.summary_markdown(summary, "# t")
         self.assertIn("| ega | 3 (1 diverged, 1 collapsed) | 82.00 ± 2.65 | "
                       "[75.43, 88.57] | 83.00 ± 2.65 "
                       "| +10.00 [+7.52, +12.48]* | +0.00 | 18.00 ± 2.65 | "
@@ -353,11 +356,11 @@ class SummaryTest(TestCase):
                 for m, values in (("none", [70.0, 75.0, 72.0]),
                                   ("ega", [71.0, 73.0, 74.0]))
                 for seed, v in enumerate(values)]
-        none, ega = grid.summarise(rows, ["none", "ega"])
+        none, ega = tables.summarise(rows, ["none", "ega"])
         # Differences +1, -2, +2: mean 1/3, interval wide across 0.
         self.assertAllClose(ega["vs_none"], 1 / 3)
-        text = grid.summary_markdown(grid.summarise(rows, ["none", "ega"]),
-                                     "# t")
+        text = tables.summary_markdown(tables.summarise(rows, ["none", "ega"]),
+                                       "# t")
         line = next(x for x in text.splitlines() if x.startswith("| ega |"))
         self.assertIn("+0.33 [", line)
         self.assertNotIn("*", line)
@@ -376,7 +379,7 @@ class SummaryTest(TestCase):
             b = min(dist[i, labels == c].mean() for c in set(labels)
                     if c != labels[i])
             s.append((b - a) / max(a, b))
-        self.assertAllClose(analysis.silhouette(x, labels), np.mean(s),
+        self.assertAllClose(probe.silhouette(x, labels), np.mean(s),
                             rtol=1e-9)
 
     def test_a_smaller_picture_draws_from_the_runs_probe(self):
@@ -384,7 +387,7 @@ class SummaryTest(TestCase):
         the test split's, so a run's 1,000 serve any smaller picture."""
         labels = np.random.default_rng(1).integers(0, 7, 3000)
         labels[labels == 3] = 9  # a class absent, one with a gap
-        probe = analysis.subset(labels, analysis.PROBE_POINTS)
+        first = probe.subset(labels, probe.PROBE_POINTS)
         for points in (2, 60, 500, 999, 1000):
-            self.assertAllEqual(probe[analysis.subset(labels[probe], points)],
-                                analysis.subset(labels, points))
+            self.assertAllEqual(first[probe.subset(labels[first], points)],
+                                probe.subset(labels, points))

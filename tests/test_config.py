@@ -2,8 +2,8 @@
 named at once, help that exits 0 and lists the config."""
 
 from ega_tf import config as config_lib
-from ega_tf.errors import ConfigError, UserError
-from ega_tf.registry import Registry
+from ega_tf.core.errors import ConfigError, UserError
+from ega_tf.core.registry import Registry
 from tests.test_case import TestCase
 
 

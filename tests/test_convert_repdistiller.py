@@ -12,8 +12,8 @@ import torch
 from absl.testing import parameterized
 
 from ega_tf import teachers
-from ega_tf.constants import CIFAR100_MEAN, CIFAR100_STD
-from ega_tf.errors import ConversionError, UserError
+from ega_tf.core.constants import CIFAR100_MEAN, CIFAR100_STD
+from ega_tf.core.errors import ConversionError, UserError
 from ega_tf.teachers import convert, teacher_file
 from tests.test_case import TestCase
 from tools.reference import torch_repdistiller
@@ -127,7 +127,8 @@ class TeacherLogitsTest(TestCase):
         import keras
 
         from ega_tf import students
-        from ega_tf.distiller import Distiller, build_student
+        from ega_tf.students.head import build_student
+        from ega_tf.training.distiller import Distiller
         from tests.references import np_kd
         path, model = write_checkpoint(self.tmp_path(), "resnet8", 10)
         teacher = convert.convert(str(path), log=lambda s: None)
@@ -159,7 +160,7 @@ class TeacherLogitsTest(TestCase):
 
     def test_a_run_says_which_logits_its_methods_read(self):
         from ega_tf import config as config_lib
-        from ega_tf import training
+        from ega_tf.training import loop
         tmp = self.tmp_path()
         path, _ = write_checkpoint(tmp, "resnet8", 10)
         teacher_file.save(convert.convert(str(path), log=lambda s: None),
@@ -169,8 +170,8 @@ class TeacherLogitsTest(TestCase):
         c.teacher, c.epochs, c.export = str(tmp / "t.keras"), 1, False
         c.batch_size = 64
         with self.assertLogs("absl", "INFO") as logs:
-            results = training.run(config_lib.resolve(c), str(tmp / "w"),
-                                   verbose=0)
+            results = loop.run(config_lib.resolve(c), str(tmp / "w"),
+                               verbose=0)
         self.assertIn("from its own classifier (10 classes)",
                       " ".join(logs.output))
         self.assertEqual(results["teacher_logits"], "classifier")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ega_tf import teachers
-from ega_tf.errors import ConversionError, UserError
+from ega_tf.core.errors import ConversionError, UserError
 from ega_tf.teachers import convert
 from tests import checkpoints
 from tests.test_case import TestCase

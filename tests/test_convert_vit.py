@@ -6,8 +6,8 @@ import numpy as np
 import torch
 
 from ega_tf import teachers
-from ega_tf.constants import CLIP_STD
-from ega_tf.errors import ConversionError
+from ega_tf.core.constants import CLIP_STD
+from ega_tf.core.errors import ConversionError
 from ega_tf.teachers import convert
 from tests import checkpoints
 from tests.test_case import TestCase

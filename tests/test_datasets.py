@@ -16,13 +16,19 @@ import tensorflow_datasets as tfds
 from absl.testing import parameterized
 
 from ega_tf import config as config_lib
-from ega_tf import data, serving, training
+from ega_tf import data
 from ega_tf.config import default_config
+from ega_tf.core.errors import DatasetNotFoundError, UserError
 from ega_tf.data import augment, pipeline
-from ega_tf.errors import DatasetNotFoundError, UserError
+from ega_tf.deploy import serving
+from ega_tf.training import build, loop
 from tests.test_case import TestCase, history_rows, pixel_teacher
-from tools.synthetic import (WNIDS, jpeg, make_tiny_imagenet_zip,
-                             write_image_folder)
+from tools.synthetic import (
+    WNIDS,
+    jpeg,
+    make_tiny_imagenet_zip,
+    write_image_folder,
+)
 
 
 def tiny_config(dataset, **kw):
@@ -76,7 +82,7 @@ class DigitsAndMaskingTest(TestCase):
         np.testing.assert_array_equal(np.sort(np.concatenate([train, val])),
                                       np.arange(len(labels)))
         self.assertTrue(np.all(np.diff(train) > 0) and np.all(np.diff(val)
-                                                               > 0))
+                                                              > 0))
         # round(0.1 n) per class, at least one, never the class's last.
         self.assertEqual([(labels[val] == c).sum() for c in range(4)],
                          [1, 2, 3, 1])
@@ -116,7 +122,7 @@ class DigitsAndMaskingTest(TestCase):
         c = tiny_config("digits", labeled_fraction=0.5, epochs=3)
         c.batch_size, c.eval_batch_size = 64, 256
         c.data.val_fraction = 0.2
-        results = training.run(c, str(tmp), verbose=0)
+        results = loop.run(c, str(tmp), verbose=0)
         rows = history_rows(tmp)
         # 20 % of each digits class's training images (133-139 each).
         digits = data.load("digits")
@@ -140,8 +146,8 @@ class DigitsAndMaskingTest(TestCase):
         self.assertEqual(sorted(os.listdir(tmp / "logs")),
                          ["test", "train", "validation"])
         # Without a split, the validation fields are empty.
-        plain = training.run(tiny_config("digits"), str(tmp / "plain"),
-                             verbose=0)
+        plain = loop.run(tiny_config("digits"), str(tmp / "plain"),
+                         verbose=0)
         self.assertEqual((plain["val_examples"], plain["val_top1_best"],
                           plain["test_top1_at_best_val"]), (0, None, None))
         self.assertNotIn("val_top1", history_rows(tmp / "plain")[0])
@@ -369,7 +375,7 @@ class ImageFolderTest(TestCase):
         c = default_config()
         c.dataset = "folder:/data/photos/holiday_2026/"
         c.student, c.distill = "resnet8", "none"
-        self.assertEqual(training.default_workdir(config_lib.resolve(c)),
+        self.assertEqual(build.default_workdir(config_lib.resolve(c)),
                          "runs/holiday_2026_resnet8_none_s0")
 
     def test_unlabeled_images_join_training_with_label_minus_one(self):
@@ -427,7 +433,7 @@ class ImageFolderTest(TestCase):
         c = tiny_config(f"folder:{tmp / 'digits'}", distill="ega",
                         teacher=str(tmp / "t.keras"), epochs=2,
                         batch_size=64, export=True)
-        res = training.run(c, str(tmp / "run"), verbose=0)
+        res = loop.run(c, str(tmp / "run"), verbose=0)
         self.assertEqual(res["epochs"], 2)
         self.assertGreater(res["teacher_head_top1_last"], 50)
         for row in history_rows(tmp / "run"):
@@ -492,9 +498,9 @@ class TfdsDatasetsTest(TestCase):
     def test_training_runs_on_mocked_tfds(self, name):
         tmp = self.tmp_path()
         with tfds.testing.mock_data(num_examples=16):
-            res = training.run(tiny_config(name, download=True,
-                                           unlabeled_split=name == "stl10"),
-                               str(tmp), verbose=0)
+            res = loop.run(tiny_config(name, download=True,
+                                       unlabeled_split=name == "stl10"),
+                           str(tmp), verbose=0)
         self.assertEqual(res["epochs"], 1)
         cfg = json.loads((tmp / "config.json").read_text())
         self.assertEqual(cfg["dataset"], name)

@@ -7,8 +7,9 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 from ega_tf import students
-from ega_tf.distiller import Distiller, build_student
-from ega_tf.optimizers import TorchSGD
+from ega_tf.nn.optimizers import TorchSGD
+from ega_tf.students.head import build_student
+from ega_tf.training.distiller import Distiller
 from tests.references import np_ce, np_ega
 from tests.test_case import TestCase, conv_teacher
 

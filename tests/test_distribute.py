@@ -9,13 +9,22 @@ import pytest
 import tensorflow as tf
 
 from ega_tf import config as config_lib
-from ega_tf import data, distribute, layers, students, training
+from ega_tf import data, students
+from ega_tf.core.errors import UserError
 from ega_tf.data import pipeline
-from ega_tf.distiller import Distiller, build_student
-from ega_tf.errors import UserError
-from ega_tf.optimizers import TorchSGD
-from tests.test_case import (TestCase, conv_teacher, lockstep_errors,
-                             run_lockstep, run_replica_steps)
+from ega_tf.nn import layers
+from ega_tf.nn.optimizers import TorchSGD
+from ega_tf.students.head import build_student
+from ega_tf.training import distribute
+from ega_tf.training.build import choose_jit
+from ega_tf.training.distiller import Distiller
+from tests.test_case import (
+    TestCase,
+    conv_teacher,
+    lockstep_errors,
+    run_lockstep,
+    run_replica_steps,
+)
 
 K, D, S, G = 5, 16, 16, 64
 TERMS = ("loss", "ce", "node", "edge", "teacher_ce", "top1",
@@ -211,8 +220,8 @@ class BatchChecksTest(TestCase):
     def test_xla_and_device_requests_that_cannot_work_are_refused(self):
         with self.assertRaisesRegex(UserError, "XLA cannot compile a multi-"
                                     "replica step on CPU"):
-            training.choose_jit("true", replicas=2)
-        self.assertEqual(training.choose_jit("auto", replicas=2)[0], False)
+            choose_jit("true", replicas=2)
+        self.assertEqual(choose_jit("auto", replicas=2)[0], False)
         with self.assertRaisesRegex(UserError, "cpu_replicas=4 must be set "
                                     "before TensorFlow starts"):
             distribute.split_cpu(4)
@@ -225,7 +234,7 @@ class BatchChecksTest(TestCase):
                          "mirrored")
         os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": [
             "127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker",
-                                                    "index": 1}})
+                                                     "index": 1}})
         try:
             self.assertEqual(distribute.resolve_name("auto"), "multi_worker")
             self.assertFalse(distribute.is_chief())

@@ -8,8 +8,9 @@ import numpy as np
 import tensorflow as tf
 
 from ega_tf import config as config_lib
-from ega_tf import students, teachers, training
+from ega_tf import students, teachers
 from ega_tf.teachers import fold
+from ega_tf.training import build
 from tests.test_case import TestCase, pixel_teacher
 
 
@@ -118,10 +119,10 @@ class FoldTest(TestCase):
         c.dataset, c.teacher, c.student = "digits", path, "resnet8"
         config = config_lib.resolve(c)
         with self.assertLogs("absl", "INFO") as logs:
-            folded = training.load_teacher(config, (32, 32))
+            folded = build.load_teacher(config, (32, 32))
         self.assertIn("Folded 9 BatchNorm layers", "\n".join(logs.output))
         config.teacher_fold_bn = False
-        plain = training.load_teacher(config, (32, 32))
+        plain = build.load_teacher(config, (32, 32))
         self.assertFalse(fold.foldable_pairs(folded))
         self.assertLen(fold.foldable_pairs(plain), 9)
         x = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3),

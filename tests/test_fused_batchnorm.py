@@ -1,4 +1,4 @@
-"""The students' BatchNorm on TensorFlow's fused kernel (``ega_tf.layers.
+"""The students' BatchNorm on TensorFlow's fused kernel (``ega_tf.nn.layers.
 BatchNorm``): its output, its gradients and its moving statistics against a
 float64 NumPy reference of PyTorch's BatchNorm2d and against Keras's own
 (unfused) BatchNormalization, in training and inference mode, on one
@@ -8,7 +8,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ega_tf import distribute, layers
+from ega_tf.nn import layers
+from ega_tf.training import distribute
 from tests.test_case import TestCase
 
 EPS = 1e-5

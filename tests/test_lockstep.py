@@ -1,4 +1,4 @@
-"""Runs trained in lockstep (``training.run_lockstep``: one batch and one
+"""Runs trained in lockstep (``loop.run_lockstep``: one batch and one
 teacher forward per step for all of them) end bit for bit where each ends
 alone: history, results, every checkpointed variable; a run that diverges
 stops alone; the clean view's cached features are computed once; on two
@@ -14,8 +14,9 @@ import pytest
 import tensorflow as tf
 
 from ega_tf import config as config_lib
-from ega_tf import grid, training
-from ega_tf import workdir as wd
+from ega_tf.comparison import grid
+from ega_tf.training import divergence, loop
+from ega_tf.training import workdir as wd
 from tests.test_case import TestCase, history_rows, pixel_teacher
 
 
@@ -71,7 +72,7 @@ class LockstepTest(TestCase):
         tmp = self.tmp_path()
         runs = [self.config("ega", optim__lr=1e4), self.config("crd"),
                 self.config("none", "resnet14")]
-        outcomes = training.run_lockstep(
+        outcomes = loop.run_lockstep(
             [(c, str(tmp / "group" / str(i))) for i, c in enumerate(runs)])
         self.assertEqual([type(o).__name__ for o in outcomes],
                          ["DivergedError", "dict", "dict"])
@@ -80,16 +81,16 @@ class LockstepTest(TestCase):
         for i in (1, 2):
             with self.subTest(run=runs[i].distill):
                 alone = str(tmp / "alone" / str(i))
-                training.run(runs[i], alone, verbose=0)
+                loop.run(runs[i], alone, verbose=0)
                 self.assertSameRun(str(tmp / "group" / str(i)), alone)
-        with self.assertRaises(training.DivergedError) as e:
-            training.run(runs[0], str(tmp / "alone" / "0"), verbose=0)
+        with self.assertRaises(divergence.DivergedError) as e:
+            loop.run(runs[0], str(tmp / "alone" / "0"), verbose=0)
         self.assertEqual(str(e.exception), str(outcomes[0]))
         self.assertIn("learning rate 10000", str(outcomes[0]))
         self.assertEqual(results_of(tmp / "group" / "0"),
                          results_of(tmp / "alone" / "0"))
         # A finished group asked again reports every run as it stands.
-        again = training.run_lockstep(
+        again = loop.run_lockstep(
             [(c, str(tmp / "group" / str(i))) for i, c in enumerate(runs)])
         self.assertEqual(again[1:], outcomes[1:])
         self.assertEqual(str(again[0]), str(outcomes[0]))
@@ -100,7 +101,7 @@ class LockstepTest(TestCase):
         tmp = self.tmp_path()
         runs = [self.config(m, teacher_view="clean") for m in ("ega", "kd")]
         with self.assertLogs("absl", "INFO") as logs:
-            training.run_lockstep(
+            loop.run_lockstep(
                 [(c, str(tmp / "group" / m)) for c, m in zip(runs, "ab")])
         computed = [line for line in logs.output
                     if "computed once" in line]
@@ -109,7 +110,7 @@ class LockstepTest(TestCase):
             a, b = (tmp / "group" / m / wd.features_file(split)
                     for m in "ab")
             self.assertTrue(os.path.samefile(a, b), split)
-        training.run(runs[1], str(tmp / "alone"), verbose=0)
+        loop.run(runs[1], str(tmp / "alone"), verbose=0)
         self.assertSameRun(str(tmp / "group" / "b"), str(tmp / "alone"))
 
     @pytest.mark.slow
@@ -119,9 +120,9 @@ class LockstepTest(TestCase):
         runs = [self.config(m, distribute__strategy="mirrored",
                             distribute__cpu_replicas=2)
                 for m in ("ega", "crd")]
-        training.run_lockstep(
+        loop.run_lockstep(
             [(c, str(tmp / "group" / m)) for c, m in zip(runs, "ab")])
-        training.run(runs[1], str(tmp / "alone"), verbose=0)
+        loop.run(runs[1], str(tmp / "alone"), verbose=0)
         self.assertSameRun(str(tmp / "group" / "b"), str(tmp / "alone"))
 
     def test_groups_and_bad_groups(self):
@@ -136,8 +137,8 @@ class LockstepTest(TestCase):
              for s in (0, 1)])
         with self.assertRaisesRegex(ValueError, "must share every config "
                                     "field but distill, loss"):
-            training.run_lockstep([(self.config("ega"), "a"),
-                                   (self.config("ega", seed=1), "b")])
+            loop.run_lockstep([(self.config("ega"), "a"),
+                               (self.config("ega", seed=1), "b")])
         with self.assertRaisesRegex(ValueError, "a workdir each"):
-            training.run_lockstep([(self.config("ega"), "a"),
-                                   (self.config("kd"), "a")])
+            loop.run_lockstep([(self.config("ega"), "a"),
+                               (self.config("kd"), "a")])

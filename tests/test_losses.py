@@ -4,8 +4,8 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
-from ega_tf import losses
-from ega_tf.keras_distillation import EGADistillationLoss
+from ega_tf.methods import ega, kd, maths
+from ega_tf.methods.keras_distillation import EGADistillationLoss
 from tests.references import np_corr, np_ega, np_kd
 from tests.test_case import TestCase
 
@@ -17,7 +17,7 @@ def _value_and_grads(t, s):
     t, s = tf.constant(t), tf.constant(s)
     with tf.GradientTape() as tape:
         tape.watch([t, s])
-        loss = losses.ega_loss(t, s)
+        loss = ega.ega_loss(t, s)
     return loss, tape.gradient(loss, [t, s])
 
 
@@ -31,30 +31,30 @@ class EGALossTest(TestCase):
         s = (rng.normal(size=shape) * scale).astype(np.float32)
         s[: shape[0] // 2] += 0.5 * t[: shape[0] // 2]  # real correlation
         want, want_node, want_edge = np_ega(t, s)
-        terms = losses.ega_terms(tf.constant(t), tf.constant(s))
-        got = losses.ega_loss(tf.constant(t), tf.constant(s))
+        terms = ega.ega_terms(tf.constant(t), tf.constant(s))
+        got = ega.ega_loss(tf.constant(t), tf.constant(s))
         self.assertTermsClose({"loss": got, **terms},
                               {"loss": want, "node": want_node,
                                "edge": want_edge}, atol=0)
-        np.testing.assert_allclose(losses.correlation_matrix(t, s).numpy(),
+        np.testing.assert_allclose(maths.correlation_matrix(t, s).numpy(),
                                    np_corr(t, s), atol=2e-6)
 
     def test_weights_and_frobenius_not_spectral(self):
         rng = np.random.default_rng(0)
         t, s = rng.normal(size=(2, 16, 32)).astype(np.float32)
         _, node, edge = np_ega(t, s)
-        got = losses.ega_loss(t, s, node_weight=0.3, edge_weight=2.0)
+        got = ega.ega_loss(t, s, node_weight=0.3, edge_weight=2.0)
         np.testing.assert_allclose(float(got), 0.3 * node + 2.0 * edge,
                                    rtol=1e-5)
         # The spectral norm of N - I is strictly smaller than the Frobenius
         # norm for a random matrix: guards against keras.ops.norm(ord=2).
         spectral = np.linalg.norm(np_corr(t, s) - np.eye(16), ord=2)
-        self.assertGreater(float(losses.ega_terms(t, s)["node"]),
+        self.assertGreater(float(ega.ega_terms(t, s)["node"]),
                            spectral * 1.5)
 
     def test_identical_embeddings_give_zero_edge_and_known_node(self):
         x = np.random.default_rng(1).normal(size=(6, 10)).astype(np.float32)
-        terms = losses.ega_terms(x, x)
+        terms = ega.ega_terms(x, x)
         self.assertLess(abs(float(terms["edge"])), 1e-6)
         # N = E_t: its off-diagonal energy is what remains of N - I.
         c = np_corr(x, x)
@@ -82,7 +82,7 @@ class EGALossTest(TestCase):
 
     def test_constant_row_correlates_zero(self):
         a = np.array([[2.0, 2.0, 2.0], [1.0, 2.0, 3.0]], np.float32)
-        c = losses.correlation_matrix(a, a).numpy()
+        c = maths.correlation_matrix(a, a).numpy()
         np.testing.assert_allclose(c, [[0.0, 0.0], [0.0, 1.0]], atol=1e-6)
 
     def test_gradient_matches_float64_finite_differences(self):
@@ -103,8 +103,8 @@ class EGALossTest(TestCase):
     def test_mixed_precision_inputs_computed_in_float32(self):
         rng = np.random.default_rng(8)
         t, s = rng.normal(size=(2, 32, 64))
-        loss = losses.ega_loss(tf.constant(t, tf.float16),
-                               tf.constant(s, tf.bfloat16))
+        loss = ega.ega_loss(tf.constant(t, tf.float16),
+                            tf.constant(s, tf.bfloat16))
         self.assertEqual(loss.dtype, tf.float32)
         want = np_ega(t.astype(np.float16),
                       s.astype(tf.bfloat16.as_numpy_dtype))[0]
@@ -113,21 +113,21 @@ class EGALossTest(TestCase):
     def test_xla_compiles_and_agrees(self):
         rng = np.random.default_rng(9)
         t, s = rng.normal(size=(2, 16, 8)).astype(np.float32)
-        f = tf.function(losses.ega_loss, jit_compile=True)
+        f = tf.function(ega.ega_loss, jit_compile=True)
         np.testing.assert_allclose(float(f(t, s)), np_ega(t, s)[0],
                                    rtol=1e-5)
 
     def test_mismatched_widths_fail_clearly(self):
         with self.assertRaisesRegex(ValueError, "same width"):
-            losses.ega_terms(np.ones((2, 3), np.float32),
-                             np.ones((2, 4), np.float32))
+            ega.ega_terms(np.ones((2, 3), np.float32),
+                          np.ones((2, 4), np.float32))
 
     def test_kd_loss_matches_reference(self):
         rng = np.random.default_rng(10)
         t, s = rng.normal(size=(2, 4, 7)) * 3
         np.testing.assert_allclose(
-            float(losses.kd_loss(t.astype(np.float32), s.astype(np.float32),
-                                 4.0)), np_kd(t, s, 4.0), rtol=1e-5)
+            float(kd.kd_loss(t.astype(np.float32), s.astype(np.float32),
+                             4.0)), np_kd(t, s, 4.0), rtol=1e-5)
 
 
 class KerasDistillerIntegrationTest(TestCase):
@@ -146,7 +146,7 @@ class KerasDistillerIntegrationTest(TestCase):
         keras.utils.set_random_seed(0)
         teacher, student = self._tiny("t", 6), self._tiny("s", 6)
         ega = EGADistillationLoss(teacher_layer_name="embedding",
-                                         student_layer_name="embedding")
+                                  student_layer_name="embedding")
         dist = keras.distillation.Distiller(teacher, student, ega,
                                             student_loss_weight=0.5)
         dist.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
@@ -176,10 +176,10 @@ class MaskedGraphTest(TestCase):
         rng = np.random.default_rng(11)
         t, s = rng.normal(size=(2, 9, 16)).astype(np.float32)
         keep = np.array([1, 1, 0, 1, 0, 1, 1, 1, 0], np.float32)
-        got = losses.ega_terms(t, s, mask=keep)
+        got = ega.ega_terms(t, s, mask=keep)
         _, node, edge = np_ega(t[keep > 0], s[keep > 0])
         self.assertTermsClose(got, {"node": node, "edge": edge})
         # Whatever the padded rows hold.
         t[keep == 0], s[keep == 0] = 1e6, 0.0
-        self.assertTermsClose(losses.ega_terms(t, s, mask=keep),
+        self.assertTermsClose(ega.ega_terms(t, s, mask=keep),
                               {"node": node, "edge": edge})

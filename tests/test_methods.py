@@ -8,13 +8,33 @@ import pytest
 import tensorflow as tf
 from absl.testing import parameterized
 
-from ega_tf import layers, losses, methods, students
-from ega_tf.distiller import Distiller, build_student
-from ega_tf.methods import Batch
-from ega_tf.optimizers import TorchSGD
+from ega_tf import methods, students
+from ega_tf.methods import (
+    Batch,
+    crd,
+    dist,
+    dkd,
+    hint,
+    kd,
+    maths,
+    mlkd,
+    nce,
+    pkt,
+    rkd,
+    seed,
+    sp,
+)
+from ega_tf.nn import layers
+from ega_tf.nn.optimizers import TorchSGD
+from ega_tf.students.head import build_student
+from ega_tf.training.distiller import Distiller
 from tests import references as ref
-from tests.test_case import (TestCase, conv_teacher, lockstep_errors,
-                             run_lockstep)
+from tests.test_case import (
+    TestCase,
+    conv_teacher,
+    lockstep_errors,
+    run_lockstep,
+)
 
 B, D, K, Q = 12, 8, 5, 20
 
@@ -49,70 +69,70 @@ def crd_inputs(d):
 
 # name -> (ours(d), float64 reference(d)); ours returns a scalar.
 CASES = {
-    "hint": (lambda d: losses.hint_loss(d["t"], d["s"]),
+    "hint": (lambda d: hint.hint_loss(d["t"], d["s"]),
              lambda d: ref.np_hint(d["t"], d["s"])),
-    "rkd": (lambda d: losses.rkd_loss(d["t"], d["s"], distance_weight=25.0,
-                                      angle_weight=50.0),
+    "rkd": (lambda d: rkd.rkd_loss(d["t"], d["s"], distance_weight=25.0,
+                                   angle_weight=50.0),
             lambda d: ref.np_rkd(d["t"], d["s"])[0]),
-    "rkd_distance": (lambda d: losses.rkd_terms(d["t"], d["s"])[
+    "rkd_distance": (lambda d: rkd.rkd_terms(d["t"], d["s"])[
         "rkd_distance"], lambda d: ref.np_rkd(d["t"], d["s"])[1]),
-    "rkd_angle": (lambda d: losses.rkd_terms(d["t"], d["s"])["rkd_angle"],
+    "rkd_angle": (lambda d: rkd.rkd_terms(d["t"], d["s"])["rkd_angle"],
                   lambda d: ref.np_rkd(d["t"], d["s"])[2]),
-    "pkt": (lambda d: losses.pkt_loss(d["t"], d["s"]),
+    "pkt": (lambda d: pkt.pkt_loss(d["t"], d["s"]),
             lambda d: ref.np_pkt(d["t"], d["s"])),
-    "sp": (lambda d: losses.sp_loss(d["t"], d["s"]),
+    "sp": (lambda d: sp.sp_loss(d["t"], d["s"]),
            lambda d: ref.np_sp(d["t"], d["s"])),
-    "nce": (lambda d: losses.nce_loss(d["t"], d["s"], d["y"],
-                                      temperature=0.1),
+    "nce": (lambda d: nce.nce_loss(d["t"], d["s"], d["y"],
+                                   temperature=0.1),
             lambda d: ref.np_nce(d["t"], d["s"], d["y"], 0.1)),
-    "ccl": (lambda d: losses.ccl_loss(d["t"], d["s"], d["tl"], d["sl"],
-                                      d["y"], temperature=0.1,
-                                      kl_temperature=1.0),
+    "ccl": (lambda d: nce.ccl_loss(d["t"], d["s"], d["tl"], d["sl"],
+                                   d["y"], temperature=0.1,
+                                   kl_temperature=1.0),
             lambda d: ref.np_nce(d["t"], d["s"], d["y"], 0.1)
             + ref.np_sym_kl(d["tl"], d["sl"], 1.0).mean()),
-    "dkd": (lambda d: losses.dkd_loss(d["tl"], d["sl"], d["y"], alpha=1.0,
-                                      beta=8.0, temperature=4.0),
+    "dkd": (lambda d: dkd.dkd_loss(d["tl"], d["sl"], d["y"], alpha=1.0,
+                                   beta=8.0, temperature=4.0),
             lambda d: ref.np_dkd(d["tl"], d["sl"], d["y"], 1.0, 8.0, 4.0)),
-    "kd": (lambda d: losses.kd_loss(d["tl"], d["sl"], 4.0),
+    "kd": (lambda d: kd.kd_loss(d["tl"], d["sl"], 4.0),
            lambda d: ref.np_kd(d["tl"], d["sl"], 4.0)),
     "kd_standardized": (
-        lambda d: losses.kd_loss(*losses.maybe_standardize(
+        lambda d: kd.kd_loss(*maths.maybe_standardize(
             d["tl"], d["sl"], True), 2.0),
         lambda d: ref.np_kd(ref.np_standardize(d["tl"]),
                             ref.np_standardize(d["sl"]), 2.0)),
     "dkd_standardized": (
-        lambda d: losses.dkd_loss(*losses.maybe_standardize(
+        lambda d: dkd.dkd_loss(*maths.maybe_standardize(
             d["tl"], d["sl"], True), d["y"], alpha=9.0, beta=72.0,
             temperature=2.0),
         lambda d: ref.np_dkd(ref.np_standardize(d["tl"]),
                              ref.np_standardize(d["sl"]), d["y"], 9.0, 72.0,
                              2.0)),
-    "dist": (lambda d: losses.dist_loss(d["tl"], d["sl"], 1.0, 1.0, 4.0),
+    "dist": (lambda d: dist.dist_loss(d["tl"], d["sl"], 1.0, 1.0, 4.0),
              lambda d: ref.np_dist(d["tl"], d["sl"], 1.0, 1.0, 4.0)[0]),
-    "dist_inter": (lambda d: ops_mean(losses.dist_inter_per_example(
+    "dist_inter": (lambda d: ops_mean(dist.dist_inter_per_example(
         d["tl"], d["sl"], 3.0)),
         lambda d: ref.np_dist(d["tl"], d["sl"], tau=3.0)[1]),
-    "dist_intra": (lambda d: losses.dist_intra_term(d["tl"], d["sl"], 3.0),
+    "dist_intra": (lambda d: dist.dist_intra_term(d["tl"], d["sl"], 3.0),
                    lambda d: ref.np_dist(d["tl"], d["sl"], tau=3.0)[2]),
-    "mlkd": (lambda d: losses.mlkd_loss(d["tl"], d["sl"], 0.9, 4.0),
+    "mlkd": (lambda d: mlkd.mlkd_loss(d["tl"], d["sl"], 0.9, 4.0),
              lambda d: 0.9 * sum(ref.np_mlkd(d["tl"], d["sl"], 4.0))),
-    "mlkd_class": (lambda d: losses.mlkd_terms(d["tl"], d["sl"], 4.0)[
+    "mlkd_class": (lambda d: mlkd.mlkd_terms(d["tl"], d["sl"], 4.0)[
         "mlkd_class"], lambda d: ref.np_mlkd(d["tl"], d["sl"], 4.0)[1]),
-    "mlkd_batch": (lambda d: losses.mlkd_terms(d["tl"], d["sl"], 4.0)[
+    "mlkd_batch": (lambda d: mlkd.mlkd_terms(d["tl"], d["sl"], 4.0)[
         "mlkd_batch"], lambda d: ref.np_mlkd(d["tl"], d["sl"], 4.0)[2]),
     "mlkd_standardized": (
-        lambda d: losses.mlkd_loss(d["tl"], d["sl"], 9.0, 2.0, True),
+        lambda d: mlkd.mlkd_loss(d["tl"], d["sl"], 9.0, 2.0, True),
         lambda d: 9.0 * sum(ref.np_mlkd(d["tl"], d["sl"], 2.0, True))),
-    "seed": (lambda d: losses.seed_loss(d["t"], d["s"], d["queue"],
-                                        student_temperature=0.2,
-                                        teacher_temperature=1e-4),
+    "seed": (lambda d: seed.seed_loss(d["t"], d["s"], d["queue"],
+                                      student_temperature=0.2,
+                                      teacher_temperature=1e-4),
              lambda d: ref.np_seed(d["t"], d["s"], d["queue"], 0.2, 1e-4)),
-    "compress": (lambda d: losses.compress_loss(d["t"], d["s"], d["queue"],
-                                                temperature=0.04),
+    "compress": (lambda d: seed.compress_loss(d["t"], d["s"], d["queue"],
+                                              temperature=0.04),
                  lambda d: ref.np_compress(d["t"], d["s"], d["queue"],
                                            0.04)),
-    "crd": (lambda d: losses.crd_loss(*crd_inputs(d), z=3.0, num_examples=50,
-                                      temperature=0.07),
+    "crd": (lambda d: crd.crd_loss(*crd_inputs(d), z=3.0, num_examples=50,
+                                   temperature=0.07),
             lambda d: ref.np_crd(*crd_inputs(d), 3.0, 50, 0.07).mean()),
 }
 
@@ -148,7 +168,7 @@ class LossFunctionTest(TestCase):
                            kind=["constant_rows", "two_examples",
                                  "no_labels", "zero_rows"])
     def test_finite_with_finite_gradient_on_degenerate_batches(self, name,
-                                                                kind):
+                                                               kind):
         d = {k: tf.constant(v) for k, v in degenerate(kind).items()}
         with tf.GradientTape() as tape:
             tape.watch([d["s"], d["sl"]])
@@ -168,7 +188,7 @@ class LossFunctionTest(TestCase):
         y = np.array([0] * 9 + [1] * 2 + [2] * 1 + [-1] * 4)
         t = rng.normal(size=(len(y), 8)).astype(np.float32)
         s = (t + 0.5 * rng.normal(size=t.shape)).astype(np.float32)
-        got = float(losses.nce_loss(t, s, y, temperature=0.1))
+        got = float(nce.nce_loss(t, s, y, temperature=0.1))
         self.assertAllClose(got, ref.np_nce(t, s, y, 0.1), rtol=1e-5)
         # The pooled mean, for contrast.
         p = ref.np_softmax(ref.np_unit(s) @ ref.np_unit(t).T / 0.1)
@@ -183,12 +203,12 @@ class LossFunctionTest(TestCase):
     def test_dkd_reads_only_labeled_examples(self):
         d = embeddings(5)
         known = d["y"] >= 0
-        full = float(losses.dkd_loss(d["tl"], d["sl"], d["y"]))
-        kept = float(losses.dkd_loss(d["tl"][known], d["sl"][known],
-                                     d["y"][known]))
+        full = float(dkd.dkd_loss(d["tl"], d["sl"], d["y"]))
+        kept = float(dkd.dkd_loss(d["tl"][known], d["sl"][known],
+                                  d["y"][known]))
         self.assertAllClose(full, kept, rtol=1e-6)
-        self.assertEqual(float(losses.dkd_loss(d["tl"], d["sl"],
-                                               np.full(B, -1))), 0.0)
+        self.assertEqual(float(dkd.dkd_loss(d["tl"], d["sl"],
+                                            np.full(B, -1))), 0.0)
 
 
 # ---------------------------------------------------------------- methods
@@ -226,29 +246,6 @@ def batch(step=0, rows=B):
          for v in ("student", "teacher")}
     x["index"] = index
     return x, train_labels()[index]
-
-
-class LayoutTest(TestCase):
-
-    def test_each_method_is_one_file_and_its_losses_reach_ega_tf_losses(
-            self):
-        import inspect
-        import sys
-        for name in methods.METHODS.names():
-            cls = methods.get(name)
-            module = sys.modules[cls.__module__]
-            with self.subTest(method=name):
-                self.assertEqual(module.__name__.rsplit(".", 1)[0],
-                                 "ega_tf.methods")
-                self.assertIn(cls.__name__, module.__all__)
-                functions = [n for n in module.__all__
-                             if inspect.isfunction(getattr(module, n))]
-                for function in functions:
-                    self.assertIs(getattr(losses, function),
-                                  getattr(module, function))
-        from ega_tf.losses import crd_loss, rkd_loss  # noqa: F401
-        with self.assertRaisesRegex(AttributeError, "no attribute 'nope'"):
-            losses.nope
 
 
 class LogitStandardizationTest(TestCase):
@@ -461,7 +458,7 @@ class ReplicasTest(TestCase):
         self.check_two_replicas("crd")
 
     def check_two_replicas(self, name):
-        from ega_tf import distribute
+        from ega_tf.training import distribute
         pairs = []
         for strategy in (tf.distribute.get_strategy(),
                          distribute.mirrored(["/cpu:0", "/cpu:1"])):

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ega_tf.optimizers import TorchSGD, step_schedule
+from ega_tf.nn.optimizers import TorchSGD, step_schedule
 from tests.test_case import TestCase
 
 

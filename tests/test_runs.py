@@ -20,8 +20,9 @@ import pytest
 import tensorflow as tf
 
 from ega_tf import config as config_lib
-from ega_tf import data, training
-from ega_tf.errors import UserError
+from ega_tf import data
+from ega_tf.core.errors import UserError
+from ega_tf.training import loop, report
 from tests.test_case import TestCase, history_rows, pixel_teacher
 
 
@@ -66,14 +67,14 @@ class ResumeTest(TestCase):
         (the published weights' state is a subset of this)."""
         tmp = self.tmp_path()
         self.config = functools.partial(self.config, weights="balanced")
-        whole = training.run(self.config(), str(tmp / "whole"), verbose=0)
+        whole = loop.run(self.config(), str(tmp / "whole"), verbose=0)
         # 21 steps an epoch; checkpoints every 7 steps and at the end of
         # epoch 2 (every 2 epochs). The crash comes in epoch 2 at step 11,
         # after epoch 1's history row was written.
         run = tmp / "crashed"
         with self.assertRaises(Crash):
-            training.run(self.config(), str(run), verbose=0,
-                         on_step=crash_at(1, 10))
+            loop.run(self.config(), str(run), verbose=0,
+                     on_step=crash_at(1, 10))
         history = (run / "history.csv").read_text().splitlines()
         self.assertLen(history, 2)  # header, epoch 1
         self.assertFalse((run / "results.json").exists())
@@ -86,7 +87,7 @@ class ResumeTest(TestCase):
         data_file = next((run / "checkpoints").glob("ckpt-28.data-*"))
         data_file.write_bytes(data_file.read_bytes()[:100])
         with self.assertLogs("absl", "INFO") as logs:
-            again = training.run(self.config(), str(run), verbose=0)
+            again = loop.run(self.config(), str(run), verbose=0)
         text = "\n".join(logs.output)
         self.assertIn("ckpt-28 cannot be read", text)
         self.assertIn("ckpt-14 (epoch 0, step 14)", text)
@@ -105,14 +106,14 @@ class ResumeTest(TestCase):
         tmp = self.tmp_path()
         work = tmp / "w"
         config = self.config(epochs=1, checkpoint_every_steps=None)
-        first = training.run(config, str(work), verbose=0)
+        first = loop.run(config, str(work), verbose=0)
         stamps = {p: p.stat().st_mtime_ns for p in work.rglob("*")
                   if p.is_file()}
         for changes in ({"seed": 1}, {"labeled_fraction": 0.2},
                         {"epochs": 2}):
             with self.subTest(changes=changes):
                 with self.assertRaises(UserError) as e:
-                    training.run(self.config(**{
+                    loop.run(self.config(**{
                         "epochs": 1, "checkpoint_every_steps": None,
                         **changes}), str(work), verbose=0)
                 field = next(iter(changes))
@@ -120,23 +121,23 @@ class ResumeTest(TestCase):
                 self.assertIn("--config.resume=false", str(e.exception))
         # The same config: reported, nothing rewritten. Operational fields
         # (where data lives, how often to checkpoint) may differ.
-        again = training.run(self.config(epochs=1, checkpoint_every=3,
-                                         checkpoint_every_steps=None),
-                             str(work), verbose=0)
+        again = loop.run(self.config(epochs=1, checkpoint_every=3,
+                                     checkpoint_every_steps=None),
+                         str(work), verbose=0)
         self.assertEqual(again, first)
         self.assertEqual({p: p.stat().st_mtime_ns for p in stamps}, stamps)
         # A leftover of an export killed mid-write is removed at the start.
         stale = work / ".saved_model.x1y2z3"
         stale.mkdir()
         (stale / "saved_model.pb").write_bytes(b"partial")
-        training.run(self.config(epochs=1, checkpoint_every_steps=None),
-                     str(work), verbose=0)
+        loop.run(self.config(epochs=1, checkpoint_every_steps=None),
+                 str(work), verbose=0)
         self.assertFalse(stale.exists())
         # resume=false starts over in it.
         c = self.config(epochs=1, checkpoint_every_steps=None, seed=1,
                         export=False)
         c.resume = False
-        third = training.run(c, str(work), verbose=0)
+        third = loop.run(c, str(work), verbose=0)
         self.assertEqual(third["seed"], 1)
         self.assertEqual(json.loads((work / "config.json").read_text())[
             "seed"], 1)
@@ -332,15 +333,15 @@ class CollapseTest(TestCase):
         def rows(*shares):
             return [{"epoch": i, "test_zero_features": s}
                     for i, s in enumerate(shares)]
-        self.assertEqual(training.collapse(rows(0.0, 0.1)),
+        self.assertEqual(report.collapse(rows(0.0, 0.1)),
                          (False, None, 0.1))
-        self.assertEqual(training.collapse(rows(0.1, 0.6, 0.9)),
+        self.assertEqual(report.collapse(rows(0.1, 0.6, 0.9)),
                          (True, 2, 0.9))
-        self.assertEqual(training.collapse(rows(0.6, 0.1, 0.5)),
+        self.assertEqual(report.collapse(rows(0.6, 0.1, 0.5)),
                          (True, 3, 0.5))  # threshold included; recovered once
-        self.assertEqual(training.collapse(rows(0.9, 0.2)),
+        self.assertEqual(report.collapse(rows(0.9, 0.2)),
                          (False, None, 0.2))
-        self.assertEqual(training.collapse([{"epoch": 0}]),
+        self.assertEqual(report.collapse([{"epoch": 0}]),
                          (False, None, None))  # a run that does not log it
 
     def test_a_dead_student_says_so_in_one_line_and_in_its_results(self):
@@ -354,8 +355,8 @@ class CollapseTest(TestCase):
                                            "none")
         c.epochs, c.export = 2, False
         with self.assertLogs("absl", "WARNING") as logs:
-            results = training.run(config_lib.resolve(c), str(tmp / "w"),
-                                   verbose=0)
+            results = loop.run(config_lib.resolve(c), str(tmp / "w"),
+                               verbose=0)
         warnings = [m for m in logs.output if "collapsed" in m]
         self.assertLen(warnings, 1)  # once, not every epoch
         self.assertIn("collapsed at epoch 1: 100% of its pooled features "

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ega_tf import serving, students
-from ega_tf.distiller import build_student
-from ega_tf.errors import UserError
+from ega_tf import students
+from ega_tf.core.errors import UserError
+from ega_tf.deploy import serving
+from ega_tf.students.head import build_student
 from tests.test_case import TestCase
 
 _SERVE = """

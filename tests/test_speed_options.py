@@ -5,8 +5,10 @@ stays close; XLA is chosen per device, with the reason logged."""
 import numpy as np
 
 from ega_tf import config as config_lib
-from ega_tf import data, teachers, training
+from ega_tf import data, teachers
+from ega_tf.core import runtime
 from ega_tf.teachers import teacher_file
+from ega_tf.training import build, loop
 from tests.test_case import TestCase, history_rows, pixel_teacher
 
 
@@ -27,8 +29,8 @@ class TeacherCacheTest(TestCase):
             c.epochs, c.labeled_fraction, c.export = 1, 0.1, False
             c.teacher_view, c.teacher_cache = "clean", cache
             with self.assertLogs("absl", "INFO") as logs:
-                training.run(config_lib.resolve(c), str(tmp / cache),
-                             verbose=0)
+                loop.run(config_lib.resolve(c), str(tmp / cache),
+                         verbose=0)
             runs[cache] = history_rows(tmp / cache)
             cached = "computed once" in " ".join(logs.output)
             self.assertEqual(cached, cache == "auto")
@@ -62,8 +64,8 @@ class XlaChoiceTest(TestCase):
         from tensorflow.python.framework import config as tf_config
         with mock.patch.object(tf.config, "list_physical_devices",
                                return_value=["GPU:0"]):
-            self.assertEqual(training.choose_jit("auto")[0], True)
-            jit, why = training.choose_jit("auto", deterministic=True)
+            self.assertEqual(build.choose_jit("auto")[0], True)
+            jit, why = build.choose_jit("auto", deterministic=True)
         self.assertFalse(jit)
         self.assertIn("off under op determinism", why)
         # The loop compiles its step with what was chosen, which Keras's
@@ -72,15 +74,15 @@ class XlaChoiceTest(TestCase):
         c.dataset, c.student, c.distill = "digits", "resnet8", "none"
         c.jit_compile = "true"
         c = config_lib.resolve(c)
-        with training.runtime.op_determinism(True):
-            model = training.build_model(c, data.load("digits"))
+        with runtime.op_determinism(True):
+            model = build.build_model(c, data.load("digits"))
             self.assertTrue(tf_config.is_op_determinism_enabled())
         self.assertTrue(model.step_jit_compile)
         self.assertFalse(tf_config.is_op_determinism_enabled())
 
     def test_auto_is_off_on_cpu_and_says_why(self):
-        jit, why = training.choose_jit("auto")
+        jit, why = build.choose_jit("auto")
         self.assertFalse(jit)
         self.assertIn("off on CPU", why)
-        self.assertEqual(training.choose_jit("true"),
+        self.assertEqual(build.choose_jit("true"),
                          (True, "jit_compile=true (config)"))

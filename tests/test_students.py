@@ -8,8 +8,9 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
-from ega_tf import runtime, students
-from ega_tf.layers import ChannelShuffle, conv
+from ega_tf import students
+from ega_tf.core import runtime
+from ega_tf.nn.layers import ChannelShuffle, conv
 from tests.test_case import TestCase
 
 # name: (trainable parameters with a 100-class classifier, pooled width),
@@ -102,7 +103,7 @@ class StudentZooTest(TestCase):
         np.testing.assert_array_equal(out, [0, 2, 4, 1, 3, 5])
 
     def test_unknown_name_lists_valid_names(self):
-        from ega_tf.errors import UserError
+        from ega_tf.core.errors import UserError
         with self.assertRaisesRegex(UserError, "resnet8x4"):
             students.create("resnet9")
 

@@ -10,9 +10,11 @@ import shutil
 import numpy as np
 
 from ega_tf import config as config_lib
-from ega_tf import grid, methods, tuning
-from ega_tf.errors import UserError
+from ega_tf import methods
+from ega_tf.comparison import grid, tables, tuning
+from ega_tf.core.errors import UserError
 from ega_tf.methods.base import TUNE_RANGE, Method
+from ega_tf.training import loop
 from tests.test_case import TestCase, pixel_teacher
 
 
@@ -153,7 +155,7 @@ class TuneGridTest(TestCase):
                           cell["optim"]["lr"]),
                          ("balanced", chosen["balance.ratio"],
                           chosen["optim.lr"]))
-        summary = (tmp / "g" / grid.SUMMARY).read_text()
+        summary = (tmp / "g" / tables.SUMMARY).read_text()
         self.assertIn("Tuned: 2 trials per method", summary)
 
         # Interrupted inside trial 1 (its results and checkpoints gone),
@@ -196,9 +198,10 @@ class ScriptedSearchTest(TestCase):
               4: ([0.35, 0.45, 0.55, 0.70], 0.0, False)}   # the best
 
     def fake_run(self, config, path, verbose=2, on_epoch=None, **kw):
-        from ega_tf import training
-        from ega_tf import workdir as wd
         import os
+
+        from ega_tf.training import divergence
+        from ega_tf.training import workdir as wd
         results_path = os.path.join(path, wd.RESULTS)
         if os.path.exists(results_path):
             return wd.read_json(results_path)
@@ -228,18 +231,17 @@ class ScriptedSearchTest(TestCase):
                                    "step": 1, "lr": 0.05, "message": "x"}
         wd.write_json(results_path, results)
         if status == "diverged":
-            raise training.DivergedError("ce", float("nan"), 3, 0, 0.05)
+            raise divergence.DivergedError("ce", float("nan"), 3, 0, 0.05)
         return results
 
     def test_failed_trials_are_never_chosen_and_poor_ones_are_pruned(self):
         from unittest import mock
-        from ega_tf import training
         tmp = self.tmp_path()
         base = base_config(epochs=4)
         base.data.val_fraction = 0.1
         cells = grid.make_cells(["sp"], [0], ["resnet8"], [0.1])
         self.trained, lines, cost = [], [], {}
-        with mock.patch.object(training, "run", self.fake_run):
+        with mock.patch.object(loop, "run", self.fake_run):
             chosen = tuning.search(base, cells, str(tmp), 5,
                                    log=lines.append, cost=cost)
         with open(tmp / tuning.TUNING_CSV, newline="") as f:
@@ -263,7 +265,7 @@ class ScriptedSearchTest(TestCase):
         # A rerun reads every trial back, trains none, chooses the same.
         before = (tmp / tuning.TUNING_CSV).read_text()
         self.trained = []
-        with mock.patch.object(training, "run", self.fake_run):
+        with mock.patch.object(loop, "run", self.fake_run):
             again = tuning.search(base, cells, str(tmp), 5,
                                   log=lines.append, cost=cost)
         self.assertEqual(self.trained, [])
@@ -273,13 +275,12 @@ class ScriptedSearchTest(TestCase):
 
     def test_no_working_trial_keeps_trial_0(self):
         from unittest import mock
-        from ega_tf import training
         tmp = self.tmp_path()
         base = base_config(epochs=4)
         base.data.val_fraction = 0.1
         self.SCRIPT = {k: ([0.5] * 4, 0.9, False) for k in range(2)}
         self.trained, lines = [], []
-        with mock.patch.object(training, "run", self.fake_run):
+        with mock.patch.object(loop, "run", self.fake_run):
             chosen = tuning.search(
                 base, grid.make_cells(["sp"], [0], ["resnet8"], [0.1]),
                 str(tmp), 2, log=lines.append)

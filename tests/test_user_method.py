@@ -11,11 +11,21 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ega_tf import distribute, layers, methods, students
-from ega_tf.distiller import Distiller, build_student
-from ega_tf.optimizers import TorchSGD
-from tests.test_case import (ROOT, TestCase, conv_teacher, history_rows,
-                             lockstep_errors, pixel_teacher, run_lockstep)
+from ega_tf import methods, students
+from ega_tf.nn import layers
+from ega_tf.nn.optimizers import TorchSGD
+from ega_tf.students.head import build_student
+from ega_tf.training import distribute
+from ega_tf.training.distiller import Distiller
+from tests.test_case import (
+    ROOT,
+    TestCase,
+    conv_teacher,
+    history_rows,
+    lockstep_errors,
+    pixel_teacher,
+    run_lockstep,
+)
 
 CLASS = "CentredCosine"
 
@@ -69,7 +79,7 @@ class UserMethodTest(TestCase):
         # between two traces, 1 ulp of 'loss'; the Distiller now sums it in
         # float64.)
         from ega_tf import config as config_lib
-        from ega_tf import training
+        from ega_tf.training import loop
 
         class Crash(Exception):
             pass
@@ -80,15 +90,15 @@ class UserMethodTest(TestCase):
         c = config_lib.default_config()
         c.update(config)
         with self.assertRaises(Crash):
-            training.run(config_lib.resolve(c), str(tmp / "k"), verbose=0,
-                         on_step=crash)
-        training.run(config_lib.resolve(c), str(tmp / "k"), verbose=0)
-        training.run(config_lib.resolve(c), str(tmp / "u"), verbose=0)
+            loop.run(config_lib.resolve(c), str(tmp / "k"), verbose=0,
+                     on_step=crash)
+        loop.run(config_lib.resolve(c), str(tmp / "k"), verbose=0)
+        loop.run(config_lib.resolve(c), str(tmp / "u"), verbose=0)
         self.assertEqual(history_rows(tmp / "k"), history_rows(tmp / "u"))
         self.assertAllClose(history_rows(tmp / "u")[0]["ce"], rows[0]["ce"],
                             rtol=1e-5)  # the command line's run
         # In a grid its cells are named by its class.
-        from ega_tf import grid
+        from ega_tf.comparison import grid
         cell, = grid.make_cells([self.spec], [0], ["resnet8"], [0.1])
         self.assertEqual(cell.name, "centred_cosine_resnet8_lf0.1_s0")
 

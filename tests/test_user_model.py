@@ -12,7 +12,7 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 from ega_tf import teachers
-from ega_tf.errors import UserError
+from ega_tf.core.errors import UserError
 from ega_tf.teachers.user_model import wrap
 from tests.test_case import ROOT, TestCase
 

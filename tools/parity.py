@@ -40,8 +40,13 @@ def torch_reference(family, arch, state):
     import fnmatch
 
     import torch
-    from tools.reference import (torch_clip, torch_repdistiller, torch_resnet,
-                                 torch_vit)
+
+    from tools.reference import (
+        torch_clip,
+        torch_repdistiller,
+        torch_resnet,
+        torch_vit,
+    )
     tensors = {k: torch.tensor(np.asarray(v)) for k, v in state.items()
                if not any(fnmatch.fnmatchcase(k, p)
                           for p in family.drop_heads)}
@@ -97,9 +102,9 @@ def main():
     p.add_argument("--allow_pickle", action="store_true")
     args = p.parse_args()
 
-    from ega_tf import cli
-    from ega_tf.errors import UserError
-    tf = cli.import_tensorflow()
+    from ega_tf.core import runtime
+    from ega_tf.core.errors import UserError
+    tf = runtime.import_tensorflow()
     from ega_tf import teachers
     from ega_tf.teachers import convert
     from tools.reference import tf_simclr

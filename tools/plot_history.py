@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 
-from ega_tf import workdir as wd
+from ega_tf.training import workdir as wd
 
 PANELS = [("test_top1", "test top-1"), ("val_top1", "validation top-1"),
           ("ce", "train cross-entropy"), ("node", "train L_node"),

@@ -17,8 +17,8 @@
 
 Loads each publisher's loss module from your checkout (their files, run
 as they are: nothing of theirs is copied here), computes it with PyTorch
-on random batches, computes ``ega_tf.losses``'s version on the same
-numbers, and prints both with their relative difference, one line per
+on random batches, computes ega_tf's version (from each method's file) on
+the same numbers, and prints both with their relative difference, one line per
 loss and batch. A difference far above float32 rounding (1e-6) is a
 difference in what is computed.
 
@@ -230,7 +230,17 @@ def main():
                  "--logit_standardization")
     import torch
 
-    from ega_tf import losses
+    from ega_tf.methods.dist import dist_loss
+    from ega_tf.methods.dkd import dkd_loss
+    from ega_tf.methods.hint import hint_loss
+    from ega_tf.methods.kd import kd_loss
+    from ega_tf.methods.maths import maybe_standardize
+    from ega_tf.methods.mlkd import mlkd_loss
+    from ega_tf.methods.nce import ccl_loss, nce_loss
+    from ega_tf.methods.pkt import pkt_loss
+    from ega_tf.methods.rkd import rkd_loss
+    from ega_tf.methods.seed import compress_loss, seed_loss
+    from ega_tf.methods.sp import sp_loss
 
     cases = {}
     if args.repdistiller:
@@ -238,17 +248,17 @@ def main():
                for n in ("KD", "FitNet", "RKD", "PKT", "SP")}
         cases.update({
             "kd (T 4)": (lambda t, s, tl, sl, y, q: zoo["KD"].DistillKL(4)(
-                sl, tl), lambda t, s, tl, sl, y, q: losses.kd_loss(tl, sl, 4.0)),
+                sl, tl), lambda t, s, tl, sl, y, q: kd_loss(tl, sl, 4.0)),
             "hint": (lambda t, s, tl, sl, y, q: zoo["FitNet"].HintLoss()(s, t),
-                     lambda t, s, tl, sl, y, q: losses.hint_loss(t, s)),
+                     lambda t, s, tl, sl, y, q: hint_loss(t, s)),
             "rkd (25, 50)": (
                 lambda t, s, tl, sl, y, q: zoo["RKD"].RKDLoss(25, 50)(s, t),
-                lambda t, s, tl, sl, y, q: losses.rkd_loss(
+                lambda t, s, tl, sl, y, q: rkd_loss(
                     t, s, distance_weight=25.0, angle_weight=50.0)),
             "pkt": (lambda t, s, tl, sl, y, q: zoo["PKT"].PKT()(s, t),
-                    lambda t, s, tl, sl, y, q: losses.pkt_loss(t, s)),
+                    lambda t, s, tl, sl, y, q: pkt_loss(t, s)),
             "sp": (lambda t, s, tl, sl, y, q: zoo["SP"].Similarity()([s], [t])[0],
-                   lambda t, s, tl, sl, y, q: losses.sp_loss(t, s)),
+                   lambda t, s, tl, sl, y, q: sp_loss(t, s)),
         })
     if args.ega:
         nce = _module(args.ega, "distiller_zoo/NCE.py")
@@ -256,9 +266,9 @@ def main():
         cases.update({
             "nce (T 0.1)": (
                 lambda t, s, tl, sl, y, q: nce.NCELoss(0.1)(s, t, y),
-                lambda t, s, tl, sl, y, q: losses.nce_loss(t, s, y, 0.1)),
+                lambda t, s, tl, sl, y, q: nce_loss(t, s, y, 0.1)),
             "ccl": (lambda t, s, tl, sl, y, q: ccl.CCL()(s, t, y, sl, tl),
-                    lambda t, s, tl, sl, y, q: losses.ccl_loss(
+                    lambda t, s, tl, sl, y, q: ccl_loss(
                         t, s, tl, sl, y, 0.1, 1.0)),
         })
     if args.mdistiller:
@@ -266,26 +276,26 @@ def main():
                               "DKD")
         cases["dkd (1, 8, T 4)"] = (
             lambda t, s, tl, sl, y, q: dkd.dkd_loss(sl, tl, y, 1.0, 8.0, 4.0),
-            lambda t, s, tl, sl, y, q: losses.dkd_loss(tl, sl, y, 1.0, 8.0,
-                                                       4.0))
+            lambda t, s, tl, sl, y, q: dkd_loss(tl, sl, y, 1.0, 8.0,
+                                                4.0))
     if args.seed_code:
         cases["seed (0.2, 1e-4)"] = (
             _seed_theirs(args.seed_code),
-            lambda t, s, tl, sl, y, q: losses.seed_loss(t, s, q, 0.2, 1e-4))
+            lambda t, s, tl, sl, y, q: seed_loss(t, s, q, 0.2, 1e-4))
     if args.compress:
         cases["compress (0.04)"] = (
             _compress_theirs(args.compress),
-            lambda t, s, tl, sl, y, q: losses.compress_loss(t, s, q, 0.04))
+            lambda t, s, tl, sl, y, q: compress_loss(t, s, q, 0.04))
     if args.dist:
         dist = _module(args.dist, "lib/models/losses/dist_kd.py")
         cases["dist (1, 1, T 4)"] = (
             lambda t, s, tl, sl, y, q: dist.DIST(1.0, 1.0, 4.0)(sl, tl),
-            lambda t, s, tl, sl, y, q: losses.dist_loss(tl, sl, 1.0, 1.0,
-                                                        4.0))
+            lambda t, s, tl, sl, y, q: dist_loss(tl, sl, 1.0, 1.0,
+                                                 4.0))
     if args.mlkd:
         cases["mlkd (0.9, T 4)"] = (
             _multi_level_theirs(args.mlkd, "KD_ours", "KD_ours", 0.9, 4.0),
-            lambda t, s, tl, sl, y, q: losses.mlkd_loss(tl, sl, 0.9, 4.0))
+            lambda t, s, tl, sl, y, q: mlkd_loss(tl, sl, 0.9, 4.0))
     if args.logit_standardization:
         root = args.logit_standardization
         ls_kd = _package_module(root, "mdistiller/distillers", "KD")
@@ -293,20 +303,20 @@ def main():
 
         def standardized(fn):
             return lambda t, s, tl, sl, y, q: fn(
-                *losses.maybe_standardize(tl, sl, True), y)
+                *maybe_standardize(tl, sl, True), y)
         cases.update({
             "kd + ls (T 2)": (
                 lambda t, s, tl, sl, y, q: ls_kd.kd_loss(sl, tl, 2.0, True),
-                standardized(lambda tl, sl, y: losses.kd_loss(tl, sl, 2.0))),
+                standardized(lambda tl, sl, y: kd_loss(tl, sl, 2.0))),
             "dkd + ls (9, 72)": (
                 lambda t, s, tl, sl, y, q: ls_dkd.dkd_loss(
                     sl, tl, y, 9.0, 72.0, 2.0, True),
-                standardized(lambda tl, sl, y: losses.dkd_loss(
+                standardized(lambda tl, sl, y: dkd_loss(
                     tl, sl, y, 9.0, 72.0, 2.0))),
             "mlkd + ls (9, T 2)": (
                 _multi_level_theirs(root, "MLKD", "MLKD", 9.0, 2.0, True),
-                lambda t, s, tl, sl, y, q: losses.mlkd_loss(tl, sl, 9.0, 2.0,
-                                                            True)),
+                lambda t, s, tl, sl, y, q: mlkd_loss(tl, sl, 9.0, 2.0,
+                                                     True)),
         })
     print(f"{'loss':<17} {'classes':>7} {'publisher':>14} {'ega_tf':>14} "
           f"{'relative':>9}")

@@ -104,7 +104,7 @@ def train(args, seed, arrays):
     import torch
     from torch import nn
 
-    from ega_tf.constants import CLIP_MEAN, CLIP_STD
+    from ega_tf.core.constants import CLIP_MEAN, CLIP_STD
     from tools.reference import torch_cifar_resnet, torch_losses
     (train_x, train_y, test_x, test_y, train_f, test_f,
      classes) = arrays

@@ -15,10 +15,9 @@ to know which teacher is used.
 
 from __future__ import annotations
 
-from ega_tf.data.base import (UNLABELED, Dataset, Split, hold_out,
-                               mask_labels)
+from ega_tf.core.errors import DatasetNotFoundError
+from ega_tf.data.base import UNLABELED, Dataset, Split, hold_out, mask_labels
 from ega_tf.data.sources import DATASETS, check_name, load
-from ega_tf.errors import DatasetNotFoundError
 
 __all__ = ["DATASETS", "UNLABELED", "Dataset", "DatasetNotFoundError",
            "Split", "check_name", "hold_out", "load", "mask_labels"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from ega_tf.registry import check_choice
+from ega_tf.core.registry import check_choice
 
 TEACHER_VIEWS = ("independent", "same", "clean")
 _PADDING_AT_32 = 4  # the published CIFAR policy

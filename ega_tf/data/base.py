@@ -171,7 +171,7 @@ def mask_labels(labels, fraction, seed=0):
     stay -1. The same seed gives the same subset.
     """
     if not 0.0 < fraction <= 1.0:
-        from ega_tf.errors import UserError
+        from ega_tf.core.errors import UserError
         raise UserError(
             f"labeled_fraction must be in (0, 1], got {fraction}.")
     labels = np.asarray(labels, np.int64)
@@ -196,7 +196,7 @@ def hold_out(labels, fraction, seed=0):
     training. The same seed gives the same split; the draw is independent
     of ``mask_labels``'s with the same seed.
     """
-    from ega_tf.errors import UserError
+    from ega_tf.core.errors import UserError
     if not 0.0 <= fraction < 1.0:
         raise UserError(f"data.val_fraction must be in [0, 1); got "
                         f"{fraction}.")

@@ -28,9 +28,9 @@ import os
 import numpy as np
 from absl import logging
 
+from ega_tf.core.errors import DatasetNotFoundError, UserError
+from ega_tf.core.registry import check_choice
 from ega_tf.data.base import UNLABELED, Dataset, Split
-from ega_tf.errors import DatasetNotFoundError, UserError
-from ega_tf.registry import check_choice
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 UNLABELED_DIR = "unlabeled"

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from ega_tf.core.errors import UserError
+from ega_tf.core.registry import check_choice
 from ega_tf.data import augment
-from ega_tf.errors import UserError
-from ega_tf.registry import check_choice
 
 CACHE_POLICIES = ("auto", "memory", "none")
 DEFAULT_SHUFFLE_BUFFER = 16384  # for streamed splits that are not cached
@@ -134,7 +134,7 @@ class TrainStream:
         # not depend on how many iterators came before.
         base = self.base.enumerate() if with_index else self.base
         ds = base.shuffle(self.buffer, seed=seed * 100_003 + epoch,
-                               reshuffle_each_iteration=False)
+                          reshuffle_each_iteration=False)
         ds = ds.enumerate().batch(self.global_batch, drop_remainder=True)
         ds = ds.skip(skip)
         if num_shards > 1:

@@ -29,9 +29,9 @@ from typing import Optional
 
 import numpy as np
 
+from ega_tf.core.errors import DatasetNotFoundError, UserError, first_line
+from ega_tf.core.registry import Registry
 from ega_tf.data.base import UNLABELED, Dataset, Split
-from ega_tf.errors import DatasetNotFoundError, UserError, first_line
-from ega_tf.registry import Registry
 
 DATASETS: Registry = Registry("dataset")
 

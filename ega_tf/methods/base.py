@@ -26,7 +26,7 @@ The student's loss is ``gamma * CE + alpha * KD + beta * value``. Each
 method returns its terms for logging (global values, the same on every
 replica), its value and this replica's share of it, whose gradients summed
 over the replicas are the value's: ``per_example`` and ``graph`` (through
-``ega_tf.replicas``) give both.
+``ega_tf.nn.replicas``) give both.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ega_tf.constants import PUBLISHED_EPOCHS
-from ega_tf.registry import Registry
+from ega_tf.core.constants import PUBLISHED_EPOCHS
+from ega_tf.core.registry import Registry
 
 METHODS: Registry = Registry("distillation method")
 
@@ -58,7 +58,7 @@ def register(cls):
 GENERAL_FIELDS = ("gamma", "alpha", "beta", "kd_temperature")
 GENERAL_DEFAULTS = {"kd_temperature": 4.0}
 # The switch of the logit methods (kd, dkd, dist, mlkd): standardize both
-# logits before their softmax (ega_tf.losses.standardize_logits).
+# logits before their softmax (ega_tf.methods.maths.standardize_logits).
 STANDARDIZE = "logit_standardization"
 # gamma * CE + beta * method, no KD: the published footing of every
 # baseline but KD itself.
@@ -74,7 +74,7 @@ TUNE_RANGE = (0.01, 10.0)
 @dataclasses.dataclass
 class Batch:
     """What a method sees of one step, on one replica (tensors of this
-    replica's rows; ``ega_tf.replicas`` reaches the others)."""
+    replica's rows; ``ega_tf.nn.replicas`` reaches the others)."""
     x_t: object        # [b, D] teacher projections (no gradient)
     x_s: object        # [b, D] student projections
     t_logits: object   # [b, K] teacher logits (no gradient): the online
@@ -323,14 +323,14 @@ class Method:
     def per_example(values, weights):
         """(global weighted mean, this replica's share) of per-example
         ``values``."""
-        from ega_tf import replicas
+        from ega_tf.nn import replicas
         return replicas.mean(values, weights)
 
     @staticmethod
     def graph(value):
         """(value, this replica's share) of a loss every replica computes
         alike from the gathered batch."""
-        from ega_tf import replicas
+        from ega_tf.nn import replicas
         return value, replicas.graph_share(value)
 
     @staticmethod
@@ -339,7 +339,7 @@ class Method:
         row is valid)."""
         import tensorflow as tf
 
-        from ega_tf import replicas
+        from ega_tf.nn import replicas
         out = [replicas.gather(t) for t in tensors]
         if b.training:
             return out

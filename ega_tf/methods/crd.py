@@ -8,10 +8,17 @@ import math
 
 import numpy as np
 
-from ega_tf.keras_ops import ops
-from ega_tf.losses import f32, unit_rows
-from ega_tf.methods.base import (AT_LEAST_ONE, CE_PLUS_METHOD, POSITIVE,
-                                 Method, Range, Result, register)
+from ega_tf.methods.base import (
+    AT_LEAST_ONE,
+    CE_PLUS_METHOD,
+    POSITIVE,
+    Method,
+    Range,
+    Result,
+    register,
+)
+from ega_tf.methods.maths import f32, unit_rows
+from ega_tf.nn.keras_ops import ops
 
 __all__ = ["CRD", "crd_loss", "crd_per_anchor"]
 
@@ -92,7 +99,7 @@ class CRD(Method):
     def build_state(self):
         import keras
 
-        from ega_tf.layers import torch_dense
+        from ega_tf.nn.layers import torch_dense
         d, n = int(self.w["crd_dim"]), self.num_examples
         self.embed_s = self.add_layer(
             "embed_s", torch_dense(d, self.embed_dim, name="crd_embed_s"),
@@ -121,7 +128,7 @@ class CRD(Method):
         """[b, K] bank rows for this replica's anchors."""
         import tensorflow as tf
 
-        from ega_tf import replicas
+        from ega_tf.nn import replicas
         y = ops.cast(b.raw_labels, "int64")
         idx = ops.cast(b.index, "int64")
         rows = tf.shape(y)[0]
@@ -153,7 +160,7 @@ class CRD(Method):
     def compute(self, b):
         import tensorflow as tf
 
-        from ega_tf import replicas
+        from ega_tf.nn import replicas
         if not b.training:
             return Result({})
         v_s = unit_rows(self.embed_s(b.x_s))
@@ -184,7 +191,7 @@ class CRD(Method):
     def update(self, b, state):
         import tensorflow as tf
 
-        from ega_tf import replicas
+        from ega_tf.nn import replicas
         v_s, v_t, z = state
         m = self.w["crd_momentum"]
         idx = ops.cast(replicas.gather(b.index), "int64")[:, None]

@@ -7,10 +7,15 @@ batch (intra-class, over the gathered global batch)."""
 
 from __future__ import annotations
 
-from ega_tf.keras_ops import ops
-from ega_tf.losses import f32, maybe_standardize, sqrt_or_zero
-from ega_tf.methods.base import (CE_PLUS_METHOD, POSITIVE, STANDARDIZE,
-                                 Method, register)
+from ega_tf.methods.base import (
+    CE_PLUS_METHOD,
+    POSITIVE,
+    STANDARDIZE,
+    Method,
+    register,
+)
+from ega_tf.methods.maths import f32, maybe_standardize, sqrt_or_zero
+from ega_tf.nn.keras_ops import ops
 
 __all__ = ["DIST", "dist_inter_per_example", "dist_intra_term",
            "dist_loss"]

@@ -4,11 +4,17 @@ over the other classes (NCKD), each with its own weight."""
 
 from __future__ import annotations
 
-from ega_tf.constants import PUBLISHED_EPOCHS
-from ega_tf.keras_ops import ops
-from ega_tf.losses import f32, maybe_standardize
-from ega_tf.methods.base import (CE_PLUS_METHOD, POSITIVE, STANDARDIZE,
-                                 Method, Result, register)
+from ega_tf.core.constants import PUBLISHED_EPOCHS
+from ega_tf.methods.base import (
+    CE_PLUS_METHOD,
+    POSITIVE,
+    STANDARDIZE,
+    Method,
+    Result,
+    register,
+)
+from ega_tf.methods.maths import f32, maybe_standardize
+from ega_tf.nn.keras_ops import ops
 
 __all__ = ["DKD", "dkd_loss", "dkd_per_example"]
 

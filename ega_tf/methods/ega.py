@@ -10,7 +10,7 @@ For a batch of B node embeddings from the teacher (``x_t``) and the student
     L_node = ||N - I||_F,  L_edge = ||E_t - E_s||_F  (Frobenius, not / B)
     L_EGA  = node_weight * L_node + edge_weight * L_edge
 
-computed in float32 over the gathered global batch (``ega_tf.losses`` has
+computed in float32 over the gathered global batch (``ega_tf.methods.maths`` has
 the correlations; a constant row correlates 0 with everything).
 """
 
@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from typing import Dict
 
-from ega_tf.keras_ops import ops
-from ega_tf.losses import frobenius_norm, gram, standardize_rows
 from ega_tf.methods.base import CE_PLUS_METHOD, Method, register
+from ega_tf.methods.maths import frobenius_norm, gram, standardize_rows
+from ega_tf.nn.keras_ops import ops
 
 __all__ = ["EGA", "EGAEdge", "EGANode", "edge_term", "ega_loss",
            "ega_terms"]
@@ -76,7 +76,7 @@ class EGA(Method):
     source = "EGA's train_student.py defaults"
 
     def compute(self, b):
-        from ega_tf import replicas
+        from ega_tf.nn import replicas
         t, s, m = (replicas.gather(v) for v in (b.x_t, b.x_s, b.valid))
         terms = ega_terms(t, s, mask=m)
         return self.weighted({k: self.graph(terms[k]) for k in self.terms})

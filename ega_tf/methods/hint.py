@@ -3,9 +3,9 @@ error between the projections (no regressor: both are D wide)."""
 
 from __future__ import annotations
 
-from ega_tf.keras_ops import ops
-from ega_tf.losses import f32
 from ega_tf.methods.base import CE_PLUS_METHOD, Method, register
+from ega_tf.methods.maths import f32
+from ega_tf.nn.keras_ops import ops
 
 __all__ = ["Hint", "hint_loss", "hint_per_example"]
 

@@ -1,13 +1,13 @@
 """Hinton, Vinyals & Dean's knowledge distillation (2015): the KL of the
 softened logits. Its per-example form is shared maths
-(``ega_tf.losses.kd_per_example``): every method's student loss has a KD
+(``ega_tf.methods.maths.kd_per_example``): every method's student loss has a KD
 term, weighted by alpha, which only ``kd`` turns on by default."""
 
 from __future__ import annotations
 
-from ega_tf.keras_ops import ops
-from ega_tf.losses import kd_per_example
 from ega_tf.methods.base import STANDARDIZE, Method, register
+from ega_tf.methods.maths import kd_per_example
+from ega_tf.nn.keras_ops import ops
 
 __all__ = ["KD", "kd_loss", "kd_per_example"]
 

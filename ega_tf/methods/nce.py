@@ -3,10 +3,9 @@ and CCL (that NCE plus the symmetric KL of the logits)."""
 
 from __future__ import annotations
 
-from ega_tf.keras_ops import ops
-from ega_tf.losses import f32, unit_rows
-from ega_tf.methods.base import (CE_PLUS_METHOD, POSITIVE, Method,
-                                 register)
+from ega_tf.methods.base import CE_PLUS_METHOD, POSITIVE, Method, register
+from ega_tf.methods.maths import f32, unit_rows
+from ega_tf.nn.keras_ops import ops
 
 __all__ = ["CCL", "NCE", "NCE_EPSILON", "ccl_loss", "nce_loss",
            "symmetric_kl_per_example"]

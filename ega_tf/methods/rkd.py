@@ -3,9 +3,9 @@ the distance and angle potentials of the batch's embeddings."""
 
 from __future__ import annotations
 
-from ega_tf.keras_ops import ops
-from ega_tf.losses import f32, unit_rows
 from ega_tf.methods.base import CE_PLUS_METHOD, Method, register
+from ega_tf.methods.maths import f32, unit_rows
+from ega_tf.nn.keras_ops import ops
 
 __all__ = ["RKD", "rkd_loss", "rkd_terms"]
 

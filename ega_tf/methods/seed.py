@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import abc
 
-from ega_tf.keras_ops import ops
-from ega_tf.losses import unit_rows
-from ega_tf.methods.base import (AT_LEAST_ONE, CE_PLUS_METHOD, POSITIVE,
-                                 Method, register)
+from ega_tf.methods.base import (
+    AT_LEAST_ONE,
+    CE_PLUS_METHOD,
+    POSITIVE,
+    Method,
+    register,
+)
+from ega_tf.methods.maths import unit_rows
+from ega_tf.nn.keras_ops import ops
 
 __all__ = ["CompRess", "SEED", "compress_loss", "compress_per_example",
            "seed_loss", "seed_per_example"]
@@ -88,7 +93,7 @@ class _Queue(Method, abc.ABC):
     def update(self, b, state):
         import tensorflow as tf
 
-        from ega_tf import replicas
+        from ega_tf.nn import replicas
         new = unit_rows(replicas.gather(b.x_t))
         size = self.queue.shape[0]
         rows = (self.pointer + tf.range(tf.shape(new)[0],

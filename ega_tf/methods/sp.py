@@ -3,9 +3,9 @@ the batch Gram matrices of the embeddings."""
 
 from __future__ import annotations
 
-from ega_tf.keras_ops import ops
-from ega_tf.losses import f32, unit_rows
 from ega_tf.methods.base import CE_PLUS_METHOD, Method, register
+from ega_tf.methods.maths import f32, unit_rows
+from ega_tf.nn.keras_ops import ops
 
 __all__ = ["SP", "sp_loss"]
 

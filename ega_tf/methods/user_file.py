@@ -12,7 +12,7 @@ import os
 import sys
 import traceback
 
-from ega_tf.errors import UserError
+from ega_tf.core.errors import UserError
 from ega_tf.methods.base import METHODS, Method, register
 
 # A user's file, by its --distill spec ("path.py:Class"), once loaded.

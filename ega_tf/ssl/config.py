@@ -44,8 +44,8 @@ def get_config(arg=None):
 def validate(config):
     """Raises ConfigError listing every problem of ``config``."""
     from ega_tf import data, students
-    from ega_tf.errors import ConfigError, UserError
-    from ega_tf.runtime import check_precision
+    from ega_tf.core.errors import ConfigError, UserError
+    from ega_tf.core.runtime import check_precision
     problems = []
     for fn, arg in ((data.check_name, config.dataset),
                     (students.STUDENTS.get, config.arch),

@@ -23,8 +23,8 @@ def pretrain(dataset, *, arch, epochs, batch_size, lr=2e-3,
     import tensorflow as tf
 
     from ega_tf import students
-    from ega_tf.constants import CLIP_MEAN, CLIP_STD
-    from ega_tf.errors import UserError
+    from ega_tf.core.constants import CLIP_MEAN, CLIP_STD
+    from ega_tf.core.errors import UserError
     from ega_tf.ssl.augment import simclr_augment
     from ega_tf.ssl.simclr import SimCLR, embed, knn_accuracy
     from ega_tf.teachers import FeatureStandardize, TeacherPreprocess

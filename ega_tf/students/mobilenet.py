@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from keras import layers
 
-from ega_tf.layers import bn, conv_bn, depthwise, relu
+from ega_tf.nn.layers import bn, conv_bn, depthwise, relu
 
 # (expansion t, channels c, repeats n, first stride s)
 SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2),

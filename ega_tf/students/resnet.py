@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from keras import layers
 
-from ega_tf.layers import bn, conv, conv_bn, relu
+from ega_tf.nn.layers import bn, conv, conv_bn, relu
 
 
 def basic_block(x, planes, stride, name):

@@ -20,7 +20,7 @@ published code; ``keras.applications`` networks are measured from their own
 ``preprocess_input`` (raw pixels for those that rescale inside); a user's
 model either starts with its own ``Rescaling`` (raw pixels) or declares its
 input as a teacher's is declared (``--config.student_input.mean/std``).
-``build_student`` (``ega_tf.distiller``) puts that normalisation in front,
+``build_student`` (``ega_tf.training.distiller``) puts that normalisation in front,
 so the exported student takes uint8 images whatever the network.
 """
 
@@ -32,8 +32,8 @@ import os
 import sys
 from typing import Tuple
 
-from ega_tf.constants import CLIP_MEAN, CLIP_STD
-from ega_tf.errors import UserError, first_line
+from ega_tf.core.constants import CLIP_MEAN, CLIP_STD
+from ega_tf.core.errors import UserError, first_line
 
 KERAS_PREFIX = "keras.applications."
 FORMS = ("a zoo name (resnet8x4, ...), keras.applications.NAME, "
@@ -66,7 +66,7 @@ class Source:
 def parse(spec) -> Source:
     """The form of ``spec``; an unusable one is a UserError listing the
     forms (an unknown zoo name lists the zoo)."""
-    from ega_tf import students
+    from ega_tf.students import zoo
     spec = str(spec)
     if spec.startswith(KERAS_PREFIX):
         name = spec[len(KERAS_PREFIX):]
@@ -84,11 +84,11 @@ def parse(spec) -> Source:
     if colon and module and function.isidentifier() and all(
             part.isidentifier() for part in module.split(".")):
         return Source(spec, "factory", function, 0.05)
-    if spec in students.STUDENTS:
-        return Source(spec, "zoo", spec, students.default_lr(spec))
+    if spec in zoo.STUDENTS:
+        return Source(spec, "zoo", spec, zoo.default_lr(spec))
     if colon or "/" in spec or "." in spec:
         raise UserError(f"--student={spec} is none of: {FORMS}.")
-    students.STUDENTS.get(spec)  # lists the zoo
+    zoo.STUDENTS.get(spec)  # lists the zoo
     raise AssertionError("unreachable")
 
 
@@ -120,8 +120,8 @@ def build(spec, input_shape, *, weights=None, feature_layer=None,
                         f"your own (a .keras file or a factory), not to "
                         f"--student={spec}.")
     if source.kind == "zoo":
-        from ega_tf import students
-        backbone, implied = students.create(spec, input_shape=input_shape), \
+        from ega_tf.students import zoo
+        backbone, implied = zoo.create(spec, input_shape=input_shape), \
             CLIP_INPUT
         if weights:
             _load_weights(backbone, weights, spec)
@@ -146,7 +146,7 @@ def build(spec, input_shape, *, weights=None, feature_layer=None,
     if bn_momentum is None and source.kind in ("zoo", "keras"):
         bn_momentum = RECIPE_BN_MOMENTUM
     if bn_momentum is not None:
-        from ega_tf.layers import batchnorm_layers
+        from ega_tf.nn.layers import batchnorm_layers
         for layer in batchnorm_layers(backbone):
             layer.momentum = float(bn_momentum)
     base = implied or Input(tuple(mean), tuple(std))
@@ -236,7 +236,7 @@ def measure_input(preprocess, what="the network"):
 
 # ---------------------------------------------------- a user's own network
 def _load_file(path):
-    from ega_tf import serialization
+    from ega_tf.nn import serialization
     return serialization.load_user_file(
         path, "Student", " Is it a complete model saved with "
         "model.save('...keras'), with its custom layers registered "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from keras import layers
 
-from ega_tf.layers import bn, conv, relu
+from ega_tf.nn.layers import bn, conv, relu
 
 # Block widths per depth, from RepDistiller's cfg 'S', 'A', 'B', 'D', 'E'.
 VGG_CFG = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from keras import layers
 
-from ega_tf.layers import bn, conv, relu
+from ega_tf.nn.layers import bn, conv, relu
 
 
 def wide_block(x, planes, stride, name):

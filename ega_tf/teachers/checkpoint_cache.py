@@ -8,7 +8,7 @@ import os
 
 from absl import logging
 
-from ega_tf.errors import UserError
+from ega_tf.core.errors import UserError
 from ega_tf.teachers import checkpoint_io, teacher_file
 
 

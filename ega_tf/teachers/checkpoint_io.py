@@ -20,7 +20,7 @@ import zipfile
 
 import numpy as np
 
-from ega_tf.errors import ConversionError, UserError, first_line
+from ega_tf.core.errors import ConversionError, UserError, first_line
 
 PICKLE_WARNING = ("--allow_pickle runs code stored in the file: use it only "
                   "for a checkpoint from a source you trust")

@@ -26,11 +26,15 @@ import keras
 from keras import layers, ops
 
 # PyTorch padding for strided convs and BN eps 1e-5, as the students use.
-from ega_tf.errors import ConversionError
-from ega_tf.layers import bn as _bn
-from ega_tf.layers import conv as _conv
-from ega_tf.teachers.porting import (WeightPorter, port_batchnorm,
-                                     torch_conv_kernel, torch_dense_kernel)
+from ega_tf.core.errors import ConversionError
+from ega_tf.nn.layers import bn as _bn
+from ega_tf.nn.layers import conv as _conv
+from ega_tf.teachers.porting import (
+    WeightPorter,
+    port_batchnorm,
+    torch_conv_kernel,
+    torch_dense_kernel,
+)
 
 _BLOCK = re.compile(r"^layer(\d)\.(\d+)\.")
 
@@ -96,7 +100,7 @@ def infer_arch(state):
             blocks[s] = max(blocks[s], int(m.group(2)) + 1)
     if not all(blocks) or "attnpool.positional_embedding" not in state:
         raise ConversionError("Not a CLIP ModifiedResNet: expected visual.layer*"
-                         " and visual.attnpool.* keys.")
+                              " and visual.attnpool.* keys.")
     width = int(state["conv3.weight"].shape[0])
     tokens = int(state["attnpool.positional_embedding"].shape[0])
     return {"blocks": blocks, "width": width,

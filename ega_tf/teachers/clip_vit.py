@@ -23,10 +23,14 @@ import re
 import keras
 import numpy as np
 
-from ega_tf.errors import ConversionError
+from ega_tf.core.errors import ConversionError
 from ega_tf.teachers.porting import WeightPorter, torch_conv_kernel
-from ega_tf.teachers.vit import (ClassToken, port_attention, port_dense,
-                                 port_layer_norm)
+from ega_tf.teachers.vit import (
+    ClassToken,
+    port_attention,
+    port_dense,
+    port_layer_norm,
+)
 
 _BLOCK = re.compile(r"^transformer\.resblocks\.(\d+)\.")
 
@@ -36,7 +40,7 @@ def infer_arch(state, activation="quick_gelu"):
     keys (prefix stripped)."""
     if "class_embedding" not in state or "conv1.weight" not in state:
         raise ConversionError("Not a CLIP ViT: expected visual.conv1, "
-                         "visual.class_embedding and visual.transformer.*.")
+                              "visual.class_embedding and visual.transformer.*.")
     width, _, patch, _ = state["conv1.weight"].shape
     depth = 1 + max(int(_BLOCK.match(k).group(1)) for k in state
                     if _BLOCK.match(k))

@@ -15,7 +15,7 @@ import fnmatch
 import os
 from typing import Callable, Optional
 
-from ega_tf.errors import ConversionError
+from ega_tf.core.errors import ConversionError
 from ega_tf.teachers import checkpoint_io, families
 from ega_tf.teachers.families import FAMILIES, OPENAI_MARKERS, Family
 

@@ -21,9 +21,16 @@ import importlib
 from types import ModuleType
 from typing import Dict, Tuple
 
-from ega_tf.constants import (CIFAR100_MEAN, CIFAR100_STD, CLIP_MEAN,
-                              CLIP_STD, IMAGENET_MEAN, IMAGENET_STD,
-                              SWAV_STD)
+from ega_tf.core.constants import (
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    CLIP_MEAN,
+    CLIP_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SWAV_STD,
+)
+
 # The modules that build and port each architecture, imported when a
 # family's is first needed (they import Keras; the family table is read by
 # --help, which must not start TensorFlow).
@@ -128,7 +135,7 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in [
 
 
 def get(name) -> Family:
-    from ega_tf.registry import check_choice
+    from ega_tf.core.registry import check_choice
     check_choice("checkpoint format", name, list(FAMILIES))
     return FAMILIES[name]
 

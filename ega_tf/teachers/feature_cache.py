@@ -19,13 +19,13 @@ import os
 import numpy as np
 from absl import logging
 
-from ega_tf.io_utils import atomic_output
+from ega_tf.core.io_utils import atomic_output
 
 POLICIES = ("auto", "none")
 
 
 def check_policy(policy):
-    from ega_tf.registry import check_choice
+    from ega_tf.core.registry import check_choice
     check_choice("teacher_cache", policy, POLICIES)
 
 

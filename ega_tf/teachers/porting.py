@@ -12,7 +12,7 @@ import fnmatch
 
 import numpy as np
 
-from ega_tf.errors import ConversionError
+from ega_tf.core.errors import ConversionError
 
 __all__ = ["ConversionError", "WeightPorter", "port_batchnorm",
            "torch_conv_kernel", "torch_dense_kernel"]

@@ -31,7 +31,7 @@ import math
 import keras
 from keras import layers, ops
 
-from ega_tf.constants import CROP_MODES  # noqa: E402 (re-exported)
+from ega_tf.core.constants import CROP_MODES  # noqa: E402 (re-exported)
 
 
 @keras.saving.register_keras_serializable(package="ega_tf")

@@ -15,9 +15,12 @@ import re
 
 import keras
 
-from ega_tf.errors import ConversionError
-from ega_tf.teachers.porting import (WeightPorter, port_batchnorm,
-                                     torch_conv_kernel)
+from ega_tf.core.errors import ConversionError
+from ega_tf.teachers.porting import (
+    WeightPorter,
+    port_batchnorm,
+    torch_conv_kernel,
+)
 
 _BLOCK = re.compile(r"^layer(\d)\.(\d+)\.")
 
@@ -32,8 +35,8 @@ def infer_arch(state):
             blocks[stage] = max(blocks[stage], idx + 1)
     if "conv1.weight" not in state or not all(blocks):
         raise ConversionError("Not a torchvision-layout ResNet: expected keys "
-                         "conv1.weight and layer1..layer4.N.*; found e.g. "
-                         + ", ".join(sorted(state)[:5]))
+                              "conv1.weight and layer1..layer4.N.*; found e.g. "
+                              + ", ".join(sorted(state)[:5]))
     bottleneck = "layer1.0.conv3.weight" in state
     filters = [int(state[f"layer{s}.0.conv1.weight"].shape[0])
                if bottleneck else int(state[f"layer{s}.0.conv2.weight"].shape[0])
@@ -90,8 +93,8 @@ def _build_wide(arch):
     the checkpoint's ``a.b.c.*``."""
     if not arch["bottleneck"]:
         raise ConversionError("Widened ResNets are bottleneck networks; this "
-                         "checkpoint has basic blocks with non-64 widths.")
-    from ega_tf.layers import bn, conv
+                              "checkpoint has basic blocks with non-64 widths.")
+    from ega_tf.nn.layers import bn, conv
 
     def conv_bn(x, filters, kernel, stride, relu, where):
         s, b, part = where

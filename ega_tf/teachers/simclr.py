@@ -27,9 +27,9 @@ import re
 import keras
 from keras import layers
 
-from ega_tf.errors import ConversionError
-from ega_tf.layers import bn as _bn
-from ega_tf.layers import conv as _conv
+from ega_tf.core.errors import ConversionError
+from ega_tf.nn.layers import bn as _bn
+from ega_tf.nn.layers import conv as _conv
 from ega_tf.teachers.porting import WeightPorter
 from ega_tf.teachers.resnet import bottleneck_stages
 
@@ -51,7 +51,7 @@ def infer_arch(state):
     stem = state["conv2d/kernel"]
     if tuple(stem.shape[:3]) != (7, 7, 3):
         raise ConversionError("SimCLR stem conv2d/kernel is "
-                         f"{tuple(stem.shape)}, expected (7, 7, 3, 64*w).")
+                              f"{tuple(stem.shape)}, expected (7, 7, 3, 64*w).")
     return {"blocks": _DEPTHS[len(convs)], "width": int(stem.shape[-1]) // 64}
 
 

@@ -17,9 +17,9 @@ import json
 import os
 import zipfile
 
-from ega_tf import serialization
-from ega_tf.errors import UserError, first_line
-from ega_tf.io_utils import atomic_output
+from ega_tf.core.errors import UserError, first_line
+from ega_tf.core.io_utils import atomic_output
+from ega_tf.nn import serialization
 from ega_tf.teachers.preprocess import TeacherPreprocess, WithClassifier
 
 _WRAP_HINT = ("wrap your encoder with `python -m ega_tf.convert_teacher "
@@ -71,7 +71,7 @@ def logits_source(teacher, num_classes, setting="auto"):
     logit methods read the teacher's logits. ``setting`` auto takes the
     teacher's own classifier when it has one for ``num_classes`` classes,
     else the online head's; "classifier" without one is a UserError."""
-    from ega_tf.registry import check_choice
+    from ega_tf.core.registry import check_choice
     check_choice("teacher_logits", setting, TEACHER_LOGITS)
     own = classifier(teacher)
     fits = own is not None and int(own.units) == num_classes
@@ -173,7 +173,8 @@ def with_precision(teacher, precision):
     What bfloat16 saves, on a CPU with bfloat16 arithmetic, and how far it
     moves the features, are measured in docs/speed.md."""
     import keras
-    from ega_tf.registry import check_choice
+
+    from ega_tf.core.registry import check_choice
     check_choice("teacher_precision", precision, PRECISIONS)
     if precision != "float32":
         policy = keras.DTypePolicy(f"mixed_{precision}")

@@ -21,13 +21,13 @@ import os
 
 import numpy as np
 
-from ega_tf.errors import UserError, first_line
+from ega_tf.core.errors import UserError, first_line
 
 
 def _load_inner(path, endpoint):
     import keras
     if path.endswith(".keras"):
-        from ega_tf import serialization
+        from ega_tf.nn import serialization
         return serialization.load_user_file(path, "Model file")
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
         return keras.layers.TFSMLayer(os.path.abspath(path),
@@ -73,8 +73,8 @@ def wrap(path, *, input_size=None, crop_pct=1.0, crop_mode="center",
     """
     import keras
 
+    from ega_tf.core.constants import CROP_MODES
     from ega_tf.teachers import checkpoint_io
-    from ega_tf.constants import CROP_MODES
     from ega_tf.teachers.preprocess import TeacherPreprocess
     from ega_tf.teachers.teacher_file import assemble
 

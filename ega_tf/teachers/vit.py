@@ -23,9 +23,12 @@ import re
 import keras
 from keras import layers
 
-from ega_tf.errors import ConversionError
-from ega_tf.teachers.porting import (WeightPorter, torch_conv_kernel,
-                                     torch_dense_kernel)
+from ega_tf.core.errors import ConversionError
+from ega_tf.teachers.porting import (
+    WeightPorter,
+    torch_conv_kernel,
+    torch_dense_kernel,
+)
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
@@ -46,7 +49,7 @@ def infer_arch(state, num_heads=None, head_dim=None):
     heads from ``num_heads`` or ``width // head_dim``."""
     if "patch_embed.proj.weight" not in state or "pos_embed" not in state:
         raise ConversionError("Not a timm-style ViT: expected patch_embed.proj.*,"
-                         " pos_embed, cls_token and blocks.* keys.")
+                              " pos_embed, cls_token and blocks.* keys.")
     width, _, patch, _ = state["patch_embed.proj.weight"].shape
     depth = 1 + max(int(_BLOCK.match(k).group(1)) for k in state
                     if _BLOCK.match(k))

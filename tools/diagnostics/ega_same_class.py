@@ -28,10 +28,11 @@ class EGASameClassFree(methods.Method):
     def compute(self, b):
         from keras import ops
 
-        from ega_tf import losses, replicas
+        from ega_tf.methods import ega, maths
+        from ega_tf.nn import replicas
         t, s, m, y = (replicas.gather(v) for v in (b.x_t, b.x_s, b.valid,
                                                    b.raw_labels))
-        z_t, z_s = (losses.unit_rows(x - ops.mean(x, -1, keepdims=True))
+        z_t, z_s = (maths.unit_rows(x - ops.mean(x, -1, keepdims=True))
                     for x in (t, s))
         n = ops.matmul(z_t, ops.transpose(z_s))
         eye = ops.eye(ops.shape(n)[0], dtype="float32")
@@ -42,7 +43,7 @@ class EGASameClassFree(methods.Method):
         rows = ops.cast(m, "float32")
         pairs = rows[:, None] * rows[None, :]
         keep = pairs * (1.0 - same * (1.0 - eye))
-        node = losses.frobenius_norm((n - eye) * keep)
-        edge = losses.ega_terms(t, s, mask=m)["edge"]
+        node = maths.frobenius_norm((n - eye) * keep)
+        edge = ega.ega_terms(t, s, mask=m)["edge"]
         return self.weighted({"node": self.graph(node),
                               "edge": self.graph(edge)})

@@ -33,12 +33,13 @@ import time
 import warnings
 import zlib
 
-from ega_tf import grid, methods
-from ega_tf import workdir as wd
-from ega_tf.errors import UserError
-from ega_tf.io_utils import atomic_output
-from ega_tf.constants import COLLAPSED_SHARE
+from ega_tf import methods
+from ega_tf.comparison import grid
+from ega_tf.core.constants import COLLAPSED_SHARE
+from ega_tf.core.errors import UserError
+from ega_tf.core.io_utils import atomic_output
 from ega_tf.methods.base import TUNE_RANGE
+from ega_tf.training import workdir as wd
 
 TUNING = "tuning"
 TUNING_CSV = "tuning.csv"
@@ -275,7 +276,7 @@ def _trial(config, path, verbose, label, log, trial):
     the validation images two epochs running, stops it early."""
     import keras
 
-    from ega_tf import training
+    from ega_tf.training import divergence, loop
     state = grid.cell_state(path)
     done = state in ("finished", "diverged", "pruned")
     history_path = os.path.join(path, wd.HISTORY)
@@ -304,8 +305,8 @@ def _trial(config, path, verbose, label, log, trial):
     begin = time.time()
     try:
         with grid.quiet(verbose == 0):
-            results = training.run(config, path, verbose, on_epoch=on_epoch)
-    except training.DivergedError:
+            results = loop.run(config, path, verbose, on_epoch=on_epoch)
+    except divergence.DivergedError:
         results = wd.read_json(os.path.join(path, wd.RESULTS))
     keras.backend.clear_session(free_memory=False)
     seconds = 0.0 if done else time.time() - begin

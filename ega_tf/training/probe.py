@@ -5,7 +5,7 @@ through its student and teacher (inference mode) and keeps the arrays in
 ``probe.npz`` in the run's workdir; the run's ``results.json`` gets the
 silhouettes computed from them. ``ega_tf.compare`` reads those files: its
 summary carries the silhouettes with or without pictures, and
-``ega_tf.pictures`` draws the arrays without rebuilding any model.
+``ega_tf.comparison.pictures`` draws the arrays without rebuilding any model.
 
 ``probe.npz`` holds:
 
@@ -29,8 +29,9 @@ import os
 
 import numpy as np
 
-from ega_tf.io_utils import atomic_output
-from ega_tf.workdir import PROBE
+from ega_tf.core.io_utils import atomic_output
+from ega_tf.training.workdir import PROBE
+
 # Test images whose embeddings a run keeps (compare --embedding_points
 # draws up to this many).
 PROBE_POINTS = 1000

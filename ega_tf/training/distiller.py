@@ -18,53 +18,28 @@ cross-entropy or accuracy. ``call()`` is the deployable student alone
 (uint8 image -> logits), so ``predict``/``evaluate``/export see only it.
 With ``teacher=None`` and the method ``none`` the same network is trained by
 cross-entropy alone: the baseline with the identical pipeline. Every sum
-over the global batch goes through ``ega_tf.replicas``.
+over the global batch goes through ``ega_tf.nn.replicas``.
 """
 
 from __future__ import annotations
 
 import keras
 import tensorflow as tf
-from keras import layers, ops
+from keras import ops
 
-from ega_tf import losses, replicas
-from ega_tf.constants import CLIP_MEAN, CLIP_STD, DIAGNOSTICS
-from ega_tf.layers import ReverseChannels, torch_dense
+from ega_tf.core.constants import DIAGNOSTICS
+from ega_tf.methods import maths
 from ega_tf.methods.base import STANDARDIZE
-
-
-def build_student(backbone, num_classes, embed_dim=256, mean=CLIP_MEAN,
-                  std=CLIP_STD, name="student", bgr=False):
-    """The deployable student: uint8 [N, H, W, 3] -> {"embedding": x_s,
-    "logits", "features": the backbone's pooled features} (serving reads
-    the logits; training watches the features for dead units).
-
-    Normalisation is inside, so the exported model accepts plain images:
-    ``(pixel / 255 - mean) / std`` per channel (``bgr``: in BGR order), what
-    ``backbone`` takes. The head layers compute in float32 whatever the
-    global dtype policy.
-    """
-    inputs = keras.Input(shape=backbone.input_shape[1:], dtype="uint8",
-                         name="image")
-    x = layers.Rescaling(1.0 / 255.0, name="to_unit")(inputs)
-    if bgr:
-        x = ReverseChannels(name="to_bgr")(x)
-    x = layers.Normalization(mean=list(mean), variance=[s * s for s in std],
-                             name="normalize")(x)
-    pooled = backbone(x)
-    width = backbone.output_shape[-1]
-    emb = torch_dense(embed_dim, width, name="embed", dtype="float32")(pooled)
-    logits = torch_dense(num_classes, embed_dim, name="classifier",
-                         dtype="float32")(emb)
-    return keras.Model(inputs, {"embedding": emb, "logits": logits,
-                                "features": pooled}, name=name)
+from ega_tf.nn import replicas
+from ega_tf.nn.layers import torch_dense
+from ega_tf.training.balance import GradientBalancing
 
 
 def _f64(x):
     return ops.cast(x, "float64")
 
 
-class Distiller(keras.Model):
+class Distiller(GradientBalancing, keras.Model):
     """Distils ``teacher`` into ``student`` with a method of
     ``ega_tf.methods``.
 
@@ -182,122 +157,6 @@ class Distiller(keras.Model):
         there)."""
         return ((() if self.method.evaluates else tuple(self.method.terms))
                 + self.monitor_names())
-
-    # ------------------------------------------------ gradient balancing
-    def _build_monitor(self, decay):
-        """The parts of the student's loss whose gradient on the student's
-        outputs is measured every step (``ega_tf.balance``): the
-        cross-entropy, the method's value, each of its terms when it has
-        several, the KD term; None when nothing distils."""
-        from ega_tf import balance
-        parts = []  # (key, logged name, the weight field of the fix)
-        if self.distilling and self.beta and self.method.terms:
-            m = self.method
-            parts.append(("method", f"grad_ratio_{m.name}", "beta"))
-            if len(m.terms) > 1:
-                parts += [(f"term:{t}", f"grad_ratio_{t}", f or "beta")
-                          for t, f in m.terms.items()
-                          if t not in (m.name, "kd")]
-        if self.distilling and self.alpha:
-            parts.append(("kd", "grad_ratio_kd", "alpha"))
-        self.gradient_parts = parts
-        self.gradient_monitor = (balance.monitor(
-            ["ce", *(p[0] for p in parts)], decay) if parts else None)
-
-    def monitor_names(self):
-        """The logged gradient measurements: each part's gradient on the
-        student's outputs over the cross-entropy's (weights included), and
-        with balanced weights the effective beta and alpha."""
-        names = tuple(p[1] for p in self.gradient_parts)
-        if self.balanced:
-            keys = {p[0] for p in self.gradient_parts}
-            names += (("weight_beta",) if "method" in keys else ()) + (
-                ("weight_alpha",) if "kd" in keys else ())
-        return names
-
-    def _effective_weights(self, slow):
-        """(beta, alpha) of this step: the published ones, or with
-        balanced weights those that put each term's smoothed gradient
-        norm at ``balance_ratio`` times the cross-entropy's."""
-        from ega_tf import balance
-        if not self.balanced:
-            return self.beta, self.alpha
-        keys = ["ce", *(p[0] for p in self.gradient_parts)]
-
-        def weight(key, published):
-            if key not in keys:
-                return published
-            return balance.ratio_weight(self.balance_ratio, slow[0],
-                                        slow[keys.index(key)])
-        return weight("method", self.beta), weight("kd", self.alpha)
-
-    def _measure(self, tape, out, shares):
-        """This step's gradient norms on the student's embedding x_s (every
-        path, the classifier's included), added to the monitor; returns
-        (beta, alpha, logged measurements)."""
-        import tensorflow as tf
-
-        from ega_tf import balance
-        outputs = [out["embedding"]]
-        keys = ["ce", *(p[0] for p in self.gradient_parts)]
-        grads = {"ce": balance.output_gradients(tape, shares["ce"], outputs)}
-        # A part the step did not compute (beta or alpha set to 0 after
-        # the model was made, a term a user's method does not share) is
-        # not measured: NaN, and its averages keep their values.
-        terms = shares.get("terms") if "method" in shares else None
-        for key in keys:
-            if key.startswith("term:") and terms is not None \
-                    and key[5:] in terms:
-                grads[key] = balance.output_gradients(tape, terms[key[5:]],
-                                                      outputs)
-        if "kd" in keys and "kd" in shares:
-            grads["kd"] = balance.output_gradients(tape, shares["kd"],
-                                                   outputs)
-        if "method" in keys and "method" in shares:
-            split = [k for k in grads if k.startswith("term:")]
-            grads["method"] = (
-                [tf.add_n(g) for g in zip(*(grads[k] for k in split))]
-                if split and len(split) == len(self.method.terms)
-                else balance.output_gradients(tape, shares["method"],
-                                              outputs))
-        nan = tf.constant(float("nan"))
-        norms = balance.global_norms([grads.get(k) for k in keys])
-        required = tf.constant([k in grads and not k.startswith("term:")
-                                for k in keys])
-        slow, fast = tf.unstack(self.gradient_monitor.update(norms,
-                                                             required))
-        beta, alpha = self._effective_weights(slow)
-        logged = {}
-        for i, (key, name, _) in enumerate(self.gradient_parts, 1):
-            w = alpha if key == "kd" else beta
-            logged[name] = (tf.math.divide_no_nan(w * fast[i], fast[0])
-                            if key in grads else nan)
-        if self.balanced:
-            for key, name in (("method", "weight_beta"),
-                              ("kd", "weight_alpha")):
-                if name in self.monitor_names():
-                    logged[name] = tf.convert_to_tensor(
-                        beta if key == "method" else alpha, "float32")
-        return beta, alpha, logged
-
-    def gradient_ratios(self):
-        """{logged name: (weight field, its fast-averaged gradient on the
-        student's outputs over the cross-entropy's)} as they stand, read
-        on the host (for a divergence's message); {} when nothing is
-        measured."""
-        import numpy as np
-        if self.gradient_monitor is None:
-            return {}
-        slow, fast = np.asarray(self.gradient_monitor.smoothed())
-        beta, alpha = (float(np.asarray(w)) for w in
-                       self._effective_weights(slow))
-        out = {}
-        for i, (key, name, field) in enumerate(self.gradient_parts, 1):
-            w = alpha if key == "kd" else beta
-            ratio = w * fast[i] / fast[0] if fast[0] > 0 else None
-            out[name] = (field, None if ratio is None or fast[i] == 0 and
-                         key.startswith("term:") else float(ratio))
-        return out
 
     @property
     def student_variables(self):
@@ -437,11 +296,11 @@ class Distiller(keras.Model):
                     share["terms"] = {next(iter(result.terms)): result.share}
                 state = result.state
             if self.alpha:
-                t_kd, s_kd = losses.maybe_standardize(
+                t_kd, s_kd = maths.maybe_standardize(
                     batch.t_logits, s_logits,
                     self.method.w.get(STANDARDIZE, False))
                 values["kd"], share["kd"] = replicas.mean(
-                    losses.kd_per_example(t_kd, s_kd, self.kd_temperature),
+                    maths.kd_per_example(t_kd, s_kd, self.kd_temperature),
                     valid)
                 terms["kd"] = values["kd"]
         share["values"] = values

@@ -1,14 +1,10 @@
-"""The maths the distillation methods share, and every method's loss by
-its public name.
-
-Shared here: Pearson correlations between rows (``standardize_rows``,
-``correlation_matrix``), a Frobenius norm with a finite gradient at 0,
-rows scaled to unit length, and Hinton's KD of each example (the student's
-loss has a KD term whatever the method). Each method's own loss functions
-live in its file under ``ega_tf/methods/`` (``ega_tf.methods.ega`` holds
-``ega_loss`` and ``ega_terms``, ``ega_tf.methods.rkd`` ``rkd_loss``, ...);
-``ega_tf.losses.NAME`` reaches every one of them as well, so a script
-needs to know one module.
+"""The maths several distillation methods share: Pearson correlations
+between rows (``standardize_rows``, ``correlation_matrix``), a Frobenius
+norm with a finite gradient at 0, rows scaled to unit length, Hinton's KD
+of each example (the student's loss has a KD term whatever the method)
+and logit standardization. Each method's own loss functions live in its
+file beside this one (``ega_tf.methods.ega`` holds ``ega_loss`` and
+``ega_terms``, ``ega_tf.methods.rkd`` ``rkd_loss``, ...).
 
 Everything is computed in float32 whatever the input dtype, so the graph
 terms are exact under mixed precision. Rows with zero variance (a constant
@@ -20,7 +16,7 @@ including B = 1 and D = 1.
 
 from __future__ import annotations
 
-from ega_tf.keras_ops import ops
+from ega_tf.nn.keras_ops import ops
 
 # A row whose centred energy is below this fraction (squared) of its raw
 # energy is treated as constant: float32 cannot resolve a spread of 1e-6 of the
@@ -117,19 +113,3 @@ def maybe_standardize(teacher_logits, student_logits, standardize):
         return teacher_logits, student_logits
     return standardize_logits(teacher_logits), standardize_logits(
         student_logits)
-
-
-def __getattr__(name):
-    """``ega_tf.losses.NAME`` for a method's loss (``rkd_loss``, ...).
-
-    The method files import this module for the maths above, so they are
-    imported here on first use of one of their names, not when this
-    module loads."""
-    if not name.startswith("__"):
-        from ega_tf.methods import crd, dist, dkd, ega, hint, kd, mlkd, nce, \
-            pkt, rkd, seed, sp
-        for module in (ega, kd, rkd, pkt, sp, hint, nce, dkd, dist, mlkd,
-                       seed, crd):
-            if name in module.__all__:
-                return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

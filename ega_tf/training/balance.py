@@ -55,7 +55,7 @@ DOMINANT = 1.0
 
 
 def check_weights(value):
-    from ega_tf.registry import check_choice
+    from ega_tf.core.registry import check_choice
     check_choice("weights", value, WEIGHTS)
 
 
@@ -75,7 +75,7 @@ def global_norms(parts):
     twice as slow to build)."""
     import tensorflow as tf
 
-    from ega_tf import replicas
+    from ega_tf.nn import replicas
     local = tf.stack([
         tf.add_n([tf.reduce_sum(tf.square(g)) for g in grads])
         if grads is not None else tf.constant(0.0) for grads in parts])
@@ -169,3 +169,124 @@ def dominant(ratios):
         return None
     part = max(known, key=known.get)
     return (part, known[part]) if known[part] >= DOMINANT else None
+
+
+class GradientBalancing:
+    """The Distiller's side of this: which parts of its loss are measured
+    (``gradient_parts``), the measurement inside its train step
+    (``_measure``), the weights of the step (``_effective_weights``), what
+    it logs (``monitor_names``) and reads back after a divergence
+    (``gradient_ratios``). Mixed into ``training.distiller.Distiller``,
+    which provides ``method``, ``beta``, ``alpha``, ``distilling``,
+    ``balanced`` and ``balance_ratio``."""
+
+    def _build_monitor(self, decay):
+        """The parts of the student's loss whose gradient on the student's
+        outputs is measured every step (this module): the
+        cross-entropy, the method's value, each of its terms when it has
+        several, the KD term; None when nothing distils."""
+        parts = []  # (key, logged name, the weight field of the fix)
+        if self.distilling and self.beta and self.method.terms:
+            m = self.method
+            parts.append(("method", f"grad_ratio_{m.name}", "beta"))
+            if len(m.terms) > 1:
+                parts += [(f"term:{t}", f"grad_ratio_{t}", f or "beta")
+                          for t, f in m.terms.items()
+                          if t not in (m.name, "kd")]
+        if self.distilling and self.alpha:
+            parts.append(("kd", "grad_ratio_kd", "alpha"))
+        self.gradient_parts = parts
+        self.gradient_monitor = (monitor(
+            ["ce", *(p[0] for p in parts)], decay) if parts else None)
+
+    def monitor_names(self):
+        """The logged gradient measurements: each part's gradient on the
+        student's outputs over the cross-entropy's (weights included), and
+        with balanced weights the effective beta and alpha."""
+        names = tuple(p[1] for p in self.gradient_parts)
+        if self.balanced:
+            keys = {p[0] for p in self.gradient_parts}
+            names += (("weight_beta",) if "method" in keys else ()) + (
+                ("weight_alpha",) if "kd" in keys else ())
+        return names
+
+    def _effective_weights(self, slow):
+        """(beta, alpha) of this step: the published ones, or with
+        balanced weights those that put each term's smoothed gradient
+        norm at ``balance_ratio`` times the cross-entropy's."""
+        if not self.balanced:
+            return self.beta, self.alpha
+        keys = ["ce", *(p[0] for p in self.gradient_parts)]
+
+        def weight(key, published):
+            if key not in keys:
+                return published
+            return ratio_weight(self.balance_ratio, slow[0],
+                                slow[keys.index(key)])
+        return weight("method", self.beta), weight("kd", self.alpha)
+
+    def _measure(self, tape, out, shares):
+        """This step's gradient norms on the student's embedding x_s (every
+        path, the classifier's included), added to the monitor; returns
+        (beta, alpha, logged measurements)."""
+        import tensorflow as tf
+        outputs = [out["embedding"]]
+        keys = ["ce", *(p[0] for p in self.gradient_parts)]
+        grads = {"ce": output_gradients(tape, shares["ce"], outputs)}
+        # A part the step did not compute (beta or alpha set to 0 after
+        # the model was made, a term a user's method does not share) is
+        # not measured: NaN, and its averages keep their values.
+        terms = shares.get("terms") if "method" in shares else None
+        for key in keys:
+            if key.startswith("term:") and terms is not None \
+                    and key[5:] in terms:
+                grads[key] = output_gradients(tape, terms[key[5:]],
+                                              outputs)
+        if "kd" in keys and "kd" in shares:
+            grads["kd"] = output_gradients(tape, shares["kd"],
+                                           outputs)
+        if "method" in keys and "method" in shares:
+            split = [k for k in grads if k.startswith("term:")]
+            grads["method"] = (
+                [tf.add_n(g) for g in zip(*(grads[k] for k in split))]
+                if split and len(split) == len(self.method.terms)
+                else output_gradients(tape, shares["method"],
+                                      outputs))
+        nan = tf.constant(float("nan"))
+        norms = global_norms([grads.get(k) for k in keys])
+        required = tf.constant([k in grads and not k.startswith("term:")
+                                for k in keys])
+        slow, fast = tf.unstack(self.gradient_monitor.update(norms,
+                                                             required))
+        beta, alpha = self._effective_weights(slow)
+        logged = {}
+        for i, (key, name, _) in enumerate(self.gradient_parts, 1):
+            w = alpha if key == "kd" else beta
+            logged[name] = (tf.math.divide_no_nan(w * fast[i], fast[0])
+                            if key in grads else nan)
+        if self.balanced:
+            for key, name in (("method", "weight_beta"),
+                              ("kd", "weight_alpha")):
+                if name in self.monitor_names():
+                    logged[name] = tf.convert_to_tensor(
+                        beta if key == "method" else alpha, "float32")
+        return beta, alpha, logged
+
+    def gradient_ratios(self):
+        """{logged name: (weight field, its fast-averaged gradient on the
+        student's outputs over the cross-entropy's)} as they stand, read
+        on the host (for a divergence's message); {} when nothing is
+        measured."""
+        import numpy as np
+        if self.gradient_monitor is None:
+            return {}
+        slow, fast = np.asarray(self.gradient_monitor.smoothed())
+        beta, alpha = (float(np.asarray(w)) for w in
+                       self._effective_weights(slow))
+        out = {}
+        for i, (key, name, field) in enumerate(self.gradient_parts, 1):
+            w = alpha if key == "kd" else beta
+            ratio = w * fast[i] / fast[0] if fast[0] > 0 else None
+            out[name] = (field, None if ratio is None or fast[i] == 0 and
+                         key.startswith("term:") else float(ratio))
+        return out

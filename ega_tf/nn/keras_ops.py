@@ -1,7 +1,7 @@
 """``keras.ops``, imported when it is first used.
 
-The methods' files and ``ega_tf.losses`` write their maths with
-``from ega_tf.keras_ops import ops`` at module level, and the command
+The methods' files and ``ega_tf.methods.maths`` write their maths with
+``from ega_tf.nn.keras_ops import ops`` at module level, and the command
 lines' ``--help`` imports those files for the methods' declarations
 without starting TensorFlow (which importing Keras does). The first
 ``ops.NAME`` imports Keras and keeps the function; later ones are plain

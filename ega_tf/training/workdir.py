@@ -22,9 +22,8 @@ import shutil
 
 from absl import logging
 
-from ega_tf import config as config_lib
-from ega_tf.errors import UserError
-from ega_tf.io_utils import atomic_output
+from ega_tf.core.errors import UserError
+from ega_tf.core.io_utils import atomic_output
 
 CONFIG = "config.json"
 HISTORY = "history.csv"
@@ -32,7 +31,7 @@ RESULTS = "results.json"
 CHECKPOINTS = "checkpoints"
 LOGS = "logs"
 SAVED_MODEL = "saved_model"
-# Test embeddings kept for ega_tf.compare (ega_tf/analysis.py).
+# Test embeddings kept for ega_tf.compare (ega_tf/training/probe.py).
 PROBE = "probe.npz"
 FEATURE_SPLITS = ("train", "val", "test")
 
@@ -85,6 +84,14 @@ def write_json(path, obj):
             f.write("\n")
 
 
+def config_record(config):
+    """The config's fields as plain JSON values, as ``config.json`` holds
+    them: without the method class that ``config.resolve`` derives."""
+    out = json.loads(config.to_json())
+    out.pop("method", None)
+    return out
+
+
 def claim(workdir, config):
     """Whether ``workdir`` is new, to be resumed, or holds the finished (or
     diverged) run of ``config``: ``("new" | "resume" | "done", results)``.
@@ -106,7 +113,7 @@ def claim(workdir, config):
                 "it is not a run this version can resume. Use another "
                 "--workdir, or --config.resume=false to start over in it.")
         return "new", None
-    differ = differing_fields(read_json(path), config_lib.as_dict(config))
+    differ = differing_fields(read_json(path), config_record(config))
     if differ:
         shown = "; ".join(f"{k}: {a!r} in the workdir, {b!r} now"
                           for k, a, b in differ[:6])

@@ -9,7 +9,7 @@
   teacher's edge matrix E_t (correlations of the EGA run's x_t), each
   method's E_s, and the node matrix N of the EGA student.
 
-The arrays come from each run's ``probe.npz`` (``ega_tf.analysis``), the
+The arrays come from each run's ``probe.npz`` (``training.probe``), the
 silhouettes from its results; t-SNE from scikit-learn.
 """
 
@@ -21,9 +21,11 @@ import os
 import numpy as np
 from absl import logging
 
-from ega_tf import analysis, methods
-from ega_tf.errors import UserError
-from ega_tf.io_utils import atomic_output
+from ega_tf import methods
+from ega_tf.core.errors import UserError
+from ega_tf.core.io_utils import atomic_output
+from ega_tf.training import probe
+from ega_tf.training import workdir as wd
 
 CURVES = "curves.png"
 EMBEDDINGS = "embeddings.png"
@@ -157,10 +159,10 @@ def graph_figure(panels, path, block=None):
     _save(fig, path)
 
 
-def draw(rows, workdir, method_order, points=analysis.PROBE_POINTS,
+def draw(rows, workdir, method_order, points=probe.PROBE_POINTS,
          log=print):
     """The three figures of a grid, from the arrays its runs wrote
-    (``probe.npz``, see ``ega_tf.analysis``): the first finished seed of
+    (``probe.npz``, see ``training.probe``): the first finished seed of
     each method in the first setting. No model is built."""
     curves(rows, method_order, os.path.join(workdir, CURVES))
     finished = [r for r in rows if r["status"] == "finished"]
@@ -172,41 +174,41 @@ def draw(rows, workdir, method_order, points=analysis.PROBE_POINTS,
     for method in method_order:
         row = next((r for r in finished if r["method"] == method and
                     (r["student"], r["labeled_fraction"]) == setting), None)
-        probe = row and analysis.read_probe(os.path.join(workdir,
-                                                         row["workdir"]))
-        if probe is not None:
-            chosen.append((row, probe))
+        kept = row and probe.read_probe(os.path.join(workdir,
+                                                     row["workdir"]))
+        if kept is not None:
+            chosen.append((row, kept))
     if not chosen:
         logging.warning("No run wrote %s: no embeddings or graphs drawn.",
-                        analysis.PROBE)
+                        wd.PROBE)
         return
     log(f"Embeddings and graphs of {len(chosen)} runs ({setting[0]}, "
         f"labeled {setting[1]:g}, the first seed of each), from their "
-        f"{analysis.PROBE}.")
+        f"{wd.PROBE}.")
     labels = chosen[0][1]["labels"]
-    picked = analysis.subset(labels, points)
+    picked = probe.subset(labels, points)
     embed_panels, student_graphs, nodes = [], [], []
     teacher_panel, teacher_graph = None, None
-    for row, probe in chosen:
+    for row, kept in chosen:
         method = row["method"]
-        embed_panels.append((method, probe["x_s"][picked],
+        embed_panels.append((method, kept["x_s"][picked],
                              row.get("test_silhouette")))
-        has_teacher = "features" in probe
+        has_teacher = "features" in kept
         if has_teacher and teacher_panel is None:
             teacher_panel = ("teacher (frozen features)",
-                             probe["features"][picked],
+                             kept["features"][picked],
                              row.get("teacher_silhouette"))
         student_graphs.append((f"E_s {method}",
-                               analysis.correlation(probe["batch_x_s"])))
+                               probe.correlation(kept["batch_x_s"])))
         # N = corr(x_t, x_s) of every method with a node term (EGA's);
         # E_t of the first of them, else of the first with a teacher.
         aligns = "node" in methods.get(row["distill"]).terms
         if has_teacher and (teacher_graph is None or (aligns and not nodes)):
             teacher_graph = (f"E_t (teacher head of {method})",
-                             analysis.correlation(probe["batch_x_t"]))
+                             probe.correlation(kept["batch_x_t"]))
         if aligns and has_teacher:
-            nodes.append((f"N of {method} (x_t vs x_s)", analysis.correlation(
-                probe["batch_x_t"], probe["batch_x_s"])))
+            nodes.append((f"N of {method} (x_t vs x_s)", probe.correlation(
+                kept["batch_x_t"], kept["batch_x_s"])))
     embedding_figure(([teacher_panel] if teacher_panel else []) +
                      embed_panels, labels[picked],
                      os.path.join(workdir, EMBEDDINGS))

@@ -17,8 +17,8 @@ import json
 import os
 import warnings
 
-from ega_tf.errors import UserError, first_line
-from ega_tf.io_utils import atomic_output
+from ega_tf.core.errors import UserError, first_line
+from ega_tf.core.io_utils import atomic_output
 
 CLASS_NAMES_FILE = "class_names.json"
 
@@ -124,7 +124,8 @@ def export_tflite(saved_model_dir, path, quantize=None,
     activations in int8 where TFLite can, calibrated on
     ``representative_images``, uint8 [N, H, W, 3]). Written atomically."""
     import tensorflow as tf
-    from ega_tf.registry import check_choice
+
+    from ega_tf.core.registry import check_choice
     check_choice("quantize", quantize, QUANTIZATIONS)
     converter = tf.lite.TFLiteConverter.from_saved_model(
         saved_model_dir, signature_keys=["serving_default"])
@@ -140,7 +141,7 @@ def export_tflite(saved_model_dir, path, quantize=None,
             for image in representative_images:
                 yield {"images": image[None]}
         converter.representative_dataset = representative
-    from ega_tf.cli import filtered_stderr
+    from ega_tf.core.runtime import filtered_stderr
     with warnings.catch_warnings(), filtered_stderr(("fully_quantize: ",)):
         # int8 calibration runs inside TensorFlow's converter on its own
         # tf.lite.Interpreter, which warns that it is deprecated (the
@@ -186,7 +187,7 @@ class TFLiteStudent:
 
     def __call__(self, images):
         if self._first:
-            from ega_tf.cli import filtered_stderr
+            from ega_tf.core.runtime import filtered_stderr
             self._first = False
             # LiteRT announces its CPU delegate on stderr at the first call.
             with filtered_stderr(

@@ -1,7 +1,7 @@
 """EGA as a loss of Keras's own ``keras.distillation.Distiller``.
 
 For the published recipe (independent views, an online teacher head, every
-term logged, several devices) use ``ega_tf.distiller.Distiller``; this is
+term logged, several devices) use ``ega_tf.training.distiller.Distiller``; this is
 for a user who already distils with Keras's and wants EGA's graph terms
 between two of its layers.
 """
@@ -22,7 +22,7 @@ class EGADistillationLoss(keras.distillation.DistillationLoss):
     outputs) must produce [B, D] embeddings of the same D when
     ``node_weight > 0`` (the edge term alone works across widths). For the
     published recipe (independent views, online teacher head, separate
-    logging of every term) use ``ega_tf.distiller.Distiller``.
+    logging of every term) use ``ega_tf.training.distiller.Distiller``.
 
     Example:
         distiller = keras.distillation.Distiller(
@@ -53,7 +53,7 @@ class EGADistillationLoss(keras.distillation.DistillationLoss):
                 "The EGA node term needs embeddings of equal width; got "
                 f"teacher {teacher_outputs.shape[-1]} and student "
                 f"{student_outputs.shape[-1]}. Set node_weight=0 or use "
-                "ega_tf.distiller.Distiller, which learns projections.")
+                "ega_tf.training.distiller.Distiller, which learns projections.")
 
     def compute_loss(self, teacher_outputs, student_outputs, **kwargs):
         if self.node_weight == 0:

@@ -21,8 +21,8 @@ import os
 
 from absl import logging
 
-from ega_tf.errors import UserError
-from ega_tf.registry import check_choice
+from ega_tf.core.errors import UserError
+from ega_tf.core.registry import check_choice
 
 STRATEGIES = ("auto", "none", "mirrored", "multi_worker")
 _mirrored_count = itertools.count(1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Dict, Generic, Iterable, List, TypeVar
 
-from ega_tf.errors import UserError
+from ega_tf.core.errors import UserError
 
 T = TypeVar("T")
 
