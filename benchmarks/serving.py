@@ -9,7 +9,7 @@ LiteRT) and ONNX (run by ONNX Runtime).
         --classes=10
 
 The student (random weights: speed does not depend on them) is exported as
-training exports it, then converted with ``ega_tf.deploy.serving.export_tflite``
+training exports it, then converted with ``ega_tf.deploy.formats.export_tflite``
 (int8 calibrated on random images) and ``export_onnx``. Times are medians
 after warm-up; LiteRT uses as many threads as the machine has cores, ONNX
 Runtime its default (one per core). Needs the [deploy] extra.
@@ -41,7 +41,7 @@ def main():
     import numpy as np
 
     from ega_tf import students
-    from ega_tf.deploy import serving
+    from ega_tf.deploy import formats, serving
     from ega_tf.students.head import build_student
 
     size = args.image_size
@@ -71,16 +71,16 @@ def main():
             os.path.getsize(os.path.join(d, f))
             for d, _, files in os.walk(saved) for f in files),
             lambda x: serve(images=tf.constant(x))["logits"].numpy()))
-        for quantize in serving.QUANTIZATIONS:
-            path = os.path.join(tmp, serving.tflite_name(quantize))
-            serving.export_tflite(saved, path, quantize, images)
-            model = serving.TFLiteStudent(path)
+        for quantize in formats.QUANTIZATIONS:
+            path = os.path.join(tmp, formats.tflite_name(quantize))
+            formats.export_tflite(saved, path, quantize, images)
+            model = formats.TFLiteStudent(path)
             rows.append((f"TFLite {quantize or 'float32'}",
                          os.path.getsize(path),
                          lambda x, m=model: m(x)["logits"]))
-        path = os.path.join(tmp, serving.ONNX_NAME)
-        serving.export_onnx(saved, path)
-        onnx_model = serving.ONNXStudent(path)
+        path = os.path.join(tmp, formats.ONNX_NAME)
+        formats.export_onnx(saved, path)
+        onnx_model = formats.ONNXStudent(path)
         rows.append(("ONNX float32", os.path.getsize(path),
                      lambda x: onnx_model(x)["logits"]))
         print(f"Student {args.student}, {size} px, {args.classes} classes, "

@@ -26,8 +26,8 @@ import os
 
 from ega_tf import cli
 from ega_tf.core.errors import UserError
+from ega_tf.deploy.formats import FORMATS
 
-FORMATS = ("tflite", "onnx")
 
 
 def define_flags(flag_values):
@@ -44,7 +44,7 @@ def main(argv, flag_values):
     import numpy as np
 
     from ega_tf import config as config_lib
-    from ega_tf.deploy import serving
+    from ega_tf.deploy import formats
     from ega_tf.training import build
     from ega_tf.training import workdir as wd
     workdir, fmt = flag_values.workdir, flag_values.format
@@ -66,36 +66,15 @@ def main(argv, flag_values):
     config = config_lib.default_config()
     config.update(wd.read_json(config_path))
     dataset = build.load_dataset(config)
-    if fmt == "onnx":
-        path = os.path.join(workdir, serving.ONNX_NAME)
-        serving.export_onnx(saved, path)
-        exported_model = serving.ONNXStudent(path)
-    else:
-        calibration = None
-        if flag_values.quantize == "int8":
-            rng = np.random.default_rng(0)
-            rows = rng.choice(len(dataset.train),
-                              min(256, len(dataset.train)), replace=False)
-            calibration = dataset.train.images[np.sort(rows)]
-        path = os.path.join(workdir,
-                            serving.tflite_name(flag_values.quantize))
-        serving.export_tflite(saved, path, flag_values.quantize,
-                              calibration)
-        exported_model = serving.TFLiteStudent(path)
-    test_images, labels = dataset.test.images, dataset.test.labels
-    reference = serving.load_serving_function(saved)
-    want = serving.logits(reference, test_images)
-    got = serving.logits(exported_model, test_images)
-    top1 = serving.top1(want, labels)
-    exported = serving.top1(got, labels)
-    report = {fmt: path, "bytes": os.path.getsize(path),
-              "quantize": flag_values.quantize,
-              "test_top1_saved_model": top1,
-              f"test_top1_{fmt}": exported,
-              "difference": exported - top1,
-              "max_logit_difference": float(np.abs(got - want).max()),
-              "max_logit_difference_relative": float(
-                  np.abs(got - want).max() / max(np.abs(want).max(), 1e-12))}
+    calibration = None
+    if flag_values.quantize == "int8":  # 256 training images, fixed
+        rows = np.random.default_rng(0).choice(
+            len(dataset.train), min(256, len(dataset.train)), replace=False)
+        calibration = dataset.train.images[np.sort(rows)]
+    report = formats.export(saved, fmt, flag_values.quantize, calibration,
+                            test=(dataset.test.images, dataset.test.labels))
+    path, top1 = report[fmt], report["test_top1_saved_model"]
+    exported = report[f"test_top1_{fmt}"]
     print(f"{path}: {report['bytes'] / 1e6:.2f} MB; test top-1 "
           f"{exported:.2f} (SavedModel {top1:.2f}, difference "
           f"{exported - top1:+.2f}); logits within "

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from ega_tf import students
 from ega_tf.core.errors import UserError
-from ega_tf.deploy import serving
+from ega_tf.deploy import formats, serving
 from ega_tf.students.head import build_student
 from tests.test_case import TestCase
 
@@ -152,8 +152,8 @@ class DeploymentTest(TestCase):
         report = json.loads(r.stdout.strip().splitlines()[-1])
         fmt = "onnx" if "--format=onnx" in args else "tflite"
         path = report[fmt]
-        runtime = (serving.ONNXStudent if fmt == "onnx"
-                   else serving.TFLiteStudent)(path)
+        runtime = (formats.ONNXStudent if fmt == "onnx"
+                   else formats.TFLiteStudent)(path)
         got = serving.logits(runtime, self.digits.test.images)
         top1 = serving.top1(got, self.digits.test.labels)
         self.assertAlmostEqual(report["test_top1_saved_model"],
@@ -175,7 +175,7 @@ class DeploymentTest(TestCase):
                 report, got = self.export(
                     *([f"--quantize={quantize}"] if quantize else []))
                 self.assertEqual(report["tflite"], str(
-                    self.work / serving.tflite_name(quantize)))
+                    self.work / formats.tflite_name(quantize)))
                 if tol:
                     self.assertLess(self.rel_err(got, self.want), tol)
         # The float32 file in a fresh process, LiteRT alone.
@@ -191,7 +191,7 @@ class DeploymentTest(TestCase):
 
     def test_onnx_in_onnx_runtime_in_a_fresh_process(self):
         report, got = self.export("--format=onnx")
-        path = self.work / serving.ONNX_NAME
+        path = self.work / formats.ONNX_NAME
         self.assertEqual(report["onnx"], str(path))
         self.assertLess(self.rel_err(got, self.want), 1e-4)
         tmp = self.tmp_path()
@@ -220,21 +220,21 @@ class DeploymentTest(TestCase):
         tmp = self.tmp_path()
         student = build_student(students.create("ShuffleV1"), 10, 32)
         serving.export_student(student, str(tmp / "sm"))
-        serving.export_onnx(str(tmp / "sm"), str(tmp / "s.onnx"))
+        formats.export_onnx(str(tmp / "sm"), str(tmp / "s.onnx"))
         images = self.digits.test.images[:8]
         want = serving.load_serving_function(str(tmp / "sm"))(
             images=tf.constant(images))["logits"]
-        got = serving.ONNXStudent(str(tmp / "s.onnx"))(images=images)
+        got = formats.ONNXStudent(str(tmp / "s.onnx"))(images=images)
         self.assertLess(self.rel_err(got["logits"], want), 1e-4)
         self.assertEqual(sorted(os.listdir(tmp)), ["s.onnx", "sm"])
 
     def test_a_missing_runtime_names_the_extra(self):
         from unittest import mock
         for module, call in (
-                ("tf2onnx", lambda: serving.export_onnx("sm", "s.onnx")),
-                ("onnxruntime", lambda: serving.ONNXStudent("s.onnx")),
+                ("tf2onnx", lambda: formats.export_onnx("sm", "s.onnx")),
+                ("onnxruntime", lambda: formats.ONNXStudent("s.onnx")),
                 ("ai_edge_litert.interpreter",
-                 lambda: serving.TFLiteStudent("s.tflite"))):
+                 lambda: formats.TFLiteStudent("s.tflite"))):
             with self.subTest(module=module), \
                     mock.patch.dict("sys.modules", {module: None}):
                 with self.assertRaisesRegex(UserError, r"needs \w+, the "

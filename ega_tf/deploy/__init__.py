@@ -1,0 +1,2 @@
+"""The trained student outside training: the SavedModel and running it
+(``serving``), TFLite and ONNX files checked against it (``formats``)."""
