@@ -18,13 +18,8 @@ from ega_tf.students.head import build_student
 from ega_tf.training import balance, distribute, divergence
 from ega_tf.training.distiller import Distiller
 from tests.references import np_ega, np_kd, np_softmax
-from tests.test_case import (
-    TestCase,
-    conv_teacher,
-    lockstep_errors,
-    run_lockstep,
-    run_replica_steps,
-)
+from tests.test_case import (TestCase, conv_teacher, lockstep_errors,
+                             run_lockstep, run_replica_steps)
 
 K, D, S, B, N = 5, 16, 16, 8, 40
 

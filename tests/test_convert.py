@@ -8,12 +8,8 @@ import torch
 from absl.testing import parameterized
 
 from ega_tf import teachers
-from ega_tf.core.constants import (
-    CLIP_MEAN,
-    CLIP_STD,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-)
+from ega_tf.core.constants import (CLIP_MEAN, CLIP_STD, IMAGENET_MEAN,
+                                   IMAGENET_STD)
 from ega_tf.core.errors import ConversionError
 from ega_tf.teachers import checkpoint_io, convert
 from tests import checkpoints

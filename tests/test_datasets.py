@@ -23,12 +23,8 @@ from ega_tf.data import augment, pipeline
 from ega_tf.deploy import serving
 from ega_tf.training import build, loop
 from tests.test_case import TestCase, history_rows, pixel_teacher
-from tools.synthetic import (
-    WNIDS,
-    jpeg,
-    make_tiny_imagenet_zip,
-    write_image_folder,
-)
+from tools.synthetic import (WNIDS, jpeg, make_tiny_imagenet_zip,
+                             write_image_folder)
 
 
 def tiny_config(dataset, **kw):

@@ -166,7 +166,7 @@ class DistillerTest(TestCase):
         eager = make(jit=False).train_on_batch(x, y, return_dict=True)
         compiled = make(jit=True)
         # Keras turns XLA off while op determinism is on; a run must not
-        # have left it on in this process (training.run restores it).
+        # have left it on in this process (loop.run restores it).
         self.assertTrue(compiled.jit_compile)
         xla = compiled.train_on_batch(x, y, return_dict=True)
         self.assertTermsClose(xla, {k: eager[k] for k in

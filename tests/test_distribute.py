@@ -18,13 +18,8 @@ from ega_tf.students.head import build_student
 from ega_tf.training import distribute
 from ega_tf.training.build import choose_jit
 from ega_tf.training.distiller import Distiller
-from tests.test_case import (
-    TestCase,
-    conv_teacher,
-    lockstep_errors,
-    run_lockstep,
-    run_replica_steps,
-)
+from tests.test_case import (TestCase, conv_teacher, lockstep_errors,
+                             run_lockstep, run_replica_steps)
 
 K, D, S, G = 5, 16, 16, 64
 TERMS = ("loss", "ce", "node", "edge", "teacher_ce", "top1",

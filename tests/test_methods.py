@@ -9,32 +9,15 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 from ega_tf import methods, students
-from ega_tf.methods import (
-    Batch,
-    crd,
-    dist,
-    dkd,
-    hint,
-    kd,
-    maths,
-    mlkd,
-    nce,
-    pkt,
-    rkd,
-    seed,
-    sp,
-)
+from ega_tf.methods import (Batch, crd, dist, dkd, hint, kd, maths, mlkd, nce,
+                            pkt, rkd, seed, sp)
 from ega_tf.nn import layers
 from ega_tf.nn.optimizers import TorchSGD
 from ega_tf.students.head import build_student
 from ega_tf.training.distiller import Distiller
 from tests import references as ref
-from tests.test_case import (
-    TestCase,
-    conv_teacher,
-    lockstep_errors,
-    run_lockstep,
-)
+from tests.test_case import (TestCase, conv_teacher, lockstep_errors,
+                             run_lockstep)
 
 B, D, K, Q = 12, 8, 5, 20
 

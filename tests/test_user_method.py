@@ -17,15 +17,8 @@ from ega_tf.nn.optimizers import TorchSGD
 from ega_tf.students.head import build_student
 from ega_tf.training import distribute
 from ega_tf.training.distiller import Distiller
-from tests.test_case import (
-    ROOT,
-    TestCase,
-    conv_teacher,
-    history_rows,
-    lockstep_errors,
-    pixel_teacher,
-    run_lockstep,
-)
+from tests.test_case import (ROOT, TestCase, conv_teacher, history_rows,
+                             lockstep_errors, pixel_teacher, run_lockstep)
 
 CLASS = "CentredCosine"
 

@@ -41,12 +41,8 @@ def torch_reference(family, arch, state):
 
     import torch
 
-    from tools.reference import (
-        torch_clip,
-        torch_repdistiller,
-        torch_resnet,
-        torch_vit,
-    )
+    from tools.reference import (torch_clip, torch_repdistiller, torch_resnet,
+                                 torch_vit)
     tensors = {k: torch.tensor(np.asarray(v)) for k, v in state.items()
                if not any(fnmatch.fnmatchcase(k, p)
                           for p in family.drop_heads)}

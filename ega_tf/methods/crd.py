@@ -8,15 +8,8 @@ import math
 
 import numpy as np
 
-from ega_tf.methods.base import (
-    AT_LEAST_ONE,
-    CE_PLUS_METHOD,
-    POSITIVE,
-    Method,
-    Range,
-    Result,
-    register,
-)
+from ega_tf.methods.base import (AT_LEAST_ONE, CE_PLUS_METHOD, POSITIVE,
+                                 Method, Range, Result, register)
 from ega_tf.methods.maths import f32, unit_rows
 from ega_tf.nn.keras_ops import ops
 

@@ -7,13 +7,8 @@ batch (intra-class, over the gathered global batch)."""
 
 from __future__ import annotations
 
-from ega_tf.methods.base import (
-    CE_PLUS_METHOD,
-    POSITIVE,
-    STANDARDIZE,
-    Method,
-    register,
-)
+from ega_tf.methods.base import (CE_PLUS_METHOD, POSITIVE, STANDARDIZE, Method,
+                                 register)
 from ega_tf.methods.maths import f32, maybe_standardize, sqrt_or_zero
 from ega_tf.nn.keras_ops import ops
 

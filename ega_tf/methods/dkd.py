@@ -5,14 +5,8 @@ over the other classes (NCKD), each with its own weight."""
 from __future__ import annotations
 
 from ega_tf.core.constants import PUBLISHED_EPOCHS
-from ega_tf.methods.base import (
-    CE_PLUS_METHOD,
-    POSITIVE,
-    STANDARDIZE,
-    Method,
-    Result,
-    register,
-)
+from ega_tf.methods.base import (CE_PLUS_METHOD, POSITIVE, STANDARDIZE, Method,
+                                 Result, register)
 from ega_tf.methods.maths import f32, maybe_standardize
 from ega_tf.nn.keras_ops import ops
 

@@ -20,13 +20,8 @@ branches read the run's (student view, teacher view) pair
 
 from __future__ import annotations
 
-from ega_tf.methods.base import (
-    CE_PLUS_METHOD,
-    POSITIVE,
-    STANDARDIZE,
-    Method,
-    register,
-)
+from ega_tf.methods.base import (CE_PLUS_METHOD, POSITIVE, STANDARDIZE, Method,
+                                 register)
 from ega_tf.methods.maths import f32, kd_per_example, maybe_standardize
 from ega_tf.nn.keras_ops import ops
 

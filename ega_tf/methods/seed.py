@@ -7,13 +7,8 @@ from __future__ import annotations
 
 import abc
 
-from ega_tf.methods.base import (
-    AT_LEAST_ONE,
-    CE_PLUS_METHOD,
-    POSITIVE,
-    Method,
-    register,
-)
+from ega_tf.methods.base import (AT_LEAST_ONE, CE_PLUS_METHOD, POSITIVE,
+                                 Method, register)
 from ega_tf.methods.maths import unit_rows
 from ega_tf.nn.keras_ops import ops
 

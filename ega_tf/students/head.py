@@ -1,7 +1,7 @@
 """The deployable student: a backbone with its input normalisation, the
 projection into the shared embedding and the classifier that reads it.
 
-What ``training.Distiller`` trains and ``deploy.serving`` exports: uint8
+What ``training.distiller.Distiller`` trains and ``deploy.serving`` exports: uint8
 images in, ``{"embedding": x_s, "logits", "features"}`` out.
 """
 

@@ -6,14 +6,8 @@ from __future__ import annotations
 
 from keras import layers
 
-from ega_tf.nn.layers import (
-    ChannelShuffle,
-    ChannelSlice,
-    bn,
-    conv_bn,
-    depthwise,
-    relu,
-)
+from ega_tf.nn.layers import (ChannelShuffle, ChannelSlice, bn, conv_bn,
+                              depthwise, relu)
 
 
 def _v1_bottleneck(x, out_ch, stride, groups, name):

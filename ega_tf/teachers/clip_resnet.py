@@ -29,12 +29,8 @@ from keras import layers, ops
 from ega_tf.core.errors import ConversionError
 from ega_tf.nn.layers import bn as _bn
 from ega_tf.nn.layers import conv as _conv
-from ega_tf.teachers.porting import (
-    WeightPorter,
-    port_batchnorm,
-    torch_conv_kernel,
-    torch_dense_kernel,
-)
+from ega_tf.teachers.porting import (WeightPorter, port_batchnorm,
+                                     torch_conv_kernel, torch_dense_kernel)
 
 _BLOCK = re.compile(r"^layer(\d)\.(\d+)\.")
 

@@ -25,12 +25,8 @@ import numpy as np
 
 from ega_tf.core.errors import ConversionError
 from ega_tf.teachers.porting import WeightPorter, torch_conv_kernel
-from ega_tf.teachers.vit import (
-    ClassToken,
-    port_attention,
-    port_dense,
-    port_layer_norm,
-)
+from ega_tf.teachers.vit import (ClassToken, port_attention, port_dense,
+                                 port_layer_norm)
 
 _BLOCK = re.compile(r"^transformer\.resblocks\.(\d+)\.")
 

@@ -21,15 +21,9 @@ import importlib
 from types import ModuleType
 from typing import Dict, Tuple
 
-from ega_tf.core.constants import (
-    CIFAR100_MEAN,
-    CIFAR100_STD,
-    CLIP_MEAN,
-    CLIP_STD,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    SWAV_STD,
-)
+from ega_tf.core.constants import (CIFAR100_MEAN, CIFAR100_STD, CLIP_MEAN,
+                                   CLIP_STD, IMAGENET_MEAN, IMAGENET_STD,
+                                   SWAV_STD)
 
 # The modules that build and port each architecture, imported when a
 # family's is first needed (they import Keras; the family table is read by

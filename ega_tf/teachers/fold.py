@@ -20,7 +20,7 @@ call), so it is written here.
 goes only into a BatchNorm becomes a convolution with a bias and folded
 weights, that BatchNorm an identity; every other layer is the teacher's own
 layer object, shared. The teacher's file stays as converted; training folds
-it when it loads it (``training.load_teacher``).
+it when it loads it (``training.build.load_teacher``).
 """
 
 from __future__ import annotations

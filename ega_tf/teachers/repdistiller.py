@@ -16,12 +16,8 @@ from __future__ import annotations
 import re
 
 from ega_tf.core.errors import ConversionError
-from ega_tf.teachers.porting import (
-    WeightPorter,
-    port_batchnorm,
-    torch_conv_kernel,
-    torch_dense_kernel,
-)
+from ega_tf.teachers.porting import (WeightPorter, port_batchnorm,
+                                     torch_conv_kernel, torch_dense_kernel)
 
 # The networks RepDistiller publishes as teachers, and the other zoo
 # depths that follow the same layouts.

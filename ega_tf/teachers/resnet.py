@@ -16,11 +16,8 @@ import re
 import keras
 
 from ega_tf.core.errors import ConversionError
-from ega_tf.teachers.porting import (
-    WeightPorter,
-    port_batchnorm,
-    torch_conv_kernel,
-)
+from ega_tf.teachers.porting import (WeightPorter, port_batchnorm,
+                                     torch_conv_kernel)
 
 _BLOCK = re.compile(r"^layer(\d)\.(\d+)\.")
 

@@ -24,11 +24,8 @@ import keras
 from keras import layers
 
 from ega_tf.core.errors import ConversionError
-from ega_tf.teachers.porting import (
-    WeightPorter,
-    torch_conv_kernel,
-    torch_dense_kernel,
-)
+from ega_tf.teachers.porting import (WeightPorter, torch_conv_kernel,
+                                     torch_dense_kernel)
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 

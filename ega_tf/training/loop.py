@@ -28,18 +28,11 @@ import time
 from ega_tf.core import runtime
 from ega_tf.training import distribute
 from ega_tf.training import workdir as wd
-from ega_tf.training.build import (
-    load_dataset,
-    load_teacher,
-    teacher_features,
-    uses_teacher,
-)
+from ega_tf.training.build import (load_dataset, load_teacher,
+                                   teacher_features, uses_teacher)
 from ega_tf.training.cell import Cell, Progress, fetch_function
-from ega_tf.training.divergence import (
-    DivergedError,
-    cause_of,
-    first_non_finite,
-)
+from ega_tf.training.divergence import (DivergedError, cause_of,
+                                        first_non_finite)
 from ega_tf.training.report import collapse, collapse_warning, finished
 
 
