@@ -186,16 +186,20 @@ class ScriptedSearchTest(TestCase):
     """The search's bookkeeping with the training replaced by a script of
     per-epoch validation top-1s (the real loop is in TuneGridTest): a
     collapsed or diverged trial fails and is never chosen, however well it
-    scores; the median rule stops a poor trial early; what it all cost is
-    counted; a rerun reads every trial back."""
+    scores; the median rule stops a poor trial that TPE proposed, never
+    one of the spread (trials 1 to 3 of 6), which may start slowly and end
+    best; what it all cost is counted; a rerun reads every trial back."""
 
     # Trial -> (validation top-1 per epoch, share of zero features,
     # diverges at the last epoch).
     SCRIPT = {0: ([0.30, 0.40, 0.50, 0.60], 0.0, False),
-              1: ([0.50, 0.70, 0.80, 0.90], 0.9, False),   # collapsed
-              2: ([0.45, 0.55, 0.65, 0.95], 0.0, True),    # diverged
-              3: ([0.20, 0.25, 0.30, 0.35], 0.0, False),   # pruned
-              4: ([0.35, 0.45, 0.55, 0.70], 0.0, False)}   # the best
+              1: ([0.35, 0.45, 0.55, 0.62], 0.0, False),
+              # Of the spread: below the median until the end, runs whole
+              # and is the best.
+              2: ([0.10, 0.20, 0.45, 0.65], 0.0, False),
+              3: ([0.50, 0.70, 0.80, 0.90], 0.9, False),   # collapsed
+              4: ([0.20, 0.25, 0.30, 0.35], 0.0, False),   # pruned
+              5: ([0.45, 0.55, 0.65, 0.95], 0.0, True)}    # diverged
 
     def fake_run(self, config, path, verbose=2, on_epoch=None, **kw):
         import os
@@ -242,31 +246,35 @@ class ScriptedSearchTest(TestCase):
         cells = grid.make_cells(["sp"], [0], ["resnet8"], [0.1])
         self.trained, lines, cost = [], [], {}
         with mock.patch.object(loop, "run", self.fake_run):
-            chosen = tuning.search(base, cells, str(tmp), 5,
+            chosen = tuning.search(base, cells, str(tmp), 6,
                                    log=lines.append, cost=cost)
         with open(tmp / tuning.TUNING_CSV, newline="") as f:
             rows = list(csv.DictReader(f))
         self.assertEqual([r["outcome"] for r in rows],
-                         ["complete", "failed", "failed", "pruned",
-                          "complete"])
+                         ["complete", "complete", "complete", "failed",
+                          "pruned", "failed"])
         self.assertEqual([r["collapsed"] for r in rows],
-                         ["false", "true", "false", "false", "false"])
-        # Collapsed on validation two epochs running: stopped after epoch 2.
-        self.assertEqual([int(r["epochs"]) for r in rows], [4, 2, 4, 2, 4])
+                         ["false", "false", "false", "true", "false",
+                          "false"])
+        # Collapsed on validation two epochs running: stopped after epoch
+        # 2; trial 4, below the median of trials 0-2 at epoch 2, too.
+        self.assertEqual([int(r["epochs"]) for r in rows],
+                         [4, 4, 4, 2, 2, 4])
         self.assertEqual([r["chosen"] for r in rows],
-                         ["false"] * 4 + ["true"])
+                         ["false", "false", "true", "false", "false",
+                          "false"])
         setting = tuning.Setting("sp", "resnet8", 0.1)
         self.assertAllClose(chosen[setting]["loss.beta"],
-                            float(rows[4]["loss.beta"]), rtol=1e-5)
+                            float(rows[2]["loss.beta"]), rtol=1e-5)
         self.assertEqual((cost["trials"], cost["pruned"], cost["failed"]),
-                         (5, 1, 2))
+                         (6, 1, 2))
         self.assertTrue(any("pruned after epoch 2" in line
                             for line in lines), lines)
         # A rerun reads every trial back, trains none, chooses the same.
         before = (tmp / tuning.TUNING_CSV).read_text()
         self.trained = []
         with mock.patch.object(loop, "run", self.fake_run):
-            again = tuning.search(base, cells, str(tmp), 5,
+            again = tuning.search(base, cells, str(tmp), 6,
                                   log=lines.append, cost=cost)
         self.assertEqual(self.trained, [])
         self.assertEqual(again, chosen)
