@@ -1,4 +1,5 @@
-"""Balanced weights and the gradient measurements (``ega_tf.training.balance``):
+"""Balanced weights and the gradient measurements
+(``ega_tf.training.balance``):
 the norms of each term's gradient on the student's outputs against a
 float64 NumPy computation, the moving averages against their formula, the
 effective weights and the logged ratios they give, the divergence message
@@ -211,6 +212,15 @@ class DivergenceCauseTest(TestCase):
                          ("nckd", "ce"))
         self.assertEqual(str(divergence.DivergedError.from_record(record)),
                          text)
+        # The other terms' ratios with two digits; one that lost its
+        # gradient (a saturated softmax) as under 0.01x, exact in the record.
+        for tckd, shown in ((0.25, "(tckd 0.25x)"),
+                            (1.6e-14, "(tckd <0.01x)")):
+            vanished = {**cause, "ratios": {"tckd": tckd, "nckd": 30.0}}
+            error = divergence.DivergedError("ce", float("nan"), 10, 9, 0.05,
+                                             vanished)
+            self.assertIn(shown, str(error))
+            self.assertEqual(error.record()["cause"]["ratios"]["tckd"], tckd)
         # No distillation term dominated: the learning rate is the advice.
         plain = divergence.DivergedError("ce", float("inf"), 0, 0, 1e6)
         self.assertRegex(str(plain), r"^training diverged: ce became inf "

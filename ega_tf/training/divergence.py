@@ -36,7 +36,7 @@ class DivergedError(RunStopped):
         kept = ("Nothing was exported; the last finite checkpoint is "
                 "kept.")
         if cause:
-            others = ", ".join(f"{k} {v:.2g}x" for k, v in
+            others = ", ".join(f"{k} {_ratio(v)}" for k, v in
                                cause["ratios"].items() if k != cause["term"])
             weight = (f", now {cause['weight']:g}"
                       if cause.get("weight") is not None else "")
@@ -68,6 +68,14 @@ class DivergedError(RunStopped):
     def from_record(cls, d):
         return cls(d.get("non_finite", d["term"]), d["value"], d["epoch"] - 1,
                    d["step"] - 1, d.get("lr", float("nan")), d.get("cause"))
+
+
+def _ratio(value):
+    """A gradient ratio for the message: two digits, or "<0.01x" for one
+    that vanished (as the logits blow up, a term on a saturated softmax,
+    DKD's TCKD, gets no gradient at all: 1e-14x of the cross-entropy's on
+    digits), whose digits would mean nothing."""
+    return "<0.01x" if value < 0.01 else f"{value:.2g}x"
 
 
 def cause_of(config, model):
