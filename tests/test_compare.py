@@ -391,3 +391,26 @@ class SummaryTest(TestCase):
         for points in (2, 60, 500, 999, 1000):
             self.assertAllEqual(first[probe.subset(labels[first], points)],
                                 probe.subset(labels, points))
+
+
+class PictureStylesTest(TestCase):
+
+    def test_every_method_its_own_colour_and_balanced_dashed(self):
+        """The 15-method grid with published and balanced weights (28
+        labels), and 25 methods: one distinct colour per method, its
+        balanced label in the same colour dashed."""
+        names = [f"m{i}" for i in range(14)]
+        labels = [*names, *(n + grid.BALANCED for n in names)]
+        for order, methods_ in ((labels, names),
+                                ([f"m{i}" for i in range(25)], None),
+                                (["none", "ega"], None)):
+            styles = pictures.line_styles(order)
+            methods_ = methods_ or order
+            colours = {styles[m][0] for m in methods_}
+            self.assertLen(colours, len(methods_))
+            for m in methods_:
+                self.assertEqual(styles[m][1], "-")
+                balanced = m + grid.BALANCED
+                if balanced in styles:
+                    self.assertEqual(styles[balanced],
+                                     (styles[m][0], "--"))

@@ -22,6 +22,7 @@ import numpy as np
 from absl import logging
 
 from ega_tf import methods
+from ega_tf.comparison.grid import BALANCED
 from ega_tf.core.errors import UserError
 from ega_tf.core.io_utils import atomic_output
 from ega_tf.training import probe
@@ -55,8 +56,28 @@ def _save(fig, path):
     _pyplot().close(fig)
 
 
-def _colours(method_order):
-    return {m: f"C{i % 10}" for i, m in enumerate(method_order)}
+def line_styles(method_order):
+    """{label: (colour, line style)}: one colour per method, however many,
+    its balanced label (``"kd (balanced)"``) in the same colour, dashed.
+    Up to ten methods take matplotlib's ten default colours, up to twenty
+    tab20's (its ten dark shades first), more are spread evenly over the
+    turbo colour map."""
+    from matplotlib import colormaps
+    methods = list(dict.fromkeys(m.removesuffix(BALANCED)
+                                 for m in method_order))
+    n = len(methods)
+    if n <= 10:
+        palette = [colormaps["tab10"](i) for i in range(10)]
+    elif n <= 20:
+        tab20 = colormaps["tab20"]
+        palette = [tab20(i) for i in (*range(0, 20, 2), *range(1, 20, 2))]
+    else:
+        palette = [colormaps["turbo"](0.05 + 0.9 * i / (n - 1))
+                   for i in range(n)]
+    colour = dict(zip(methods, palette))
+    return {m: (colour[m.removesuffix(BALANCED)],
+                "--" if m.endswith(BALANCED) else "-")
+            for m in method_order}
 
 
 def curves(rows, method_order, path):
@@ -68,9 +89,7 @@ def curves(rows, method_order, path):
     fig, axes = plt.subplots(len(settings), len(PANELS), squeeze=False,
                              figsize=(4.2 * len(PANELS),
                                       3.3 * len(settings)))
-    colours = _colours(method_order)
-    styles = {m: "--" if i >= 10 else "-"
-              for i, m in enumerate(method_order)}
+    styles = line_styles(method_order)
     for axrow, (student, fraction) in zip(axes, settings):
         for ax, (key, title) in zip(axrow, PANELS):
             for method in method_order:
@@ -86,12 +105,13 @@ def curves(rows, method_order, path):
                                    for h in runs])
                 x = np.arange(1, epochs + 1)
                 # Markers while there are too few epochs to draw a line.
-                ax.plot(x, values.mean(0), styles[method],
-                        color=colours[method], label=method, lw=1.4,
+                colour, style = styles[method]
+                ax.plot(x, values.mean(0), style,
+                        color=colour, label=method, lw=1.4,
                         marker="o" if epochs < 3 else None, ms=3)
                 if len(runs) > 1:
                     ax.fill_between(x, values.min(0), values.max(0),
-                                    color=colours[method], alpha=0.15,
+                                    color=colour, alpha=0.15,
                                     lw=0)
             ax.set_title(f"{title}\n{student}, labeled {fraction:g}",
                          fontsize=9)
