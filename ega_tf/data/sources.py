@@ -24,6 +24,8 @@ preparation leaves nothing that breaks the next run.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from typing import Optional
 
@@ -74,14 +76,37 @@ def _default_data_dir(data_dir):
         data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
 
 
+class _NoVariantWarning:
+    """Drops TFDS's warning that a dataset's folder holds no prepared
+    version ("Variant folder ... has no dataset_info.json"): it comes
+    whenever the dataset is absent, above the one line that says what to
+    put where."""
+
+    @staticmethod
+    def filter(record):
+        return "has no dataset_info.json" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_tfds_variant_warning():
+    logger = logging.getLogger("absl")
+    logger.addFilter(_NoVariantWarning)
+    try:
+        yield
+    finally:
+        logger.removeFilter(_NoVariantWarning)
+
+
 def _prepared_builder(name, archive, data_dir, download, downloadable=True):
     """The TFDS builder of ``name``, prepared (from the manual directory, or
     downloaded if allowed), or a DatasetNotFoundError saying what to do."""
     import tensorflow_datasets as tfds
 
     data_dir = _default_data_dir(data_dir)
-    builder = tfds.builder(name, data_dir=data_dir)
-    if builder.is_prepared():
+    with _without_tfds_variant_warning():
+        builder = tfds.builder(name, data_dir=data_dir)
+        prepared = builder.is_prepared()
+    if prepared:
         return builder
     manual = os.path.join(data_dir, "downloads", "manual")
     have = os.path.exists(os.path.join(manual, archive))
