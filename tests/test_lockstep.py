@@ -69,13 +69,34 @@ class LockstepTest(TestCase):
         batches carry); cross-entropy alone (no teacher) with another
         student; EGA at a rate that diverges within the first steps. (EGA
         that trains is in the next test.)"""
+        from unittest import mock
+
+        from ega_tf.training import cell
         tmp = self.tmp_path()
         runs = [self.config("ega", optim__lr=1e4), self.config("crd"),
                 self.config("none", "resnet14")]
-        outcomes = loop.run_lockstep(
-            [(c, str(tmp / "group" / str(i))) for i, c in enumerate(runs)])
+        made = []
+
+        def keep(make):
+            return lambda *a: made.append(make(*a)) or made[-1]
+        with mock.patch.object(cell, "cell_step_function",
+                               keep(cell.cell_step_function)), \
+                mock.patch.object(loop, "fetch_function",
+                                  keep(loop.fetch_function)):
+            outcomes = loop.run_lockstep(
+                [(c, str(tmp / "group" / str(i)))
+                 for i, c in enumerate(runs)])
         self.assertEqual([type(o).__name__ for o in outcomes],
                          ["DivergedError", "dict", "dict"])
+        # Two fetches (training, evaluation) and each run's train and test
+        # steps, each traced at most once: every batch of a stream has one
+        # shape. (TensorFlow's retracing warning, which counts the traces
+        # of every step function the group makes as one function's, is
+        # therefore dropped: loop._RetracingFilter.)
+        self.assertLen(made, 2 + 2 * len(runs))
+        traces = [f.experimental_get_tracing_count() for f in made]
+        self.assertLessEqual(max(traces), 1, traces)
+        self.assertGreaterEqual(sum(traces), 6, traces)
         # The others went on after the first run stopped.
         self.assertEqual([o["epochs"] for o in outcomes[1:]], [1, 1])
         for i in (1, 2):

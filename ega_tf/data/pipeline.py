@@ -159,9 +159,10 @@ class TrainStream:
 
 class EvalStream:
     """The plain images for both models, in order, in global batches of
-    ``global_batch``; the last one is padded with weight-0 examples so that
-    every replica gets an equal, non-empty slice and every example counts
-    once."""
+    ``global_batch``; the last one is padded with weight-0 examples to the
+    same size (rounded up to a multiple of the replicas), so that every
+    replica gets an equal, non-empty slice, every example counts once and
+    every batch has one shape (the evaluation step is traced once)."""
 
     def __init__(self, split, global_batch, *, cache="auto",
                  cache_limit_gb=8.0, features=None, **_):
@@ -177,9 +178,10 @@ class EvalStream:
             shape = tf.concat([[extra], tf.shape(t)[1:]], 0)
             return tf.concat([t, tf.fill(shape, tf.cast(value, t.dtype))], 0)
 
+        total = -(-self.global_batch // replicas) * replicas
+
         def pad_and_split(images, labels, *features):
             n = tf.shape(labels)[0]
-            total = (n + replicas - 1) // replicas * replicas
             extra = total - n
             weight = tf.concat([tf.ones([n]), tf.zeros([extra])], 0)
             padded = (pad(images, extra), pad(labels, extra, -1), weight,

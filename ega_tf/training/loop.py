@@ -118,8 +118,10 @@ def run_lockstep(runs, verbose=0, strategy=None, on_step=None,
 
 class _RetracingFilter:
     """Drops TensorFlow's "triggered tf.function retracing" warning: each
-    run of a group traces its own step functions, once, which that
-    heuristic counts as retracing one function."""
+    run of a group traces its own step functions, once each (every batch
+    of a stream has one shape; tests/test_lockstep.py counts the traces),
+    and that heuristic counts the traces of every function made from the
+    same Python code as retraces of one."""
 
     @staticmethod
     def filter(record):
@@ -204,7 +206,10 @@ class Group:
                                         ("test", "test", dataset.test))
             if split is not None}
         jit = any(c.model.step_jit_compile for c in taught)
+        # One fetch for training batches, one for evaluation's (which carry
+        # their weights): each traced once.
         self.fetch = fetch_function(strategy, teacher, jit)
+        self.eval_fetch = fetch_function(strategy, teacher, jit)
 
     def _stop_if_state_broke(self, cell, live, epoch, step):
         """Before a checkpoint: a run whose state holds a non-finite value
@@ -328,7 +333,7 @@ class Group:
             values = {}
             for _ in range(stream.steps):
                 begin = time.time()
-                batch = self.fetch(iterator)
+                batch = self.eval_fetch(iterator)
                 shared = (time.time() - begin) / len(cells)
                 for cell in cells:
                     begin = time.time()
