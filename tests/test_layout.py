@@ -155,6 +155,8 @@ class LayoutTest(TestCase):
     def test_each_method_is_one_file_holding_its_losses(self):
         for name in methods.METHODS.names():
             cls = methods.get(name)
+            if not cls.__module__.startswith("ega_tf."):
+                continue  # a user's method another test registered
             module = sys.modules[cls.__module__]
             with self.subTest(method=name):
                 self.assertEqual(module.__name__.rpartition(".")[0],
