@@ -43,6 +43,7 @@ class TeacherCacheTest(TestCase):
         self.assertLen(saved["features"], len(digits.train))
 
     def test_bfloat16_teacher_is_close_and_returns_float32(self):
+        self.skip_unless_kernels_run("bfloat16")
         images = data.load("digits").test.images[:64]
         want = teachers.load(self.teacher)(images).numpy()
         fast = teacher_file.with_precision(teachers.load(self.teacher),
