@@ -53,6 +53,14 @@ class DigitsAndMaskingTest(TestCase):
         self.assertEqual(digits.train.images.max(), 255)  # full range
         np.testing.assert_array_equal(digits.train.images[..., 0],
                                       digits.train.images[..., 2])  # grey
+        # Another size: the same images and split, resized from 8x8.
+        small = data.load("digits", image_size=16)
+        self.assertEqual(small.image_size, (16, 16))
+        np.testing.assert_array_equal(small.train.labels,
+                                      digits.train.labels)
+        self.assertAllClose(
+            tf.image.resize(small.train.images[:4].astype(np.float32),
+                            (32, 32)), digits.train.images[:4], atol=40)
 
     def test_mask_labels_is_stratified_and_seeded(self):
         labels = np.repeat(np.arange(4), [10, 20, 30, 40])

@@ -43,17 +43,17 @@ FOLDER_PREFIX = "folder:"
 
 @DATASETS.register("digits")
 def load_digits(image_size=None, unlabeled_split=False, **_) -> Dataset:
+    """scikit-learn's 8x8 digits, grey repeated in three channels, resized
+    (bilinear) to ``image_size`` (default 32, as the CIFAR networks take)."""
     _no_unlabeled_split("digits", unlabeled_split)
-    if image_size not in (None, DIGITS_SIZE):
-        raise UserError(f"digits is fixed at {DIGITS_SIZE}x{DIGITS_SIZE}; "
-                        "leave image_size unset.")
+    size = DIGITS_SIZE if image_size is None else int(image_size)
     import tensorflow as tf
     from sklearn.datasets import load_digits as sk_digits
     from sklearn.model_selection import train_test_split
 
     raw = sk_digits()
     grey = raw.images.astype(np.float32) * (255.0 / 16.0)  # [N, 8, 8]
-    big = tf.image.resize(grey[..., None], (DIGITS_SIZE, DIGITS_SIZE),
+    big = tf.image.resize(grey[..., None], (size, size),
                           method="bilinear").numpy()
     images = np.repeat(np.clip(np.round(big), 0, 255).astype(np.uint8), 3,
                        axis=-1)
