@@ -23,8 +23,10 @@ def make(teacher=True, alpha=0.0, jit=False):
     model = Distiller(student, conv_teacher(S) if teacher else None, K, D,
                       method="ega" if teacher else "none",
                       weights={"alpha": alpha})
+    # Eager unless compiled with XLA: each test takes a step or two, and
+    # tracing the step costs about as much as seven eager ones.
     model.compile(TorchSGD(0.05), teacher_head_optimizer=TorchSGD(0.01)
-                  if teacher else None, jit_compile=jit)
+                  if teacher else None, jit_compile=jit, run_eagerly=not jit)
     return model
 
 

@@ -208,6 +208,10 @@ def train_labels():
 
 
 def make(name, lr=0.05, epochs=None, **weights):
+    """A seeded distiller for ``name``. Its ``train_on_batch`` runs the
+    step eagerly: these tests take a few steps each, and tracing the step
+    costs about as much as seven eager ones (the loop's traced step is
+    stepped by run_lockstep)."""
     keras.utils.set_random_seed(0)
     student = build_student(students.create("resnet8", input_shape=(S, S, 3)),
                             K, D)
@@ -218,7 +222,7 @@ def make(name, lr=0.05, epochs=None, **weights):
     teacher = None if name == "none" else conv_teacher(S, batchnorm=False)
     model = Distiller(student, teacher, K, D, method=method)
     model.compile(TorchSGD(lr), teacher_head_optimizer=TorchSGD(0.01)
-                  if teacher else None)
+                  if teacher else None, run_eagerly=True)
     return model
 
 
