@@ -277,7 +277,8 @@ class DivergingRunTest(TestCase):
         r = self.run_cli("train", "--dataset=digits", "--student=resnet8",
                          f"--teacher={teacher}", "--distill=hint",
                          "--epochs=1", "--config.loss.beta=1e5",
-                         "--config.export=false", f"--workdir={tmp}/w")
+                         "--config.export=false",
+                         "--config.data.image_size=16", f"--workdir={tmp}/w")
         self.assertEqual(r.code, 3, r.stderr)
         line, = r.output_lines
         self.assertRegex(line, r"^stopped: training diverged at epoch 1, "

@@ -40,6 +40,7 @@ class CompareGridTest(TestCase):
         cls.args = ["--config=configs/digits.py", f"--teacher={cls.teacher}",
                     f"--methods={cls.METHODS}", "--seeds=0", "--epochs=1",
                     "--config.export=false", "--embedding_points=60",
+                    "--config.data.image_size=16",
                     f"--workdir={cls.workdir}"]
         cls.first = cls.run_cli_static("compare", *cls.args)
         # As the first run wrote it (a rerun rewrites it).
@@ -200,7 +201,7 @@ class CompareGridTest(TestCase):
                          f"--teacher={self.teacher}", "--distill=crd",
                          "--epochs=1", "--config.export=false",
                          "--config.data.val_fraction=0.1",
-                         f"--workdir={cell}")
+                         "--config.data.image_size=16", f"--workdir={cell}")
         self.assertSucceeded(r)
         self.assertIn("holds a finished run of this config", r.stderr)
 
@@ -230,6 +231,7 @@ class CompareKillTest(TestCase):
         args = ["--config=configs/digits.py", f"--teacher={teacher}",
                 "--methods=none,crd,ega", "--seeds=0", "--epochs=3",
                 "--config.export=false", "--pictures=false",
+                "--config.data.image_size=16",
                 "--config.checkpoint_every_steps=5"]
         # Every grid in a fresh process of its own: a process in which
         # other tests have run (logical devices split, say) may add float32

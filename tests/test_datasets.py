@@ -125,7 +125,7 @@ class DigitsAndMaskingTest(TestCase):
         tmp = self.tmp_path()
         c = tiny_config("digits", labeled_fraction=0.5, epochs=3)
         c.batch_size, c.eval_batch_size = 64, 256
-        c.data.val_fraction = 0.2
+        c.data.val_fraction, c.data.image_size = 0.2, 16
         results = loop.run(c, str(tmp), verbose=0)
         rows = history_rows(tmp)
         # 20 % of each digits class's training images (133-139 each).
@@ -150,8 +150,9 @@ class DigitsAndMaskingTest(TestCase):
         self.assertEqual(sorted(os.listdir(tmp / "logs")),
                          ["test", "train", "validation"])
         # Without a split, the validation fields are empty.
-        plain = loop.run(tiny_config("digits"), str(tmp / "plain"),
-                         verbose=0)
+        plain = tiny_config("digits")
+        plain.batch_size, plain.data.image_size = 64, 16
+        plain = loop.run(plain, str(tmp / "plain"), verbose=0)
         self.assertEqual((plain["val_examples"], plain["val_top1_best"],
                           plain["test_top1_at_best_val"]), (0, None, None))
         self.assertNotIn("val_top1", history_rows(tmp / "plain")[0])

@@ -27,6 +27,7 @@ class TeacherCacheTest(TestCase):
             c.dataset, c.student, c.teacher = "digits", "resnet8", \
                 self.teacher
             c.epochs, c.labeled_fraction, c.export = 1, 0.1, False
+            c.data.image_size = 16  # the teacher resizes to its 32
             c.teacher_view, c.teacher_cache = "clean", cache
             with self.assertLogs("absl", "INFO") as logs:
                 loop.run(config_lib.resolve(c), str(tmp / cache),
@@ -36,7 +37,7 @@ class TeacherCacheTest(TestCase):
             self.assertEqual(cached, cache == "auto")
         self.assertEqual(runs["auto"], runs["none"])  # bit for bit
         saved = np.load(tmp / "auto" / "teacher_features_train.npz")
-        digits = data.load("digits")
+        digits = data.load("digits", image_size=16)
         want = teachers.load(self.teacher)(digits.train.images[:32])
         np.testing.assert_allclose(saved["features"][:32], want, rtol=1e-6,
                                    atol=1e-6)

@@ -115,7 +115,7 @@ class TuneGridTest(TestCase):
                 "--methods=hint", "--weights=balanced", "--seeds=0",
                 "--epochs=1", "--tune=2", "--tune_lr",
                 "--config.export=false", "--pictures=false",
-                f"--workdir={tmp}/g"]
+                "--config.data.image_size=16", f"--workdir={tmp}/g"]
         r = self.run_cli("compare", *args)
         self.assertSucceeded(r)
         with open(tmp / "g" / tuning.TUNING_CSV, newline="") as f:

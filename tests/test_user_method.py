@@ -48,7 +48,8 @@ class UserMethodTest(TestCase):
         args = ["--config=configs/digits.py", f"--teacher={self.teacher}",
                 f"--distill={self.spec}", "--epochs=1",
                 "--config.loss.momentum=0.5", "--config.export=false",
-                "--config.checkpoint_every_steps=10"]
+                "--config.checkpoint_every_steps=10",
+                "--config.data.image_size=16"]
         r = self.run_cli("train", *args, f"--workdir={tmp}/w")
         self.assertSucceeded(r)
         rows = history_rows(tmp / "w")
@@ -143,6 +144,7 @@ class UserMethodTest(TestCase):
                          f"--teacher={self.teacher}", "--epochs=1",
                          f"--methods=none,{self.spec}", "--seeds=0",
                          "--pictures=false", "--config.export=false",
+                         "--config.data.image_size=16",
                          f"--workdir={tmp}/grid")
         self.assertSucceeded(r)
         self.assertTrue((tmp / "grid" / "centred_cosine_resnet8_lf0.1_s0" /
