@@ -11,8 +11,10 @@ with an online teacher head), not from ega_tf:
 - online teacher head: ``Linear(F, D)`` -> x_t and ``Linear(D, K)`` on the
   frozen teacher's features;
 - the student's loss ``gamma * CE + beta * method + alpha * KD_T``, each a
-  batch mean (CE: ``F.cross_entropy``; KD: the summed KL of the softened
-  logits times T^2 over the batch size); the method EGA
+  batch mean (CE: ``F.cross_entropy``, over the labeled rows: a label of
+  -1, which the published runs do not have, takes part in no
+  cross-entropy; KD: the summed KL of the softened logits times T^2 over
+  the batch size); the method EGA
   (``0.8 ||N - I||_F + 0.24 ||E_t - E_s||_F`` from Pearson correlations of
   the rows) or CRD (two memory banks, below);
 - one step: forward everything; ``optimizer.zero_grad()``;
@@ -170,9 +172,10 @@ class CRD(nn.Module):
 
 # Each method's published weights (gamma, alpha, beta) and fields.
 WEIGHTS = {
-    "ega": dict(gamma=1.0, alpha=0.0, beta=1.0, node=0.8, edge=0.24),
-    "kd": dict(gamma=0.1, alpha=0.9, beta=0.0, temperature=4.0),
-    "crd": dict(gamma=1.0, alpha=0.0, beta=0.8),
+    "ega": {"gamma": 1.0, "alpha": 0.0, "beta": 1.0, "node": 0.8,
+            "edge": 0.24},
+    "kd": {"gamma": 0.1, "alpha": 0.9, "beta": 0.0, "temperature": 4.0},
+    "crd": {"gamma": 1.0, "alpha": 0.0, "beta": 0.8},
 }
 
 
@@ -211,8 +214,9 @@ class Step:
         w = self.w
         x_s, logits_s = self.student(pixels)
         x_t, logits_t = self.head(features)
-        terms = {"ce": F.cross_entropy(logits_s, labels),
-                 "teacher_ce": F.cross_entropy(logits_t, labels)}
+        terms = {"ce": F.cross_entropy(logits_s, labels, ignore_index=-1),
+                 "teacher_ce": F.cross_entropy(logits_t, labels,
+                                               ignore_index=-1)}
         loss = w["gamma"] * terms["ce"]
         if self.method == "ega":
             terms["node"], terms["edge"] = ega_terms(x_t, x_s)
