@@ -7,8 +7,8 @@ student with its projection and classifier, the online teacher head on
 the frozen teacher's features, SGD with momentum 0.9 and coupled weight
 decay 5e-4 (lr 0.05 on the published step schedule, the head's 0.01),
 BatchNorm in training mode. ega_tf's side is its Distiller, built and
-compiled as ``training.build_model`` does, stepped by the training loop's
-own step (``training._step_function``). The batches carry the frozen
+compiled as ``training.build.build_model`` does, stepped by the training
+loop's own step (``training.cell.step_function``). The batches carry the frozen
 teacher's features as the clean-view cache does (``teacher_features``), so
 the head and the method see what they see in a run; CRD's negatives are
 those ega_tf draws, handed to PyTorch (RepDistiller's ``contrast_idx``).
@@ -33,11 +33,12 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 from ega_tf import methods
-from ega_tf.constants import CLIP_MEAN, CLIP_STD
-from ega_tf.distiller import Distiller, build_student
+from ega_tf.core.constants import CLIP_MEAN, CLIP_STD
 from ega_tf.methods.base import Batch
-from ega_tf.optimizers import TorchSGD, step_schedule
+from ega_tf.nn.optimizers import TorchSGD, step_schedule
 from ega_tf.students import sources
+from ega_tf.students.head import build_student
+from ega_tf.training.distiller import Distiller
 from tests.test_case import ReplicaStepper, TestCase
 
 STUDENT, SIZE, K, D, F = "resnet8", 16, 10, 256, 32
@@ -109,7 +110,7 @@ def batches(seed=0):
 # ------------------------------------------------------------- the models
 def tf_model(method, labels):
     """ega_tf's Distiller for ``method`` at its published weights, made
-    as ``training.build_model`` makes it (the teacher is an identity: the
+    as ``training.build.build_model`` makes it (the teacher is an identity: the
     batches carry its features)."""
     keras.utils.set_random_seed(0)
     backbone, inp = sources.build(STUDENT, (SIZE, SIZE, 3))
@@ -434,6 +435,7 @@ class TrajectoryTest(TestCase):
             self.assertLessEqual(u, UPDATE_MAX, f"{label}: {tensor}, step {s}")
 
     @parameterized.parameters("ega", "kd", "crd")
+    @pytest.mark.slow  # 50 steps in both frameworks, three methods
     def test_step_follows_pytorch(self, method):
         start = time.perf_counter()
         model, data, _, reference = reference_run(method)

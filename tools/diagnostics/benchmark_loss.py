@@ -49,7 +49,7 @@ def torch_start(seed, images):
     benchmark's PyTorch side draws them (its order of random draws)."""
     import torch
 
-    from ega_tf.constants import CLIP_MEAN, CLIP_STD
+    from ega_tf.core.constants import CLIP_MEAN, CLIP_STD
     from tools.reference import torch_cifar_resnet, torch_step
     torch.manual_seed(seed)
     mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
@@ -81,8 +81,8 @@ def tf_distiller(student, width):
     batch carries them)."""
     import keras
 
-    from ega_tf.distiller import Distiller
-    from ega_tf.optimizers import TorchSGD
+    from ega_tf.nn.optimizers import TorchSGD
+    from ega_tf.training.distiller import Distiller
     teacher = keras.Sequential([keras.Input((width,)),
                                 keras.layers.Identity()], name="teacher")
     model = Distiller(student, teacher, 100, 256, method="ega")
@@ -99,7 +99,7 @@ def tf_start(seed, args, images):
     import train_step
 
     from ega_tf import students
-    from ega_tf.distiller import build_student
+    from ega_tf.students.head import build_student
     keras.utils.set_random_seed(seed)
     teacher = train_step.tf_teacher(args, images)
     student = build_student(students.create("resnet8x4", input_shape=(
@@ -130,15 +130,15 @@ def main():
     ap.add_argument("mode", choices=("same_start", "seeds"))
     ap.add_argument("--seeds", default="0,1,2,3,4,5")
     a = ap.parse_args()
-    from ega_tf import cli
-    cli.import_tensorflow()
+    from ega_tf.core import runtime
+    runtime.import_tensorflow()
     import numpy as np
     args, images, labels = setting()
     print("| run | " + " | ".join(f"step {i}" for i in SHOWN) + " |")
     print("| --- |" + " ---: |" * len(SHOWN))
     if a.mode == "same_start":
         from ega_tf import students
-        from ega_tf.distiller import build_student
+        from ega_tf.students.head import build_student
         from tests.test_trajectory import pairs, to_keras
         student, head, feats = torch_start(0, images)
         model = tf_distiller(build_student(students.create(

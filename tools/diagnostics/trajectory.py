@@ -66,8 +66,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--methods", default="ega,kd,crd")
     args = ap.parse_args()
-    from ega_tf import cli
-    cli.import_tensorflow()
+    from ega_tf.core import runtime
+    runtime.import_tensorflow()
     import torch
 
     from tests import test_trajectory as T

@@ -57,7 +57,8 @@ def cases():
     import tensorflow as tf
     from keras import ops
 
-    from ega_tf import layers, losses, optimizers, replicas
+    from ega_tf.methods import maths
+    from ega_tf.nn import layers, optimizers, replicas
     from tests import test_trajectory as T
 
     def sgd(decay_vectors=True, dampen=False, damp_first=False):
@@ -105,7 +106,7 @@ def cases():
         n = tf.reduce_sum(weights)
         return value * n, share * n
 
-    kd = losses.kd_per_example
+    kd = maths.kd_per_example
 
     def kd_without_t2(t, s, temperature=4.0):
         return kd(t, s, temperature) / temperature**2
@@ -130,7 +131,7 @@ def cases():
         ("per-example terms summed, not averaged", "kd",
          [(replicas, "mean", summed)], None),
         ("KD without T^2", "kd",
-         [(losses, "kd_per_example", kd_without_t2)], None),
+         [(maths, "kd_per_example", kd_without_t2)], None),
         ("EGA's edge weight 0.3", "ega", [], {"edge_weight": 0.3}),
         ("CRD's Z estimated at every step", "crd", [],
          {"crd_z_per_step": 1}),
@@ -149,8 +150,8 @@ def patched(obj, name, value):
 
 
 def main():
-    from ega_tf import cli
-    cli.import_tensorflow()
+    from ega_tf.core import runtime
+    runtime.import_tensorflow()
     for label, method, patches, weights in cases():
         with contextlib.ExitStack() as stack:
             for obj, name, value in patches:
