@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The offline demo behind `make demo` (about 8 minutes on 2 CPU cores).
+"""The offline demo behind `make demo` (about 2 minutes on 2 CPU cores).
 
 1. Pretrains a SimCLR teacher on the digits training images, without labels
    (`python -m ega_tf.pretrain`), and reports its k-NN accuracy.
@@ -7,6 +7,12 @@
    `python -m ega_tf.train --config=configs/digits.py` (10% of the training
    labels kept, everything else identical).
 3. Prints one table and where the exported SavedModel is.
+
+The commands run side by side, one per core, each with one TensorFlow
+thread (these small networks gain little from a second thread, and two
+runs use two cores fully): the baselines, which need no teacher, train
+while the teacher is pretrained, then the EGA students. Each command's
+output goes to its own log in the output directory.
 
 Everything goes to runs/demo/ (override with --out). Runs that already have a
 results.json are reused, so an interrupted demo picks up where it stopped.
@@ -25,15 +31,52 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def sh(args, log):
-    """Runs ``python args`` from the repo root, teeing output into ``log``."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    with open(log, "w") as f:
-        proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env,
-                              stdout=f, stderr=subprocess.STDOUT)
-    if proc.returncode:
-        sys.exit(f"demo step failed: python {' '.join(args)}\n"
-                 f"see {log}:\n" + open(log).read()[-3000:])
+class Commands:
+    """``python ARGS`` commands run from the repository root, at most
+    ``slots`` at a time, each with ``threads`` TensorFlow threads and its
+    output in its log; a failed one ends the demo, showing its log."""
+
+    def __init__(self, slots, threads):
+        self.slots, self.running = slots, []
+        self.env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+                    "TF_NUM_INTRAOP_THREADS": str(threads),
+                    "TF_NUM_INTEROP_THREADS": str(threads),
+                    "OMP_NUM_THREADS": str(threads)}
+
+    def start(self, args, log, message):
+        while len(self.running) >= self.slots:
+            self._reap(block=True)
+        print(message, flush=True)
+        f = open(log, "w")
+        proc = subprocess.Popen([sys.executable, *args], cwd=ROOT,
+                                env=self.env, stdout=f,
+                                stderr=subprocess.STDOUT)
+        self.running.append((proc, f, args, log))
+        return proc
+
+    def wait(self, proc=None):
+        """Until ``proc`` (default: every command) has ended."""
+        while any(proc in (None, p) for p, *_ in self.running):
+            self._reap(block=True)
+
+    def _reap(self, block):
+        """Collects one ended command (waiting for one if ``block``)."""
+        while True:
+            for entry in list(self.running):
+                proc, f, args, log = entry
+                if proc.poll() is None:
+                    continue
+                f.close()
+                self.running.remove(entry)
+                if proc.returncode:
+                    for other, *_ in self.running:
+                        other.kill()
+                    sys.exit(f"demo step failed: python {' '.join(args)}\n"
+                             f"see {log}:\n" + open(log).read()[-3000:])
+                return
+            if not block:
+                return
+            time.sleep(0.2)
 
 
 def mean_std(values):
@@ -52,35 +95,48 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     start = time.time()
 
+    cores = os.cpu_count() or 1
+    commands = Commands(slots=cores, threads=1)
     teacher = os.path.join(args.out, "teacher.keras")
     summary_file = os.path.join(args.out, "teacher.json")
+    pretrain_log = os.path.join(args.out, "pretrain.log")
+    pretraining = None
     if not os.path.exists(summary_file):
-        print(f"[1/2] SimCLR pretraining of a {args.teacher_arch} teacher on "
-              "digits (no labels)...", flush=True)
-        log = os.path.join(args.out, "pretrain.log")
-        sh(["-m", "ega_tf.pretrain", "--dataset=digits",
-            f"--arch={args.teacher_arch}",
-            f"--epochs={args.teacher_epochs}", f"--out={teacher}"], log)
-        last = open(log).read().strip().splitlines()[-1]
+        pretraining = commands.start(
+            ["-m", "ega_tf.pretrain", "--dataset=digits",
+             f"--arch={args.teacher_arch}", f"--epochs={args.teacher_epochs}",
+             f"--out={teacher}"], pretrain_log,
+            f"SimCLR pretraining of a {args.teacher_arch} teacher on digits "
+            "(no labels)...")
+
+    seeds = [int(s) for s in args.seeds.split(",")]
+
+    def train(distill, seed):
+        work = os.path.join(args.out, f"{distill}_s{seed}")
+        if os.path.exists(os.path.join(work, "results.json")):
+            return
+        commands.start(
+            ["-m", "ega_tf.train", "--config=configs/digits.py",
+             f"--teacher={teacher}", f"--distill={distill}",
+             f"--seed={seed}", f"--workdir={work}", "--verbose=2"],
+            os.path.join(args.out, f"{distill}_s{seed}.log"),
+            f"seed {seed}: training the "
+            f"{'EGA' if distill == 'ega' else 'baseline'} student...")
+
+    for seed in seeds:  # no teacher needed: beside the pretraining
+        train("none", seed)
+    if pretraining is not None:
+        commands.wait(pretraining)
+        last = open(pretrain_log).read().strip().splitlines()[-1]
         with open(summary_file, "w") as f:
             f.write(last)
     teacher_summary = json.load(open(summary_file))
-
-    seeds = [int(s) for s in args.seeds.split(",")]
-    results = {"none": [], "ega": []}
     for seed in seeds:
-        for distill in ("none", "ega"):
-            work = os.path.join(args.out, f"{distill}_s{seed}")
-            res_file = os.path.join(work, "results.json")
-            if not os.path.exists(res_file):
-                print(f"[2/2] seed {seed}: training the "
-                      f"{'EGA' if distill == 'ega' else 'baseline'} "
-                      "student...", flush=True)
-                sh(["-m", "ega_tf.train", "--config=configs/digits.py",
-                    f"--teacher={teacher}", f"--distill={distill}",
-                    f"--seed={seed}", f"--workdir={work}", "--verbose=2"],
-                   os.path.join(args.out, f"{distill}_s{seed}.log"))
-            results[distill].append(json.load(open(res_file)))
+        train("ega", seed)
+    commands.wait()
+    results = {d: [json.load(open(os.path.join(
+        args.out, f"{d}_s{seed}", "results.json"))) for seed in seeds]
+        for d in ("none", "ega")}
 
     first = results["ega"][0]
     print()
