@@ -236,7 +236,9 @@ class ClipResNetTest(TestCase):
 
     def test_state_dict_without_visual_parts_fails(self):
         from tools.reference.torch_clip import CLIPStandIn, ModifiedResNet
-        sd = CLIPStandIn(ModifiedResNet(layers=(1, 1, 1, 1))).state_dict()
+        sd = CLIPStandIn(ModifiedResNet(
+            layers=(1, 1, 1, 1), out_dim=64, width=16,
+            resolution=64)).state_dict()
         del sd["visual.attnpool.c_proj.bias"]
         sd["visual.extra.weight"] = torch.zeros(2)
         path = self.tmp_path() / "clip_sd.pt"
