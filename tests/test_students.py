@@ -50,7 +50,7 @@ def _uninitialised(name, **kwargs):
     the initialisers, and this one never runs them. Counting parameters
     needs the shapes only; drawing ResNet50's 24 M random numbers, one
     variable at a time, is most of the time it takes to build (the zoo
-    builds in a fifth of it so). The model cannot run."""
+    builds in a third of the time so). The model cannot run."""
     with keras.StatelessScope(initialize_variables=False):
         return students.create(name, **kwargs)
 
