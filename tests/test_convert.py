@@ -50,7 +50,7 @@ class ResNetFamiliesTest(TestCase):
                                    x)
 
     @pytest.mark.slow  # the full network; the fast tier converts each
-    # ResNet family's layout at a small depth and CLIP's RN50 in full
+    # ResNet family's layout at a small depth
     def test_resnet50_parity_with_preprocessing(self):
         """Full ResNet-50 in the MoCo v2 layout; preprocessing and network
         differences measured separately, then end to end."""
@@ -72,21 +72,34 @@ class ResNetFamiliesTest(TestCase):
                                    teachers.load,
                                    str(self.tmp_path() / "moco.keras"))
 
-    def test_wide_swav_resnet_converts_with_parity(self):
-        """SwAV's wide ResNets (w2, w4, w5) scale every width; widths are
-        read off the file, so a 2x-wide network converts like the 1x one
-        (built by ega_tf: keras-hub's ResNet requires 64 filters)."""
-        model = checkpoints.small_resnet(seed=7, width=128)
+    def check_wide_resnet(self, width):
+        """A bottleneck ResNet whose widths are not keras-hub's (built by
+        ega_tf, keras-hub's ResNet requiring 64 filters) in SwAV's layout:
+        widths are read off the file, and the embedding is 32 x width."""
+        model = checkpoints.small_resnet(seed=7, width=width)
         published = checkpoints.write_resnet("swav", self.tmp_path(), model)
         teacher = quiet(published)
         meta = teachers.metadata(teacher)
         self.assertEqual((meta["family"], meta["embedding_dim"]),
-                         ("swav", 4096))
+                         ("swav", 32 * width))
         self.assertEqual(teacher.get_layer("preprocess").std, (0.228, 0.224,
                                                                0.225))
         x = checkpoints.random_pixels(3, size=64)
         self.assertPublishedParity(teacher.get_layer("backbone"), published,
                                    x)
+
+    def test_resnet_of_other_widths_converts_with_parity(self):
+        """SwAV's wide ResNets (w2, w4, w5) scale every width. Any width
+        but 64 takes the same path (the widths read off the file, ega_tf's
+        own network); a half-width one is the cheapest, and the 2x-wide
+        one is converted in the slow tier."""
+        self.check_wide_resnet(32)
+
+    @pytest.mark.slow  # 32 M parameters; the fast tier converts width 32
+    def test_wide_swav_resnet_converts_with_parity(self):
+        """SwAV's RN50-w2 widths (128 filters in the stem) at a small
+        depth."""
+        self.check_wide_resnet(128)
 
     def test_wrong_architecture_lists_every_mismatch(self):
         sd = checkpoints.resnet_layout("torchvision", self.model)
@@ -136,15 +149,26 @@ class ResNetFamiliesTest(TestCase):
 
 
 class ClipResNetTest(TestCase):
+    """OpenAI CLIP's ModifiedResNet. The fast tier converts RN50's layout
+    (width 64, 32 heads, 1024-d, 224 px) at one block per stage, and
+    RN50x4's shape at a small resolution; the slow tier the full RN50 and
+    RN50x4's shape at its 288 px."""
 
-    def test_rn50_torchscript_file_parity(self):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        # RN50's TorchScript file with one block per stage: what the parity
+        # and the preprocessing tests read (neither changes it for good).
+        cls.published = checkpoints.write_clip_resnet(
+            cls.class_tempdir(), checkpoints.clip_resnet(
+                seed=5, layers=(1, 1, 1, 1)))
+        cls.teacher = quiet(cls.published)
+
+    def check_torchscript_parity(self, published, teacher):
         """OpenAI's RN50 as a TorchScript archive with a text tower. A random
         RN50's embedding is nearly the same for every image, so the test
         also asserts the image-dependent part, and shows that a wrong layer
         in the trunk fails it."""
-        visual = checkpoints.clip_resnet(seed=5)
-        published = checkpoints.write_clip_resnet(self.tmp_path(), visual)
-        teacher = quiet(published)
         meta = teachers.metadata(teacher)
         self.assertEqual((meta["family"], meta["embedding_dim"],
                           meta["heads"], meta["resolution"]),
@@ -153,9 +177,12 @@ class ClipResNetTest(TestCase):
         want = published.reference64(x)
         backbone = teacher.get_layer("backbone")
         self.assertPublishedParity(backbone, published, x)
-        # Negative control: one 3x3 conv deep in the trunk off by 2%.
+        # Negative control: one 3x3 conv deep in the trunk off by 2%
+        # (put back when the test ends).
         kernel = backbone.get_layer("layer3_0_conv2").kernel
-        kernel.assign(kernel.numpy() * 1.02)
+        original = kernel.numpy()
+        self.addCleanup(kernel.assign, original)
+        kernel.assign(original * 1.02)
         got = backbone(x).numpy()
         plain = self.rel_err(got, want)
         centred = self.rel_err(got - got.mean(0), want - want.mean(0))
@@ -163,38 +190,55 @@ class ClipResNetTest(TestCase):
               f"image-dependent {centred:.2e}")
         self.assertGreater(centred, 1e-3)
 
+    def test_rn50_layout_torchscript_file_parity(self):
+        self.check_torchscript_parity(self.published, self.teacher)
+
+    @pytest.mark.slow  # the full network; the fast tier converts RN50's
+    # layout with one block per stage
+    def test_rn50_torchscript_file_parity(self):
+        visual = checkpoints.clip_resnet(seed=5)
+        published = checkpoints.write_clip_resnet(self.tmp_path(), visual)
+        self.check_torchscript_parity(published, quiet(published))
+
     def test_rn50_preprocessing_matches_pil_bicubic(self):
         """Pillow's bicubic to 224 then CLIP's statistics, as CLIP's own
         transform does on PIL images."""
-        published = checkpoints.write_clip_resnet(
-            self.tmp_path(), checkpoints.clip_resnet(layers=(1, 1, 1, 1)))
-        teacher = quiet(published)
         img = np.random.default_rng(5).integers(0, 256, (2, 48, 40, 3),
                                                 np.uint8)
         self.assertPixelsMatch(
-            teacher.get_layer("preprocess")(img),
+            self.teacher.get_layer("preprocess")(img),
             pil_preprocess(img, CLIP_MEAN, CLIP_STD, 224, 224, "bicubic"),
             CLIP_STD, "CLIP vs PIL bicubic")
 
-    def test_rn50x4_shaped_state_dict_converts_with_parity(self):
-        """RN50x4's shape (width 80, 288 px, 40 heads, 640-d output) goes
+    def check_rn50x4_shape(self, resolution):
+        """RN50x4's shape (width 80, 40 heads, 640-d output, its own
+        resolution read off the positional embedding) as a state dict goes
         through the same code; fewer blocks keep the test small."""
         visual = checkpoints.clip_resnet(seed=8, layers=(1, 1, 1, 1),
                                          out_dim=640, width=80,
-                                         resolution=288)
+                                         resolution=resolution)
         published = checkpoints.write_clip_resnet(
             self.tmp_path(), visual, torchscript=False, name="RN50x4")
         teacher = quiet(published)
         meta = teachers.metadata(teacher)
         self.assertEqual((meta["width"], meta["heads"], meta["resolution"],
-                          meta["embedding_dim"]), (80, 40, 288, 640))
-        x = checkpoints.random_pixels(6, size=288)
+                          meta["embedding_dim"]), (80, 40, resolution, 640))
+        x = checkpoints.random_pixels(6, size=resolution)
         self.assertPublishedParity(teacher.get_layer("backbone"), published,
                                    x)
 
+    def test_rn50x4_shaped_state_dict_at_96_px_converts_with_parity(self):
+        self.check_rn50x4_shape(96)
+
+    @pytest.mark.slow  # RN50x4's 288 px; the fast tier takes 96
+    def test_rn50x4_shaped_state_dict_converts_with_parity(self):
+        self.check_rn50x4_shape(288)
+
     def test_state_dict_without_visual_parts_fails(self):
         from tools.reference.torch_clip import CLIPStandIn, ModifiedResNet
-        sd = CLIPStandIn(ModifiedResNet(layers=(1, 1, 1, 1))).state_dict()
+        sd = CLIPStandIn(ModifiedResNet(
+            layers=(1, 1, 1, 1), out_dim=64, width=16,
+            resolution=64)).state_dict()
         del sd["visual.attnpool.c_proj.bias"]
         sd["visual.extra.weight"] = torch.zeros(2)
         path = self.tmp_path() / "clip_sd.pt"
@@ -210,8 +254,8 @@ class CacheTest(TestCase):
     def test_raw_checkpoint_is_converted_once_and_cached(self):
         tmp = self.tmp_path()
         self.enter_context(_env("EGA_TF_CACHE", str(tmp / "cache")))
-        published = checkpoints.write_resnet("moco", tmp,
-                                             checkpoints.small_resnet())
+        # The smallest family's file: what is tested is the cache.
+        published = checkpoints.write_repdistiller(tmp)
         first = teachers.load_or_convert(str(published.path))
         cached = list((tmp / "cache").iterdir())
         self.assertLen(cached, 1)

@@ -6,10 +6,11 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from ega_tf import teachers
 from ega_tf.core.errors import ConversionError, UserError
-from ega_tf.teachers import convert
+from ega_tf.teachers import checkpoint_io, convert
 from tests import checkpoints
 from tests.test_case import TestCase
 from tools.reference import tf_simclr
@@ -26,9 +27,30 @@ class SimCLRTest(TestCase):
         super().setUpClass()
         cls.published = checkpoints.write_simclr(cls.class_tempdir())
         cls.prefix = str(cls.published.path)
+        # Converted once: the tests below read it and change nothing.
+        cls.teacher = quiet(cls.prefix)
+
+    def test_writer_writes_what_tf1s_saver_writes(self):
+        """The fixture's writer (one SaveV2 op, eager) and TF1's Saver in a
+        graph and session write the same two files byte for byte."""
+        weights = dict(list(tf_simclr.variables(blocks=(1, 1, 1, 1))
+                            .items())[:10])
+        tmp = self.tmp_path()
+        (tmp / "ours").mkdir()
+        (tmp / "saver").mkdir()
+        tf_simclr.save_tf1(weights, str(tmp / "ours" / "model.ckpt-1"))
+        tf_simclr.save_tf1_with_saver(weights,
+                                      str(tmp / "saver" / "model.ckpt-1"))
+        for suffix in (".index", ".data-00000-of-00001"):
+            ours = (tmp / "ours" / f"model.ckpt-1{suffix}").read_bytes()
+            self.assertEqual(
+                ours, (tmp / "saver" / f"model.ckpt-1{suffix}").read_bytes(),
+                suffix)
+        self.assertLen(tf.train.list_variables(str(tmp / "ours" /
+                                                   "model.ckpt-1")), 16)
 
     def test_tf1_checkpoint_parity(self):
-        teacher = quiet(self.prefix)
+        teacher = self.teacher
         meta = teachers.metadata(teacher)
         self.assertEqual((meta["family"], meta["embedding_dim"],
                           meta["blocks"], meta["width"]),
@@ -47,20 +69,32 @@ class SimCLRTest(TestCase):
     def test_preprocessing_matches_its_eval_crop(self):
         """Centre crop 0.875 of the shorter side (offset (side - crop + 1)
         // 2), bicubic to 224, clip to [0, 1], no mean/std."""
-        teacher = quiet(self.prefix)
         img = np.random.default_rng(1).integers(0, 256, (1, 40, 33, 3),
                                                 np.uint8)
         want = tf_simclr.eval_preprocess(img[0])  # crop 29 at (6, 2)
-        diff = float(np.abs(teacher.get_layer("preprocess")(img).numpy()
-                            - want).max())
+        diff = float(np.abs(self.teacher.get_layer("preprocess")(img)
+                            .numpy() - want).max())
         print(f"SimCLR preprocessing max abs diff {diff:.2e}")
         self.assertLess(diff, 1e-5)
 
     def test_checkpoint_forms_and_errors(self):
-        a = quiet(self.prefix + ".index")
-        b = quiet(os.path.dirname(self.prefix), "simclr")
-        self.assertEqual(teachers.metadata(a)["source_sha256"],
-                         teachers.metadata(b)["source_sha256"])
+        """The prefix (converted in setUpClass), its .index file and its
+        directory name the same checkpoint: the same files (their SHA-256,
+        which the teacher records), the same family, network and tensors
+        (what conversion builds the teacher from)."""
+        family, arch, kept = convert.load_backbone(self.prefix)
+        self.assertEqual(teachers.metadata(self.teacher)["source_sha256"],
+                         checkpoint_io.sha256(self.prefix))
+        for form, fmt in ((self.prefix + ".index", None),
+                          (os.path.dirname(self.prefix), "simclr")):
+            with self.subTest(form=form):
+                self.assertEqual(checkpoint_io.sha256(form),
+                                 checkpoint_io.sha256(self.prefix))
+                f, a, k = convert.load_backbone(form, fmt)
+                self.assertEqual((f.name, a), (family.name, arch))
+                self.assertCountEqual(k, kept)
+                for name, value in kept.items():
+                    np.testing.assert_array_equal(k[name], value, name)
         # A truncated data file: one clear error.
         tmp = self.tmp_path()
         for suffix in (".index", ".data-00000-of-00001"):

@@ -111,12 +111,44 @@ class ClipViTTest(TestCase):
                                    x)
 
     def test_parity_tool_on_a_checkpoint_and_an_image(self):
-        """tools/parity.py: a user's check of a real file on a real image."""
+        """tools/parity.py: a user's check of a real file on a real image.
+        Its main() runs in this process; the slow tier runs the tool as a
+        program (tests/test_convert_simclr.py)."""
         tmp = self.tmp_path()
         published = checkpoints.write_clip_vit(tmp)
-        out, net, pre = self.run_parity_tool(published.path, tmp,
+        out, net, pre = run_parity_tool_here(published.path, tmp,
                                              (60, 80, 3), seed=7)
         self.assertIn("family clip_vit, embedding 64, input 80x60 -> "
                       "224x224", out)
         self.assertLessEqual(net, 1e-4)
         self.assertLessEqual(pre, 1 / 255 / min(CLIP_STD) * 1.001)
+
+
+def run_parity_tool_here(checkpoint, tmp_path, image_shape, seed=0):
+    """``tools/parity.py --checkpoint --image`` on a random PNG of
+    ``image_shape``, its main() in this process; (stdout, network rel
+    err, preprocessing max), as ``TestCase.run_parity_tool`` reads them
+    from the program."""
+    import contextlib
+    import io
+    import re
+    import sys
+    from unittest import mock
+
+    import tensorflow as tf
+
+    from tools import parity
+    img = np.random.default_rng(seed).integers(0, 256, image_shape,
+                                               np.uint8)
+    png = tmp_path / "photo.png"
+    png.write_bytes(tf.io.encode_png(img).numpy())
+    out = io.StringIO()
+    with mock.patch.object(sys, "argv", ["parity.py",
+                                         f"--checkpoint={checkpoint}",
+                                         f"--image={png}"]), \
+            contextlib.redirect_stdout(out):
+        parity.main()
+    text = out.getvalue()
+    net = float(re.search(r"network:\s+rel err ([^,\s]+)", text)[1])
+    pre = float(re.search(r"preprocessing: max abs ([^,\s]+)", text)[1])
+    return text, net, pre

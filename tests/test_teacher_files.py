@@ -39,7 +39,11 @@ registered = sorted(k for k in keras.saving.get_custom_objects()
 images = np.load(sys.argv[1])
 outputs = {}
 for name, path in json.loads(sys.argv[2]).items():
-    outputs[name] = np.asarray(keras.saving.load_model(path)(images))
+    teacher = keras.saving.load_model(path)
+    outputs[name] = np.asarray(teacher(images))
+    if "classifier" in [layer.name for layer in teacher.layers]:
+        outputs[name + ":classifier"] = np.asarray(
+            teacher.get_layer("classifier")(outputs[name]))
 np.savez(sys.argv[3], **outputs)
 print(json.dumps(registered))
 """
@@ -117,6 +121,9 @@ class FreshProcessTest(TestCase):
             paths[name] = str(tmp / f"{name}.keras")
             teachers.save(teacher, paths[name])
             cls.want[name] = teacher(images).numpy()
+            own = teacher_file.classifier(teacher)  # RepDistiller's
+            if own is not None:
+                cls.want[name + ":classifier"] = own(cls.want[name]).numpy()
         np.save(tmp / "images.npy", images)
         cls.result = cls.run_subprocess(
             ["-c", _FRESH_PROCESS, tmp / "images.npy", json.dumps(paths),
@@ -132,7 +139,10 @@ class FreshProcessTest(TestCase):
         self.assertEqual(found, want)
 
     def test_every_family_loads_and_runs_in_a_fresh_process(self):
+        """Each teacher's features, and a supervised teacher's logits from
+        its own classifier, as in the process that converted it."""
         self.assertSucceeded(self.result)
+        self.assertIn("repdistiller:classifier", self.want)
         self.assertCountEqual(self.outputs.files, list(self.want))
         for name, want in self.want.items():
             with self.subTest(family=name):
@@ -236,11 +246,12 @@ class ConvertThenTrainTest(TestCase):
 class ConversionCacheTest(TestCase):
 
     def test_train_with_a_checkpoint_twice_converts_once(self):
-        """Two runs on a tiny image folder (what is tested is the teacher's
-        conversion, not the training)."""
+        """Two runs on a tiny image folder with the smallest family's
+        checkpoint (what is tested is the teacher's conversion and cache,
+        not the training, nor a family)."""
         tmp = self.tmp_path()
         cache = tmp / "cache"
-        published = _FIXTURES["RN50.pt"](tmp)
+        published = checkpoints.write_repdistiller(tmp)
         write_image_folder(tmp / "images", 4, 2)
         os.environ["EGA_TF_CACHE"] = str(cache)
         try:

@@ -4,8 +4,8 @@
 checkpoints use (``base_model/conv2d[_N]/kernel``,
 ``base_model/batch_normalization[_N]/...``, numbered in creation order:
 stem; per block the projection shortcut first, then the three bottleneck
-convs), ``save_tf1`` writes them with TF1's name-based ``Saver`` (plus heads,
-optimizer slots and a global step, as in the published files), and
+convs), ``save_tf1`` writes them as TF1's name-based ``Saver`` does (plus
+heads, optimizer slots and a global step, as in the published files), and
 ``forward`` runs the network with raw ``tf.nn`` ops the way SimCLR's code
 does: fixed padding ((k - 1) // 2 before, the rest after) and a VALID conv
 for strided convs, SAME otherwise; a SAME 3x3/2 max-pool; inference BN with
@@ -53,18 +53,41 @@ def variables(blocks=(3, 4, 6, 3), width=1, seed=0):
     return out
 
 
-def save_tf1(weights, prefix, extras=True):
-    """Writes ``weights`` as a TF1 name-based checkpoint at ``prefix``."""
+def _with_extras(weights):
+    """``weights`` plus what the published files also hold: the heads,
+    some optimizer slots and the global step."""
     allv = dict(weights)
-    if extras:
-        rng = np.random.default_rng(1)
-        allv["head_contrastive/nl_0/dense/kernel"] = rng.normal(
-            size=(8, 8)).astype(np.float32)
-        allv["head_supervised/linear_layer/dense/kernel"] = rng.normal(
-            size=(8, 4)).astype(np.float32)
-        for k in list(weights)[:3]:
-            allv[k + "/Momentum"] = np.zeros_like(weights[k])
-        allv["global_step"] = np.int64(1000)
+    rng = np.random.default_rng(1)
+    allv["head_contrastive/nl_0/dense/kernel"] = rng.normal(
+        size=(8, 8)).astype(np.float32)
+    allv["head_supervised/linear_layer/dense/kernel"] = rng.normal(
+        size=(8, 4)).astype(np.float32)
+    for k in list(weights)[:3]:
+        allv[k + "/Momentum"] = np.zeros_like(weights[k])
+    allv["global_step"] = np.int64(1000)
+    return allv
+
+
+def save_tf1(weights, prefix, extras=True):
+    """Writes ``weights`` as a TF1 name-based checkpoint at ``prefix``
+    (``prefix.index``, ``prefix.data-00000-of-00001``), as TF1's ``Saver``
+    writes them: its ``SaveV2`` op on the variables sorted by name, in
+    eager mode, without a TF1 graph and session holding a copy of every
+    tensor as a constant. ``save_tf1_with_saver`` is the Saver itself;
+    tests/test_convert_simclr.py holds the two byte for byte."""
+    allv = _with_extras(weights) if extras else dict(weights)
+    names = sorted(allv)
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names,
+                      shape_and_slices=[""] * len(names),
+                      tensors=[tf.constant(allv[n]) for n in names])
+    return prefix
+
+
+def save_tf1_with_saver(weights, prefix, extras=True):
+    """``save_tf1`` by TF1's name-based ``Saver`` in a graph and session,
+    as SimCLR's code saves (it also writes ``prefix.meta`` and the
+    directory's ``checkpoint`` file)."""
+    allv = _with_extras(weights) if extras else dict(weights)
     with tf.Graph().as_default():
         tf_vars = [tf.compat.v1.get_variable(
             name, initializer=tf.constant(value)) for name, value in
