@@ -120,8 +120,13 @@ def probe(model, test):
     labels = np.asarray(test.labels)
     points = subset(labels, PROBE_POINTS)
     batch = class_batch(labels)
-    x_s, _, features = embeddings_of(model, test.images[points])
-    batch_x_s, batch_x_t, _ = embeddings_of(model, test.images[batch])
+    # One pass (one trace of the forward) over both sets of images.
+    x_s, x_t, features = embeddings_of(
+        model, test.images[np.concatenate([points, batch])])
+    n = len(points)
+    x_s, batch_x_s = x_s[:n], x_s[n:]
+    batch_x_t = x_t[n:] if x_t is not None else None
+    features = features[:n] if features is not None else None
     arrays = {"points": points, "labels": labels[points], "x_s": x_s,
               "batch": batch, "batch_labels": labels[batch],
               "batch_x_s": batch_x_s}
