@@ -135,8 +135,9 @@ class BatchNorm(layers.BatchNormalization):
         E[x^2] - E[x]^2) loses (mean / std)^2 times float32's precision
         to cancellation: against float64, 5e-3 of the variance where a
         channel's mean is 100 times its spread (the fused kernel: 2e-6),
-        and at 1000 times a variance of 0 (docs/notes.md). The second
-        pass costs one more all-reduce of one value per channel."""
+        and at 1000 times a variance rounded to 0 (docs/notes.md). The
+        second pass costs one more all-reduce of one value per channel:
+        about 4 % of a two-replica step on two CPU devices."""
         import tensorflow as tf
         axes = [0, 1, 2]
         count = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), "float32")
