@@ -7,6 +7,7 @@ replica and with statistics synchronized over two."""
 import keras
 import numpy as np
 import tensorflow as tf
+from absl.testing import parameterized
 
 from ega_tf.nn import layers
 from ega_tf.training import distribute
@@ -56,6 +57,40 @@ def train_step(layer, x, upstream):
         loss = tf.reduce_sum(y * upstream)
     dx, dgamma, dbeta = tape.gradient(loss, [x, layer.gamma, layer.beta])
     return y.numpy(), dx.numpy(), dgamma.numpy(), dbeta.numpy()
+
+
+def synchronized_step(x, gamma, beta, upstream):
+    """A synchronized BatchNorm's training step on two replicas, each given
+    half of ``x`` (and of ``upstream``, dL/dy); returns ((y, dx, dL/dgamma
+    and dL/dbeta summed over the replicas), (moving mean, moving variance)
+    after the step, from zero and one)."""
+    strategy = distribute.mirrored(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        two = build(layers.BatchNorm(momentum=MOMENTUM, epsilon=EPS,
+                                     synchronized=True), x, gamma, beta)
+
+    @tf.function
+    def step(xs, gs):
+        def replica(x, g):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = two(x, training=True)
+                loss = tf.reduce_sum(y * g)
+            return (y, *tape.gradient(loss, [x, two.gamma, two.beta]))
+        return strategy.run(replica, args=(xs, gs))
+
+    half = len(x) // 2
+    halves = [(x[:half], upstream[:half]), (x[half:], upstream[half:])]
+    xs, gs = (strategy.experimental_distribute_values_from_function(
+        lambda ctx, i=i: tf.constant(halves[ctx.replica_id_in_sync_group][i]))
+        for i in (0, 1))
+    y, dx, dgamma, dbeta = ([t.numpy() for t in
+                             strategy.experimental_local_results(v)]
+                            for v in step(xs, gs))
+    moving = [strategy.experimental_local_results(v.value)[0].numpy()
+              for v in (two.moving_mean, two.moving_variance)]
+    return (np.concatenate(y), np.concatenate(dx), sum(dgamma),
+            sum(dbeta)), moving
 
 
 class FusedBatchNormTest(TestCase):
@@ -135,40 +170,49 @@ class FusedBatchNormTest(TestCase):
         one = build(layers.BatchNorm(momentum=MOMENTUM, epsilon=EPS), x,
                     gamma, beta)
         want = train_step(one, x, upstream)
-        strategy = distribute.mirrored(["/cpu:0", "/cpu:1"])
-        with strategy.scope():
-            two = build(layers.BatchNorm(momentum=MOMENTUM, epsilon=EPS,
-                                         synchronized=True), x, gamma, beta)
-
-        @tf.function
-        def step(xs, gs):
-            def replica(x, g):
-                with tf.GradientTape() as tape:
-                    tape.watch(x)
-                    y = two(x, training=True)
-                    loss = tf.reduce_sum(y * g)
-                return (y, *tape.gradient(loss, [x, two.gamma, two.beta]))
-            return strategy.run(replica, args=(xs, gs))
-
-        halves = [(x[:4], upstream[:4]), (x[4:], upstream[4:])]
-        xs = strategy.experimental_distribute_values_from_function(
-            lambda ctx: tf.constant(halves[ctx.replica_id_in_sync_group][0]))
-        gs = strategy.experimental_distribute_values_from_function(
-            lambda ctx: tf.constant(halves[ctx.replica_id_in_sync_group][1]))
-        y, dx, dgamma, dbeta = (strategy.experimental_local_results(v)
-                                for v in step(xs, gs))
+        (y, dx, dgamma, dbeta), two = synchronized_step(x, gamma, beta,
+                                                        upstream)
         scale = lambda a: 2e-5 * np.abs(a).max()  # noqa: E731
-        np.testing.assert_allclose(np.concatenate([t.numpy() for t in y]),
-                                   want[0], atol=scale(want[0]))
-        np.testing.assert_allclose(np.concatenate([t.numpy() for t in dx]),
-                                   want[1], atol=scale(want[1]))
+        np.testing.assert_allclose(y, want[0], atol=scale(want[0]))
+        np.testing.assert_allclose(dx, want[1], atol=scale(want[1]))
         # Each replica's parameter gradient is its half's share; summed,
         # the whole batch's.
         for got, ref in ((dgamma, want[2]), (dbeta, want[3])):
-            np.testing.assert_allclose(sum(t.numpy() for t in got), ref,
-                                       atol=scale(ref))
-        for a, b in ((two.moving_mean, one.moving_mean),
-                     (two.moving_variance, one.moving_variance)):
-            np.testing.assert_allclose(
-                strategy.experimental_local_results(a.value)[0].numpy(),
-                b.numpy(), rtol=1e-5, atol=1e-7)
+            np.testing.assert_allclose(got, ref, atol=scale(ref))
+        for a, b in ((two[0], one.moving_mean), (two[1], one.moving_variance)):
+            np.testing.assert_allclose(a, b.numpy(), rtol=1e-5, atol=1e-7)
+
+    @parameterized.parameters(30, 1000)
+    def test_synchronized_moments_of_a_large_mean_against_float64(self,
+                                                                  ratio):
+        """Channels whose mean is ``ratio`` times their spread (nearly
+        constant inputs), synchronized over two replicas, against the
+        float64 reference. The variance comes out to float32 precision
+        whatever the mean; taken as E[x^2] - E[x]^2, it lost ratio^2
+        times that (measured: 7e-4 of it at 30, half of it at 1000). The
+        output and dx carry the float32 rounding of the mean itself,
+        about ratio * 6e-8 of their scale: the bound allows 8 times
+        that; dL/dgamma sums terms of both signs, where the same error
+        is a larger share of the sum (6 times the output's)."""
+        rng = np.random.default_rng(7)
+        shape = (16, 16, 16, 4)
+        spread = rng.uniform(0.5, 2.0, shape[-1])
+        x = (rng.normal(0, 1, shape) * spread + ratio * spread
+             * rng.choice([-1.0, 1.0], shape[-1])).astype(np.float32)
+        gamma, beta = rng.uniform(0.5, 2, 4), rng.normal(0, 1, 4)
+        upstream = rng.normal(0, 1, shape).astype(np.float32)
+        want = reference(x, gamma, beta, upstream)
+        (y, dx, dgamma, dbeta), (mean, unbiased) = synchronized_step(
+            x, gamma, beta, upstream)
+        bound = 5e-7 * ratio
+        for got, ref, tol, name in ((y, want[0], bound, "y"),
+                                    (dx, want[1], bound, "dx"),
+                                    (dgamma, want[2], 6 * bound, "dgamma"),
+                                    (dbeta, want[3], 1e-5, "dbeta")):
+            error = np.abs(got - ref).max() / np.abs(ref).max()
+            print(f"mean / std {ratio}: {name} {error:.1e}")
+            self.assertLessEqual(error, tol, name)
+        np.testing.assert_allclose(mean, (1 - MOMENTUM) * want[4],
+                                   rtol=2e-6)
+        np.testing.assert_allclose(unbiased - MOMENTUM,
+                                   (1 - MOMENTUM) * want[5], rtol=1e-5)
