@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from ega_tf import config as config_lib
-from ega_tf import methods, students
+from ega_tf import methods
 from ega_tf.nn import layers
 from ega_tf.nn.optimizers import TorchSGD
 from ega_tf.students.head import build_student
@@ -20,7 +20,7 @@ from ega_tf.training import balance, distribute, divergence
 from ega_tf.training.distiller import Distiller
 from tests.references import np_ega, np_kd, np_softmax
 from tests.test_case import (TestCase, conv_teacher, lockstep_errors,
-                             run_lockstep, run_replica_steps)
+                             run_lockstep, run_replica_steps, small_cnn)
 
 K, D, S, B, N = 5, 16, 16, 8, 40
 
@@ -33,8 +33,7 @@ def train_labels():
 
 def make(name, balanced=True, ratio=1.0, **weights):
     keras.utils.set_random_seed(0)
-    student = build_student(students.create("resnet8", input_shape=(S, S, 3)),
-                            K, D)
+    student = build_student(small_cnn((S, S, 3), raw_pixels=False), K, D)
     layers.synchronize_batchnorm(student, True)  # BN over the global batch
     method = methods.create(name, weights, num_examples=N, embed_dim=D,
                             seed=0, steps_per_epoch=2, labels=train_labels())

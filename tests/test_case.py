@@ -17,7 +17,8 @@ pytest. Its harness methods are what the test modules repeat:
 - ``assertOneLineError``: exit status 2, one ``error:`` line naming the
   problem, no traceback;
 - ``conv_teacher``: a small teacher stand-in; ``pixel_teacher``: a cheap
-  digits teacher file that knows something;
+  digits teacher file that knows something; ``small_cnn``: a two-layer
+  student backbone (also ``--student=tests.test_case:small_cnn``);
 - ``history_rows``: a run's history rows without its wall-clock columns;
 - ``start_process``: a program left running (to be killed);
 - ``run_parity_tool``: tools/parity.py on a checkpoint and a random image;
@@ -90,6 +91,32 @@ def conv_teacher(size, batchnorm=True):
     if batchnorm:
         x = keras.layers.BatchNormalization(name="t_bn")(x)
     return keras.Model(inp, keras.layers.GlobalAveragePooling2D()(x))
+
+
+# ``small_cnn`` as a command line names it.
+SMALL_CNN = "tests.test_case:small_cnn"
+
+
+def small_cnn(input_shape, raw_pixels=True):
+    """A student backbone of two 3x3 convolutions, each followed by
+    BatchNorm and ReLU, the second strided, then average pooling: for
+    tests of the step and the loop rather than of a zoo network. Its two
+    BatchNorms, against resnet8's nine, make a two-replica step a third as
+    costly to build (each synchronised BatchNorm adds its all-reduces).
+    ``raw_pixels``: it takes 0-255 pixels (a ``Rescaling`` first, as the
+    command line asks of a user's network); ``build_student`` called
+    directly puts CLIP's normalisation in front, so those calls pass
+    False. Named layers, so two builds give the same variable paths."""
+    inputs = keras.Input(input_shape, name="image")
+    x = keras.layers.Rescaling(1 / 255, name="to_unit")(inputs) \
+        if raw_pixels else inputs
+    for i, (width, stride) in enumerate(((8, 1), (16, 2))):
+        x = keras.layers.Conv2D(width, 3, strides=stride, padding="same",
+                                use_bias=False, name=f"conv{i}")(x)
+        x = keras.layers.BatchNormalization(name=f"bn{i}")(x)
+        x = keras.layers.ReLU(name=f"relu{i}")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, x, name="small_cnn")
 
 
 def pixel_teacher(path, spread=0.1):

@@ -17,7 +17,7 @@ from ega_tf import config as config_lib
 from ega_tf.comparison import grid
 from ega_tf.training import divergence, loop
 from ega_tf.training import workdir as wd
-from tests.test_case import TestCase, history_rows, pixel_teacher
+from tests.test_case import SMALL_CNN, TestCase, history_rows, pixel_teacher
 
 
 def checkpointed(workdir):
@@ -44,7 +44,7 @@ class LockstepTest(TestCase):
         cls.dir = cls.class_tempdir()
         cls.teacher = pixel_teacher(cls.dir / "teacher.keras")
 
-    def config(self, method, student="resnet8", **fields):
+    def config(self, method, student=SMALL_CNN, **fields):
         c = config_lib.default_config()
         c.dataset, c.teacher = "digits", self.teacher
         c.distill, c.student = method, student
@@ -76,7 +76,7 @@ class LockstepTest(TestCase):
         from ega_tf.training import cell
         tmp = self.tmp_path()
         runs = [self.config("ega", optim__lr=1e4), self.config("crd"),
-                self.config("none", "resnet14")]
+                self.config("none", "resnet8")]
         made = []
 
         def keep(make):

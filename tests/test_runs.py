@@ -23,7 +23,7 @@ from ega_tf import config as config_lib
 from ega_tf import data
 from ega_tf.core.errors import UserError
 from ega_tf.training import loop, report
-from tests.test_case import TestCase, history_rows, pixel_teacher
+from tests.test_case import SMALL_CNN, TestCase, history_rows, pixel_teacher
 
 # Digits at 16 px (the teacher resizes them to its 32): a quarter of the
 # arithmetic of the default 32 for the same steps and checks.
@@ -51,7 +51,7 @@ class ResumeTest(TestCase):
 
     def config(self, **kw):
         c = config_lib.default_config()
-        c.dataset, c.student, c.teacher = "digits", "resnet8", self.teacher
+        c.dataset, c.student, c.teacher = "digits", SMALL_CNN, self.teacher
         c.epochs, c.labeled_fraction = 2, 0.1
         c.checkpoint_every, c.checkpoint_every_steps = 2, 7
         c.data.image_size = 16  # digits small: the teacher resizes to 32
@@ -185,7 +185,7 @@ class ResumeTest(TestCase):
         self.assertIn("training diverged", r.stderr)
 
     def common(self):
-        return ["--dataset=digits", "--student=resnet8",
+        return ["--dataset=digits", f"--student={SMALL_CNN}",
                 f"--teacher={self.teacher}", "--epochs=1",
                 "--labeled_fraction=0.1", "--config.export=false",
                 "--config.distribute.strategy=mirrored", SMALL]

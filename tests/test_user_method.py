@@ -17,8 +17,9 @@ from ega_tf.nn.optimizers import TorchSGD
 from ega_tf.students.head import build_student
 from ega_tf.training import distribute
 from ega_tf.training.distiller import Distiller
-from tests.test_case import (ROOT, TestCase, conv_teacher, history_rows,
-                             lockstep_errors, pixel_teacher, run_lockstep)
+from tests.test_case import (ROOT, SMALL_CNN, TestCase, conv_teacher,
+                             history_rows, lockstep_errors, pixel_teacher,
+                             run_lockstep, small_cnn)
 
 CLASS = "CentredCosine"
 
@@ -49,7 +50,7 @@ class UserMethodTest(TestCase):
                 f"--distill={self.spec}", "--epochs=1",
                 "--config.loss.momentum=0.5", "--config.export=false",
                 "--config.checkpoint_every_steps=10",
-                "--config.data.image_size=16"]
+                "--config.data.image_size=16", f"--student={SMALL_CNN}"]
         r = self.run_cli("train", *args, f"--workdir={tmp}/w")
         self.assertSucceeded(r)
         rows = history_rows(tmp / "w")
@@ -188,8 +189,8 @@ class UserMethodTest(TestCase):
                          distribute.mirrored(["/cpu:0", "/cpu:1"])):
             with strategy.scope():
                 keras.utils.set_random_seed(0)
-                student = build_student(students.create(
-                    "resnet8", input_shape=(16, 16, 3)), 5, 8)
+                student = build_student(
+                    small_cnn((16, 16, 3), raw_pixels=False), 5, 8)
                 layers.synchronize_batchnorm(student, True)
                 model = Distiller(student, conv_teacher(16), 5, 8,
                                   method=methods.create(self.spec,
