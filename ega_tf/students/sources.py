@@ -20,8 +20,8 @@ published code; ``keras.applications`` networks are measured from their own
 ``preprocess_input`` (raw pixels for those that rescale inside); a user's
 model either starts with its own ``Rescaling`` (raw pixels) or declares its
 input as a teacher's is declared (``--config.student_input.mean/std``).
-``build_student`` (``ega_tf.training.distiller``) puts that normalisation in front,
-so the exported student takes uint8 images whatever the network.
+``build_student`` (``ega_tf.students.head``) puts that normalisation in
+front, so the exported student takes uint8 images whatever the network.
 """
 
 from __future__ import annotations
