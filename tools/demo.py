@@ -79,11 +79,16 @@ class Commands:
                     for other, *_ in self.running:
                         other.kill()
                     sys.exit(f"demo step failed: python {' '.join(args)}\n"
-                             f"see {log}:\n" + open(log).read()[-3000:])
+                             f"see {log}:\n" + read(log)[-3000:])
                 return
             if not block:
                 return
             time.sleep(0.2)
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
 
 
 def mean_std(values):
@@ -134,14 +139,14 @@ def main():
         train("none", seed)
     if pretraining is not None:
         commands.wait(pretraining)
-        last = open(pretrain_log).read().strip().splitlines()[-1]
+        last = read(pretrain_log).strip().splitlines()[-1]
         with open(summary_file, "w") as f:
             f.write(last)
-    teacher_summary = json.load(open(summary_file))
+    teacher_summary = json.loads(read(summary_file))
     for seed in seeds:
         train("ega", seed)
     commands.wait()
-    results = {d: [json.load(open(os.path.join(
+    results = {d: [json.loads(read(os.path.join(
         args.out, f"{d}_s{seed}", "results.json"))) for seed in seeds]
         for d in ("none", "ega")}
 
