@@ -40,7 +40,14 @@ def define_flags(flag_values):
       "SavedModel directory mapping preprocessed float RGB images to [N, F];"
       " declare its preprocessing with the flags below.")
     d("integer", "input_size", None, "--model: side of the square images "
-      "the model takes.")
+      "the model takes. --checkpoint of a ViT whose position table is "
+      "resized (dinov2): the teacher's input side (default 224, the "
+      "publisher's evaluation crop); a multiple of the patch size.")
+    d("string", "feature", None, "--checkpoint of a DINOv2/DINOv3 ViT: "
+      "cls (default: the class token after the final norm, what the "
+      "publisher's model(x) returns) or cls_patchmean (the publisher's "
+      "linear-evaluation input: the class token and the mean patch token, "
+      "concatenated).")
     d("float", "crop_pct", 1.0, "--model: fraction of the resized image "
       "kept by the centre crop (0.875: resize the shorter side to "
       "input_size / 0.875, then crop input_size).")
@@ -81,7 +88,8 @@ def main(argv, flag_values):
                        std=_floats("std", f.std), output=f.output)
     else:
         from ega_tf.teachers.convert import convert
-        teacher = convert(f.checkpoint, f.format, f.allow_pickle)
+        teacher = convert(f.checkpoint, f.format, f.allow_pickle,
+                          input_size=f.input_size, feature=f.feature)
     teacher_file.save(teacher, f.out)
     print(f"{teacher_file.describe(teacher)}\nwritten to {f.out}")
 

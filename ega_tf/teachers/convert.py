@@ -15,7 +15,7 @@ import fnmatch
 import os
 from typing import Callable, Optional
 
-from ega_tf.core.errors import ConversionError
+from ega_tf.core.errors import ConversionError, UserError
 from ega_tf.teachers import checkpoint_io, families
 from ega_tf.teachers.families import FAMILIES, OPENAI_MARKERS, Family
 
@@ -46,6 +46,11 @@ def detect_family(keys, hint=None) -> Family:
         return FAMILIES["simclr"]
     if any(k.startswith("module.base_encoder.patch_embed") for k in keys):
         return FAMILIES["mocov3_vit"]
+    if "storage_tokens" in keys:
+        return FAMILIES["dinov3"]
+    if "patch_embed.proj.weight" in keys and (
+            "blocks.0.ls1.gamma" in keys or "register_tokens" in keys):
+        return FAMILIES["dinov2"]  # LayerScale: DINO v1 has none
     if "patch_embed.proj.weight" in keys:
         return FAMILIES["dino_vit"]
     if any(k.startswith("module.encoder_q.") for k in keys):
@@ -85,23 +90,44 @@ def backbone_state(state, family: Family):
     return kept
 
 
-def load_backbone(path, fmt: Optional[str] = None, allow_pickle=False):
-    """(family, arch dict, backbone state) of checkpoint ``path``."""
+def check_options(family: Family, options):
+    """Refuses conversion options (``--input_size``, ``--feature``) the
+    family does not take."""
+    extra = sorted(k for k, v in options.items()
+                   if v is not None and k not in family.options)
+    if extra:
+        takes = [f.name for f in FAMILIES.values() if set(extra) <=
+                 set(f.options)]
+        raise UserError(
+            f"--{extra[0]} does not apply to a {family.name} checkpoint "
+            "(its network's input size and output are fixed by the file); "
+            f"it applies to: {', '.join(takes) or 'none'}.")
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def load_backbone(path, fmt: Optional[str] = None, allow_pickle=False,
+                  **options):
+    """(family, arch dict, backbone state) of checkpoint ``path``;
+    ``options`` (input_size, feature) for the families that take them."""
     if fmt is not None:
         families.get(fmt)
     state, hint = checkpoint_io.find_state_dict(
         checkpoint_io.read_checkpoint(path, allow_pickle))
     family = detect_family(state.keys(), fmt or hint)
+    options = check_options(family, options)
     kept = backbone_state(state, family)
-    arch = family.module.infer_arch(kept, **dict(family.arch_options))
+    arch = family.module.infer_arch(kept, **dict(family.arch_options),
+                                    **options)
     return family, arch, kept
 
 
 def convert(path, fmt: Optional[str] = None, allow_pickle=False,
-            log: Callable[[str], None] = print):
-    """Converts checkpoint ``path``; returns the teacher ``keras.Model``."""
+            log: Callable[[str], None] = print, **options):
+    """Converts checkpoint ``path``; returns the teacher ``keras.Model``.
+    ``options``: ``input_size`` and ``feature``, for the families that take
+    them (``Family.options``)."""
     path = os.fspath(path)
-    family, arch, kept = load_backbone(path, fmt, allow_pickle)
+    family, arch, kept = load_backbone(path, fmt, allow_pickle, **options)
     return build_teacher(path, family, arch, kept, log)
 
 

@@ -32,6 +32,8 @@ ARCHITECTURES: Dict[str, str] = {
     "resnet": "resnet",            # torchvision-layout ResNets (keras-hub)
     "clip_resnet": "clip_resnet",  # OpenAI CLIP's ModifiedResNet
     "vit": "vit",                  # timm-layout ViTs (keras-hub)
+    "dinov2": "dinov2",            # DINOv2 ViTs (keras-hub DINOV2Backbone)
+    "dinov3": "dinov3",            # DINOv3 ViTs (keras-hub DINOV3Backbone)
     "clip_vit": "clip_vit",        # CLIP / open_clip ViTs (keras-hub)
     "simclr": "simclr",            # SimCLR v1/v2 TF1 ResNets
     "repdistiller": "repdistiller",  # RepDistiller's CIFAR networks (zoo)
@@ -66,6 +68,8 @@ class Family:
     std: Tuple[float, ...] = IMAGENET_STD
     clip: bool = False
     antialias: bool = True  # tf.image.resize methods only; PIL's always is
+    # Conversion options (--input_size, --feature) its infer_arch takes.
+    options: Tuple[str, ...] = ()
     # A supervised network whose classifier the teacher file keeps (layer
     # "classifier"; the architecture module builds and ports it).
     classifier: bool = False
@@ -112,6 +116,16 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in [
            std=(1.0, 1.0, 1.0), clip=True),
     Family("dino_vit", "", (), ("head.*",), architecture="vit",
            arch_options=(("head_dim", 64),), interpolation="pil_bicubic"),
+    # The hub files (dinov2_vits14_pretrain.pth, ..._reg4_pretrain.pth):
+    # the bare backbone, evaluated resized to 256 (bicubic), cropped to 224.
+    Family("dinov2", "", (), (), architecture="dinov2",
+           arch_options=(("head_dim", 64),), interpolation="pil_bicubic",
+           options=("input_size", "feature")),
+    # DINOv3's ViTs (dinov3_vits16_pretrain_lvd1689m-08c60483.pth, ...):
+    # the bare backbone, evaluated as DINOv2's.
+    Family("dinov3", "", (), (), architecture="dinov3",
+           arch_options=(("head_dim", 64),), interpolation="pil_bicubic",
+           options=("input_size", "feature")),
     Family("mocov3_vit", "module.base_encoder.",
            ("module.momentum_encoder.*", "module.predictor.*"), ("head.*",),
            architecture="vit", arch_options=(("num_heads", 12),)),

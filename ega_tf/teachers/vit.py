@@ -21,7 +21,7 @@ import math
 import re
 
 import keras
-from keras import layers
+from keras import layers, ops
 
 from ega_tf.core.errors import ConversionError
 from ega_tf.teachers.porting import (WeightPorter, torch_conv_kernel,
@@ -39,6 +39,61 @@ class ClassToken(layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], input_shape[-1])
+
+
+# What a token sequence [N, T, D] gives as the teacher's feature: the
+# class token (first), the mean of the tokens after the prefix (class token,
+# registers), or both concatenated ([N, 2D]). Keys are the names of
+# --feature (published ViTs) and --pool (a model of the user's).
+POOLS = ("cls", "mean", "cls_mean")
+FEATURES = {"cls": "cls", "cls_patchmean": "cls_mean"}
+
+
+@keras.saving.register_keras_serializable(package="ega_tf")
+class TokenPool(layers.Layer):
+    """``[N, T, D]`` tokens -> ``[N, D]`` (``cls``, ``mean``) or ``[N, 2D]``
+    (``cls_mean``). ``prefix`` tokens (class token, registers) are left out
+    of the mean."""
+
+    def __init__(self, mode="cls", prefix=1, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in POOLS:
+            raise ValueError(f"mode must be one of {POOLS}; got {mode!r}")
+        self.mode, self.prefix = mode, int(prefix)
+
+    def call(self, tokens):
+        parts = []
+        if self.mode in ("cls", "cls_mean"):
+            parts.append(tokens[:, 0])
+        if self.mode in ("mean", "cls_mean"):
+            parts.append(ops.mean(tokens[:, self.prefix:], axis=1))
+        return parts[0] if len(parts) == 1 else ops.concatenate(parts, -1)
+
+    def compute_output_shape(self, input_shape):
+        width = input_shape[-1]
+        return (input_shape[0],
+                2 * width if self.mode == "cls_mean" and width else width)
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode,
+                "prefix": self.prefix}
+
+
+def check_feature(feature):
+    from ega_tf.core.registry import check_choice
+    check_choice("feature", feature, list(FEATURES))
+    return feature
+
+
+def wrap_tokens(net, size, feature, prefix):
+    """A keras-hub backbone ``net`` returning tokens -> the ``feature``
+    (``FEATURES``) of ``size`` x ``size`` images; the model named
+    'backbone'. ``prefix``: the class token and registers."""
+    inputs = keras.Input((size, size, 3), name="pixels")
+    key = next(iter(net.input)) if isinstance(net.input, dict) else None
+    tokens = net({key: inputs} if key else inputs)
+    pooled = TokenPool(FEATURES[feature], prefix=prefix, name="pool")(tokens)
+    return keras.Model(inputs, pooled, name="backbone")
 
 
 def infer_arch(state, num_heads=None, head_dim=None):
