@@ -101,6 +101,8 @@ def tf_checkpoint_prefix(path):
     """The TF checkpoint prefix ``path`` names (the prefix itself, its
     ``.index`` file, or a directory holding a ``checkpoint`` file), or
     None."""
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return None  # a Hugging Face folder
     if os.path.isdir(path):
         import tensorflow as tf
         return tf.train.latest_checkpoint(path)
@@ -186,6 +188,10 @@ def source_files(path):
     path = os.fspath(path)
     if os.path.isfile(path) and not path.endswith(".index"):
         return [path]
+    if os.path.isfile(os.path.join(path, "config.json")):
+        # A Hugging Face folder: its config and weights.
+        return [os.path.join(path, n) for n in ["config.json"] + sorted(
+            n for n in os.listdir(path) if n.endswith(".safetensors"))]
     prefix = tf_checkpoint_prefix(path)
     return sorted([prefix + ".index", *glob.glob(prefix + ".data-*")]) \
         if prefix else []

@@ -127,6 +127,13 @@ def convert(path, fmt: Optional[str] = None, allow_pickle=False,
     ``options``: ``input_size`` and ``feature``, for the families that take
     them (``Family.options``)."""
     path = os.fspath(path)
+    from ega_tf.teachers import hf_folder
+    if hf_folder.is_folder(path):
+        if fmt is not None:
+            raise UserError("--format names a checkpoint file's layout; a "
+                            "Hugging Face folder says its own (config.json's"
+                            " model_type): drop --format.")
+        return hf_folder.convert(path, log=log, **options)
     family, arch, kept = load_backbone(path, fmt, allow_pickle, **options)
     return build_teacher(path, family, arch, kept, log)
 

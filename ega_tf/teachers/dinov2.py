@@ -34,8 +34,8 @@ import re
 from ega_tf.core.errors import ConversionError, UserError
 from ega_tf.teachers import position_tables
 from ega_tf.teachers.porting import WeightPorter, torch_conv_kernel
-from ega_tf.teachers.vit import (check_feature, port_attention, port_dense,
-                                 port_layer_norm, wrap_tokens)
+from ega_tf.teachers.vit import (check_feature, network_name, port_attention,
+                                 port_dense, port_layer_norm, wrap_tokens)
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 # The position tables of the publisher's two kinds of file.
@@ -81,7 +81,8 @@ def infer_arch(state, head_dim=64, input_size=None, feature="cls"):
     size = int(input_size or DEFAULT_INPUT_SIZE)
     check_input_size(size, patch)
     rule, offset = PUBLISHER_POSITIONS[bool(registers)]
-    return {"width": width, "depth": depth, "heads": width // head_dim,
+    return {"network": network_name(width, patch, registers=registers),
+            "width": width, "depth": depth, "heads": width // head_dim,
             "mlp_dim": mlp_dim, "swiglu": swiglu, "registers": registers,
             "patch": patch, "stored_resolution": side * patch,
             "resolution": size, "positions": rule, "positions_offset": offset,

@@ -31,7 +31,8 @@ from ega_tf.core.errors import ConversionError
 from ega_tf.teachers.dinov2 import check_input_size
 from ega_tf.teachers.porting import (WeightPorter, torch_conv_kernel,
                                      torch_dense_kernel)
-from ega_tf.teachers.vit import check_feature, port_layer_norm, wrap_tokens
+from ega_tf.teachers.vit import (check_feature, network_name,
+                                 port_layer_norm, wrap_tokens)
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 ROPE_BASE = 100.0
@@ -76,7 +77,8 @@ def infer_arch(state, head_dim=64, input_size=None, feature="cls"):
                 "backbone computes only those.")
     size = int(input_size or DEFAULT_INPUT_SIZE)
     check_input_size(size, patch)
-    return {"width": width, "depth": depth, "heads": width // head_dim,
+    return {"network": network_name(width, patch, plus=gated and width < 4096),
+            "width": width, "depth": depth, "heads": width // head_dim,
             "mlp_dim": mlp_dim, "gated": gated,
             "registers": int(state["storage_tokens"].shape[1]),
             "patch": patch, "resolution": size,

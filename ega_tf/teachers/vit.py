@@ -79,6 +79,17 @@ class TokenPool(layers.Layer):
                 "prefix": self.prefix}
 
 
+_SIZES = {384: "s", 768: "b", 1024: "l", 1280: "h", 1536: "g", 4096: "7b"}
+
+
+def network_name(width, patch, plus=False, registers=0):
+    """The publisher's name of a DINO ViT (vits14, vitl16plus, vitb14_reg4)."""
+    size = _SIZES.get(width)
+    name = (f"vit{size}{patch}" if size else f"vit_d{width}_p{patch}") + (
+        "plus" if plus else "")
+    return name + (f"_reg{registers}" if registers else "")
+
+
 def check_feature(feature):
     from ega_tf.core.registry import check_choice
     check_choice("feature", feature, list(FEATURES))

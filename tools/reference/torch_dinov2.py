@@ -144,10 +144,14 @@ class DinoV2(nn.Module):
 
 
 def randomized(model, seed=0):
-    """Non-trivial LayerNorm and LayerScale parameters, so they matter."""
+    """Non-trivial LayerNorm and LayerScale parameters, and positions as
+    large as the patch embeddings (as trained ones are), so they matter."""
     from tools.reference.torch_vit import randomize_norms
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
+        if hasattr(model, "pos_embed"):
+            model.pos_embed.copy_(0.5 * torch.randn(model.pos_embed.shape,
+                                                    generator=g))
         for m in model.modules():
             if isinstance(m, LayerScale):
                 m.gamma.copy_(0.5 + 0.3 * torch.randn(m.gamma.shape,

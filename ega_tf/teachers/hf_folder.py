@@ -1,0 +1,126 @@
+"""Hugging Face model folders (``config.json`` + ``model.safetensors``, as
+``save_pretrained`` writes them) -> teachers, through keras-hub's
+Transformers loader.
+
+keras-hub reads the folder (``Backbone.from_preset(DIR)``: the config and
+the weights, at the folder's own image size); this module only fixes what
+it would get wrong for a teacher and wraps the result:
+
+- DINOv2's position table. keras-hub resizes it with TensorFlow's bicubic
+  (a = -0.5), ``transformers`` with PyTorch's (a = -0.75, and antialiasing
+  for ``dinov2_with_registers``); at any size but the folder's own they
+  differ by ~1e-3. The backbone is rebuilt for the teacher's input size
+  with the table resized as ``transformers`` resizes it
+  (``position_tables``), so the teacher computes what
+  ``Dinov2Model(...).pooler_output`` computes at that size.
+- DINOv3 has no table (rotary positions), so keras-hub's backbone is used
+  at the input size as loaded.
+
+The embedding is the class token after the final norm (``pooler_output``);
+``feature=cls_patchmean`` adds the mean patch token. The preprocessing is
+the DINO family's evaluation transform (docs/checkpoints.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ega_tf.core.errors import ConversionError, UserError, first_line
+
+# model_type -> (family, how transformers resizes the position table).
+SUPPORTED = {"dinov2": ("dinov2", "size"),
+             "dinov2_with_registers": ("dinov2", "antialias"),
+             "dinov3_vit": ("dinov3", None)}
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+
+
+def is_folder(path) -> bool:
+    return os.path.isdir(path) and os.path.isfile(
+        os.path.join(path, "config.json"))
+
+
+def read_config(path):
+    try:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConversionError(f"Could not read {path}/config.json "
+                              f"({first_line(e)}).") from None
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED:
+        raise ConversionError(
+            f"{path} holds a Hugging Face {model_type!r} model; "
+            "convert_teacher reads the image encoders "
+            + ", ".join(sorted(SUPPORTED)) + " from a folder (other "
+            "networks: convert_teacher --model, BUILD.md).")
+    if not any(os.path.isfile(os.path.join(path, w)) for w in WEIGHT_FILES):
+        raise UserError(
+            f"{path} has config.json but no model.safetensors: download the "
+            "whole folder (huggingface-cli download REPO --local-dir DIR), "
+            "or save it with save_pretrained(DIR).")
+    return config
+
+
+def _dinov2_at(loaded, size, rule):
+    """``loaded`` (a DINOV2Backbone at the folder's size) rebuilt for
+    ``size`` px, its position table resized by ``rule``."""
+    from ega_tf.teachers import dinov2
+    config = {**loaded.get_config(), "image_shape": (size, size, 3),
+              "position_embedding_shape": (size, size, 3), "name": "dinov2"}
+    net = type(loaded).from_config(config)
+    tables = {id(v) for v in (net.embeddings.position_embeddings,
+                              net.embeddings.interpolated_position_embeddings)}
+    for theirs, ours in zip(loaded.weights, net.weights):
+        if id(ours) not in tables:
+            ours.assign(theirs)
+    dinov2.set_positions(net, loaded.embeddings.position_embeddings.numpy(),
+                         rule)
+    return net
+
+
+def convert(path, input_size=None, feature=None, log=print):
+    """The teacher ``keras.Model`` of Hugging Face folder ``path``."""
+    import keras_hub
+
+    from ega_tf.teachers import checkpoint_io, families
+    from ega_tf.teachers.dinov2 import DEFAULT_INPUT_SIZE, check_input_size
+    from ega_tf.teachers.preprocess import TeacherPreprocess
+    from ega_tf.teachers.teacher_file import assemble
+    from ega_tf.teachers.vit import check_feature, wrap_tokens
+
+    path = os.path.normpath(os.fspath(path))
+    config = read_config(path)
+    family_name, rule = SUPPORTED[config["model_type"]]
+    family = families.FAMILIES[family_name]
+    size = int(input_size or DEFAULT_INPUT_SIZE)
+    check_input_size(size, int(config["patch_size"]))
+    feature = check_feature(feature or "cls")
+    try:
+        loaded = keras_hub.models.Backbone.from_preset(
+            path, **({} if rule else {"image_shape": (size, size, 3)}))
+    except Exception as e:
+        raise ConversionError(f"keras-hub could not read {path} "
+                              f"({first_line(e)}).") from None
+    net = _dinov2_at(loaded, size, rule) if rule else loaded
+    registers = int(config.get("num_register_tokens", 0))
+    backbone = wrap_tokens(net, size, feature, 1 + registers)
+    log(f"{config['model_type']}: {len(net.weights)} variables read by "
+        f"keras-hub from {path}")
+    arch = {"width": int(config["hidden_size"]),
+            "depth": int(config["num_hidden_layers"]),
+            "heads": int(config["num_attention_heads"]),
+            "patch": int(config["patch_size"]), "registers": registers,
+            "stored_resolution": int(config.get("image_size", size)),
+            "resolution": size, "feature": feature,
+            **({"positions": rule, "positions_offset": 0.0} if rule else {})}
+    preprocess = TeacherPreprocess(
+        name="preprocess", **family.preprocessing(size), metadata={
+            "family": f"hf_{config['model_type']}",
+            "source_file": os.path.basename(path),
+            "source_sha256": checkpoint_io.sha256(path),
+            "architecture": family.architecture, **arch,
+            "embedding_dim": int(backbone.output_shape[-1]),
+            "input_resolution": size})
+    return assemble(backbone, preprocess,
+                    name=f"hf_{config['model_type']}")

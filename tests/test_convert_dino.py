@@ -1,0 +1,246 @@
+"""DINOv2 and DINOv3 teachers: the publisher's hub files (written from the
+PyTorch references in tools/reference, random weights, the publisher's key
+names) and Hugging Face folders (written by ``transformers``'
+``save_pretrained``), converted from the command line and compared with
+the reference network at the teacher's input size and at the file's own."""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from absl.testing import parameterized
+
+from ega_tf import teachers
+from ega_tf.core.constants import IMAGENET_MEAN, IMAGENET_STD
+from ega_tf.core.errors import ConversionError, UserError
+from ega_tf.teachers import convert, dinov2, position_tables
+from tests import checkpoints
+from tests.test_case import TestCase
+from tools.reference import torch_dinov2, torch_dinov3
+from tools.reference.pil_pipeline import torchvision_eval
+
+WIDTH = 128  # two heads of 64, the families' rule
+
+
+def write_dinov2(directory, registers=0, swiglu=False, seed=0):
+    """A DINOv2 hub file (``dinov2_vits14_pretrain.pth`` layout: the bare
+    state dict, positions stored for 518 px) and its reference network."""
+    torch.manual_seed(seed)
+    model = torch_dinov2.randomized(torch_dinov2.DinoV2(
+        image=518, dim=WIDTH, depth=2, heads=2, registers=registers,
+        swiglu=swiglu, interpolate_offset=0.0 if registers else 0.1,
+        interpolate_antialias=bool(registers)), seed + 1)
+    name = "dinov2_vitg14" if swiglu else "dinov2_vits14"
+    path = pathlib.Path(directory) / (
+        f"{name}{'_reg4' if registers else ''}_pretrain.pth")
+    torch.save(model.state_dict(), path)
+    return path, model
+
+
+def write_dinov3(directory, swiglu=False, seed=0):
+    torch.manual_seed(seed)
+    model = torch_dinov3.randomized(torch_dinov3.DinoV3ViT(
+        dim=WIDTH, depth=2, heads=2, swiglu=swiglu,
+        ratio=6.0 if swiglu else 4.0), seed + 1)
+    path = pathlib.Path(directory) / (
+        "dinov3_vits16plus_pretrain_lvd1689m.pth" if swiglu
+        else "dinov3_vits16_pretrain_lvd1689m.pth")
+    torch.save(model.state_dict(), path)
+    return path, model
+
+
+def write_hf(directory, model_type, seed=0):
+    """A Hugging Face folder of a tiny random model, by save_pretrained."""
+    import transformers as tr
+    torch.manual_seed(seed)
+    common = dict(hidden_size=64, num_hidden_layers=2,
+                  num_attention_heads=2)
+    if model_type == "dinov3_vit":
+        model = tr.DINOv3ViTModel(tr.DINOv3ViTConfig(
+            intermediate_size=128, patch_size=16, image_size=224,
+            num_register_tokens=4, **common))
+    else:
+        cls, config = ((tr.Dinov2Model, tr.Dinov2Config)
+                       if model_type == "dinov2" else
+                       (tr.Dinov2WithRegistersModel,
+                        tr.Dinov2WithRegistersConfig))
+        model = cls(config(image_size=518, patch_size=14,
+                           layerscale_value=0.5, **common))
+    with torch.no_grad():  # away from the initial values (ones, zeros)
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    path = pathlib.Path(directory) / model_type
+    model.eval().save_pretrained(path)
+    return path, model
+
+
+def torch_forward(fn, x):
+    with torch.no_grad():
+        return fn(torch.tensor(x).permute(0, 3, 1, 2)).numpy()
+
+
+class PositionTablesTest(TestCase):
+
+    def test_each_rule_is_pytorchs_interpolate(self):
+        rng = np.random.default_rng(0)
+        for n, out in ((37, 16), (37, 32), (5, 16), (16, 37)):
+            table = rng.normal(size=(1, 1 + n * n, 8)).astype(np.float32)
+            grid = torch.tensor(table[:, 1:]).reshape(1, n, n, 8).permute(
+                0, 3, 1, 2)
+            for rule, kw in (
+                    ("scale", {"scale_factor": ((out + 0.1) / n,) * 2}),
+                    ("size", {"size": (out, out)}),
+                    ("antialias", {"size": (out, out), "antialias": True})):
+                want = F.interpolate(grid, mode="bicubic", **kw).permute(
+                    0, 2, 3, 1).reshape(1, -1, 8).numpy()
+                got = position_tables.resize(table, out, rule, offset=0.1)
+                np.testing.assert_array_equal(got[:, :1], table[:, :1])
+                # PyTorch's float32 coordinates move its weights by ~2e-6.
+                self.assertAllClose(got[:, 1:], want, atol=3e-5,
+                                    msg=f"{rule} {n}->{out}")
+        # The three rules are three functions (37 -> 16, N(0, 1) values).
+        table = rng.normal(size=(1, 1 + 37 * 37, 8))
+        resized = [position_tables.resize(table, 16, r, 0.1)
+                   for r in position_tables.RULES]
+        self.assertGreater(np.abs(resized[0] - resized[1]).max(), 0.1)
+        self.assertGreater(np.abs(resized[1] - resized[2]).max(), 0.1)
+
+
+class Dinov2Test(TestCase):
+
+    def convert_cli(self, path, *flags):
+        out = self.tmp_path() / "teacher.keras"
+        self.assertSucceeded(self.run_cli(
+            "convert_teacher", f"--checkpoint={path}", f"--out={out}",
+            *flags))
+        return teachers.load(str(out))
+
+    def test_file_stored_at_518_matches_the_publisher_at_224_and_518(self):
+        path, model = write_dinov2(self.tmp_path())
+        teacher = self.convert_cli(path)
+        meta = teachers.metadata(teacher)
+        self.assertEqual(
+            (meta["family"], meta["network"], meta["heads"],
+             meta["stored_resolution"], meta["input_resolution"],
+             meta["positions"], meta["embedding_dim"]),
+            ("dinov2", "vit_d128_p14", 2, 518, 224, "scale", WIDTH))
+        for size, net in ((224, teacher.get_layer("backbone")),
+                          (518, self.convert_cli(path, "--input_size=518")
+                           .get_layer("backbone"))):
+            x = checkpoints.random_pixels(1, n=2, size=size)
+            self.assertParity(np.asarray(net(x)), torch_forward(model, x),
+                              1e-4, f"dinov2 at {size}")
+        # The table resized another way (Hugging Face's rule: the output
+        # size, not the scale factor) is another function.
+        other = teacher.get_layer("backbone")
+        dinov2.set_positions(other.get_layer("dinov2"),
+                             model.pos_embed.detach().numpy(), "size")
+        x = checkpoints.random_pixels(2, n=2, size=224)
+        self.assertGreater(self.rel_err(other(x), torch_forward(model, x)),
+                           1e-3)
+
+    def test_registers_swiglu_and_the_linear_evaluation_feature(self):
+        path, model = write_dinov2(self.tmp_path(), registers=4,
+                                   swiglu=True)
+        teacher = self.convert_cli(path, "--feature=cls_patchmean",
+                                   "--input_size=112")
+        meta = teachers.metadata(teacher)
+        self.assertEqual((meta["registers"], meta["swiglu"],
+                          meta["positions"], meta["embedding_dim"]),
+                         (4, True, "antialias", 2 * WIDTH))
+        x = checkpoints.random_pixels(3, n=2, size=112)
+        self.assertParity(np.asarray(teacher.get_layer("backbone")(x)),
+                          torch_forward(model.linear_feature, x), 1e-4,
+                          "dinov2 reg4 swiglu cls_patchmean")
+
+    def test_preprocessing_is_the_publishers_evaluation_transform(self):
+        path, _ = write_dinov2(self.tmp_path())
+        teacher = convert.convert(str(path), log=lambda s: None)
+        images = np.clip(checkpoints.random_pixels(4, n=2, size=40) * 60
+                         + 128, 0, 255).astype(np.uint8)[:, :, 4:]
+        want = torchvision_eval(images, 256, 224, "bicubic", IMAGENET_MEAN,
+                                IMAGENET_STD)
+        self.assertPixelsMatch(teacher.get_layer("preprocess")(images), want,
+                               IMAGENET_STD, "dinov2 vs PIL")
+
+    def test_bad_options_are_refused(self):
+        path, _ = write_dinov2(self.tmp_path())
+        with self.assertRaisesRegex(UserError, "multiple of the patch size"):
+            convert.convert(str(path), input_size=100)
+        with self.assertRaisesRegex(UserError, "cls, cls_patchmean"):
+            convert.convert(str(path), feature="patches")
+        resnet = checkpoints.write_resnet("torchvision", self.tmp_path())
+        with self.assertRaisesRegex(UserError, "applies to: dinov2, dinov3"):
+            convert.convert(str(resnet.path), input_size=224)
+
+
+class Dinov3Test(TestCase):
+
+    @parameterized.parameters(False, True)
+    def test_hub_file_matches_the_publisher(self, swiglu):
+        path, model = write_dinov3(self.tmp_path(), swiglu=swiglu)
+        for size, feature in ((224, "cls"), (112, "cls_patchmean")):
+            teacher = convert.convert(str(path), input_size=size,
+                                      feature=feature, log=lambda s: None)
+            meta = teachers.metadata(teacher)
+            self.assertEqual((meta["family"], meta["gated"], meta["key_bias"],
+                              meta["registers"]), ("dinov3", swiglu, False, 4))
+            fn = model if feature == "cls" else model.linear_feature
+            x = checkpoints.random_pixels(5, n=2, size=size)
+            self.assertParity(np.asarray(teacher.get_layer("backbone")(x)),
+                              torch_forward(fn, x), 1e-4,
+                              f"dinov3 at {size}, {feature}")
+
+
+class HuggingFaceFolderTest(TestCase):
+
+    @parameterized.parameters("dinov2", "dinov2_with_registers",
+                              "dinov3_vit")
+    def test_folder_matches_transformers(self, model_type):
+        path, model = write_hf(self.tmp_path(), model_type)
+        own = 518 if model_type != "dinov3_vit" else 224
+        for size in sorted({224, own}):
+            teacher = convert.convert(str(path), input_size=size,
+                                      log=lambda s: None)
+            x = checkpoints.random_pixels(6, n=2, size=size)
+            want = torch_forward(lambda t: model(pixel_values=t)
+                                 .pooler_output, x)
+            self.assertParity(np.asarray(teacher.get_layer("backbone")(x)),
+                              want, 1e-4, f"{model_type} at {size}")
+        self.assertEqual(teachers.metadata(teacher)["family"],
+                         f"hf_{model_type}")
+
+    def test_other_model_types_are_listed(self):
+        path = self.tmp_path() / "bert"
+        path.mkdir()
+        (path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+        with self.assertRaisesRegex(ConversionError,
+                                    "dinov2, dinov2_with_registers, "
+                                    "dinov3_vit"):
+            convert.convert(str(path))
+        (path / "config.json").write_text(json.dumps(
+            {"model_type": "dinov2"}))
+        with self.assertRaisesRegex(UserError, "no model.safetensors"):
+            convert.convert(str(path))
+
+
+@pytest.mark.slow  # a program of its own per teacher
+class FreshProcessTest(TestCase):
+
+    def test_converted_teachers_train_a_student_in_a_fresh_process(self):
+        tmp = self.tmp_path()
+        sources = {"dinov2": write_dinov2(tmp)[0],
+                   "dinov3": write_dinov3(tmp, swiglu=True)[0],
+                   "hf": write_hf(tmp, "dinov2_with_registers")[0]}
+        for name, source in sources.items():
+            out = tmp / f"{name}.keras"
+            self.assertSucceeded(self.run_subprocess([
+                "-m", "ega_tf.convert_teacher", f"--checkpoint={source}",
+                f"--out={out}", "--input_size=56"]))
+            self.assertSucceeded(self.run_subprocess([
+                "-m", "ega_tf.train", "--dataset=digits", f"--teacher={out}",
+                f"--workdir={tmp / name}", "--config.epochs=1",
+                "--config.data.image_size=16"]))
