@@ -195,6 +195,28 @@ class Dinov3Test(TestCase):
                               f"dinov3 at {size}, {feature}")
 
 
+class ConvNeXtTest(TestCase):
+
+    def test_hub_file_matches_the_publisher(self):
+        torch.manual_seed(0)
+        model = torch_dinov3.randomized(torch_dinov3.DinoV3ConvNeXt(
+            depths=(1, 1, 2, 1), dims=(16, 32, 64, 128)), 1)
+        path = self.tmp_path() / "dinov3_convnext_tiny_pretrain_lvd1689m.pth"
+        torch.save(model.state_dict(), path)
+        self.assertIn("norms.3.weight", model.state_dict())
+        teacher = convert.convert(str(path), log=lambda s: None)
+        meta = teachers.metadata(teacher)
+        self.assertEqual((meta["family"], meta["depths"], meta["dims"],
+                          meta["input_resolution"]),
+                         ("dinov3_convnext", [1, 1, 2, 1], [16, 32, 64, 128],
+                          224))
+        for size in (224, 64):
+            x = checkpoints.random_pixels(7, n=2, size=size)
+            self.assertParity(np.asarray(teacher.get_layer("backbone")(x)),
+                              torch_forward(model, x), 1e-4,
+                              f"DINOv3 ConvNeXt at {size}")
+
+
 class HuggingFaceFolderTest(TestCase):
 
     @parameterized.parameters("dinov2", "dinov2_with_registers",
@@ -232,14 +254,19 @@ class FreshProcessTest(TestCase):
 
     def test_converted_teachers_train_a_student_in_a_fresh_process(self):
         tmp = self.tmp_path()
-        sources = {"dinov2": write_dinov2(tmp)[0],
+        torch.manual_seed(0)
+        convnext = tmp / "dinov3_convnext_tiny_pretrain_lvd1689m.pth"
+        torch.save(torch_dinov3.DinoV3ConvNeXt(depths=(1, 1, 1, 1), dims=(
+            8, 16, 32, 64)).state_dict(), convnext)
+        sources = {"dinov2": write_dinov2(tmp)[0], "convnext": convnext,
                    "dinov3": write_dinov3(tmp, swiglu=True)[0],
                    "hf": write_hf(tmp, "dinov2_with_registers")[0]}
         for name, source in sources.items():
             out = tmp / f"{name}.keras"
             self.assertSucceeded(self.run_subprocess([
                 "-m", "ega_tf.convert_teacher", f"--checkpoint={source}",
-                f"--out={out}", "--input_size=56"]))
+                f"--out={out}"] + ([] if name == "convnext"
+                                   else ["--input_size=112"])))
             self.assertSucceeded(self.run_subprocess([
                 "-m", "ega_tf.train", "--dataset=digits", f"--teacher={out}",
                 f"--workdir={tmp / name}", "--config.epochs=1",

@@ -30,6 +30,10 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # RepDistiller's CIFAR-100 normalisation (its dataset/cifar100.py).
 CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
 CIFAR100_STD = (0.2675, 0.2565, 0.2761)
+# solo-learn's linear evaluation of both CIFARs (its classification
+# dataloader): the CIFAR-10 statistics.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.247, 0.243, 0.261)
 
 # How a teacher's evaluation transform fits an image to its square input
 # (ega_tf/teachers/preprocess.py): center (resize the shorter side, crop

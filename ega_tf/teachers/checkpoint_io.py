@@ -154,8 +154,9 @@ def _to_numpy(obj):
 def find_state_dict(obj):
     """The tensor dict inside a checkpoint, and a family hint: DINO's
     ``teacher`` (its ``module.``/``backbone.`` prefixes stripped),
-    RepDistiller's ``model``, else ``state_dict`` or the object itself;
-    open_clip's ``module.`` prefix is stripped."""
+    RepDistiller's ``model``, else ``state_dict`` or the object itself
+    (PyTorch Lightning's: hint "lightning"; mmselfsup's extracted backbone:
+    "mmselfsup_backbone"); open_clip's ``module.`` prefix is stripped."""
     if not isinstance(obj, dict):
         raise ConversionError("The checkpoint is not a dict of tensors.")
     if "teacher" in obj and isinstance(obj["teacher"], dict):
@@ -163,8 +164,20 @@ def find_state_dict(obj):
     if "model" in obj and isinstance(obj["model"], dict) and any(
             isinstance(v, np.ndarray) for v in obj["model"].values()):
         return dict(obj["model"]), "repdistiller"
+    hint = None
+    if "pytorch-lightning_version" in obj:
+        hint = "lightning"
+    elif obj.get("author") == "MMSelfSup":  # its backbone-extraction tool
+        hint = "mmselfsup_backbone"
     if "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
+    if hint == "lightning":
+        # solo-learn before its December 2021 rename; its own linear
+        # evaluation reads such files the same way.
+        obj = {("backbone." + k[len("encoder."):] if k.startswith("encoder.")
+                else "momentum_backbone." + k[len("momentum_encoder."):]
+                if k.startswith("momentum_encoder.") else k): v
+               for k, v in obj.items()}
     if not any(isinstance(v, np.ndarray) for v in obj.values()):
         raise ConversionError("No tensors found in the checkpoint (keys: "
                               + ", ".join(list(obj)[:10]) + ").")
@@ -172,7 +185,7 @@ def find_state_dict(obj):
         # open_clip training checkpoints keep DistributedDataParallel's prefix.
         obj = {k[len("module."):] if k.startswith("module.") else k: v
                for k, v in obj.items()}
-    return obj, None
+    return obj, hint
 
 
 def _strip_dino(key):

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import fnmatch
 import os
+
+import numpy as np
 from typing import Callable, Optional
 
 from ega_tf.core.errors import ConversionError, UserError
@@ -20,15 +22,23 @@ from ega_tf.teachers import checkpoint_io, families
 from ega_tf.teachers.families import FAMILIES, OPENAI_MARKERS, Family
 
 
-def detect_family(keys, hint=None) -> Family:
-    """The family whose layout ``keys`` follow (``hint`` from the wrapper or
-    ``--format``)."""
-    keys = list(keys)
+def _cifar_stem(state, prefix):
+    """Whether the ResNet under ``prefix`` has a 3x3 first convolution."""
+    w = state.get(prefix + "conv1.weight")
+    return w is not None and np.shape(w)[-1] == 3
+
+
+def detect_family(state, hint=None) -> Family:
+    """The family whose layout the state dict follows (``hint`` from the
+    wrapper or ``--format``)."""
+    keys = list(state)
     vit = any(k.startswith(("patch_embed.", "module.base_encoder.patch_embed",
                             "visual.class_embedding")) for k in keys)
     if hint:
         if vit and hint in ("dino", "mocov3"):
             hint += "_vit"  # the ResNet name given for a ViT file
+        if hint == "lightning" and _cifar_stem(state, "backbone."):
+            hint = "lightning_cifar"
         return families.get(hint)
     if "visual.attnpool.positional_embedding" in keys:
         return FAMILIES["clip"]
@@ -46,6 +56,8 @@ def detect_family(keys, hint=None) -> Family:
         return FAMILIES["simclr"]
     if any(k.startswith("module.base_encoder.patch_embed") for k in keys):
         return FAMILIES["mocov3_vit"]
+    if "downsample_layers.0.0.weight" in keys:
+        return FAMILIES["dinov3_convnext"]
     if "storage_tokens" in keys:
         return FAMILIES["dinov3"]
     if "patch_embed.proj.weight" in keys and (
@@ -53,6 +65,13 @@ def detect_family(keys, hint=None) -> Family:
         return FAMILIES["dinov2"]  # LayerScale: DINO v1 has none
     if "patch_embed.proj.weight" in keys:
         return FAMILIES["dino_vit"]
+    if "backbone.conv1.weight" in keys:
+        if any(k.startswith(("neck.", "target_net.")) for k in keys):
+            return FAMILIES["mmselfsup"]
+        if any(fnmatch.fnmatchcase(k, p) for k in keys
+               for p in families.LIGHTNING_HEADS):
+            return FAMILIES["lightning_cifar" if _cifar_stem(state, "backbone.")
+                            else "lightning"]
     if any(k.startswith("module.encoder_q.") for k in keys):
         return FAMILIES["moco"]
     if any(k.startswith("module.base_encoder.") for k in keys):
@@ -113,7 +132,7 @@ def load_backbone(path, fmt: Optional[str] = None, allow_pickle=False,
         families.get(fmt)
     state, hint = checkpoint_io.find_state_dict(
         checkpoint_io.read_checkpoint(path, allow_pickle))
-    family = detect_family(state.keys(), fmt or hint)
+    family = detect_family(state, fmt or hint)
     options = check_options(family, options)
     kept = backbone_state(state, family)
     arch = family.module.infer_arch(kept, **dict(family.arch_options),

@@ -50,9 +50,9 @@ def swiglu_hidden(intermediate_dim):
 
 def check_input_size(size, patch):
     if size < patch or size % patch:
+        near = max(patch, round(size / patch) * patch)
         raise UserError(f"--input_size={size} is not a multiple of the "
-                        f"patch size {patch}; e.g. {16 * patch} or "
-                        f"{37 * patch}.")
+                        f"patch size {patch}; e.g. {near}.")
 
 
 def infer_arch(state, head_dim=64, input_size=None, feature="cls"):

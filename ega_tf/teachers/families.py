@@ -21,7 +21,8 @@ import importlib
 from types import ModuleType
 from typing import Dict, Tuple
 
-from ega_tf.core.constants import (CIFAR100_MEAN, CIFAR100_STD, CLIP_MEAN,
+from ega_tf.core.constants import (CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN,
+                                   CIFAR100_STD, CLIP_MEAN,
                                    CLIP_STD, IMAGENET_MEAN, IMAGENET_STD,
                                    SWAV_STD)
 
@@ -34,6 +35,7 @@ ARCHITECTURES: Dict[str, str] = {
     "vit": "vit",                  # timm-layout ViTs (keras-hub)
     "dinov2": "dinov2",            # DINOv2 ViTs (keras-hub DINOV2Backbone)
     "dinov3": "dinov3",            # DINOv3 ViTs (keras-hub DINOV3Backbone)
+    "convnext": "convnext",        # DINOv3 ConvNeXts (keras.applications)
     "clip_vit": "clip_vit",        # CLIP / open_clip ViTs (keras-hub)
     "simclr": "simclr",            # SimCLR v1/v2 TF1 ResNets
     "repdistiller": "repdistiller",  # RepDistiller's CIFAR networks (zoo)
@@ -90,6 +92,25 @@ class Family:
                     std=self.std, clip=self.clip, antialias=self.antialias)
 
 
+# PyTorch Lightning checkpoints of solo-learn and LightlySSL: the
+# backbone under ``backbone.`` (solo-learn before December 2021:
+# ``encoder.``, renamed on reading), every other module of the method by
+# name.
+LIGHTNING_HEADS = (
+    "projector.*", "predictor.*", "classifier.*", "prototypes.*", "queue",
+    "queue_ptr", "momentum_backbone.*", "momentum_projector.*",
+    "momentum_classifier.*",  # solo-learn
+    "projection_head.*", "prediction_head.*", "online_classifier.*",
+    "teacher_backbone.*", "teacher_projection_head.*", "student_backbone.*",
+    "student_projection_head.*", "student_prediction_head.*",
+    "key_backbone.*", "key_projection_head.*", "query_backbone.*",
+    "query_projection_head.*", "backbone_momentum.*",
+    "projection_head_momentum.*")  # LightlySSL's benchmarks
+# mmselfsup / mmpretrain full models: backbone, neck, head, the EMA target
+# (1.x: target_net.module.*; 0.x: target_net.N.* beside online_net.N.*,
+# which repeats backbone and neck).
+MM_HEADS = ("neck.*", "head.*", "target_net.*", "online_net.*")
+
 _CLIP = dict(backbone_prefix="visual.", drop_outside=CLIP_TEXT_TOWER,
              drop_heads=(), mean=CLIP_MEAN, std=CLIP_STD, crop_pct=1.0,
              interpolation="pil_bicubic")
@@ -108,6 +129,17 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in [
     Family("swav", "module.", (), ("projection_head.*", "prototypes.*"),
            std=SWAV_STD),
     Family("dino", "", (), ("head.*",), interpolation="pil_bicubic"),
+    Family("lightning", "backbone.", LIGHTNING_HEADS, ("fc.*",)),
+    # solo-learn's CIFAR networks: a 3x3 stride-1 stem with padding 2 (not
+    # in the weights) and no max-pool; evaluated on the 32-px images with
+    # the CIFAR-10 statistics its linear evaluation uses for both CIFARs.
+    Family("lightning_cifar", "backbone.", LIGHTNING_HEADS, ("fc.*",),
+           arch_options=(("cifar_stem_padding", 2),), crop_pct=1.0,
+           crop_mode="squash", interpolation="bilinear", mean=CIFAR10_MEAN,
+           std=CIFAR10_STD),
+    # Evaluated resized to 256 (Pillow bilinear), cropped to 224.
+    Family("mmselfsup", "backbone.", MM_HEADS, ()),
+    Family("mmselfsup_backbone", "", (), ()),
     Family("simclr", "base_model/",
            ("head_supervised/*", "head_contrastive/*", "global_step",
             "ema_model/*", "*/Momentum"), ("*/Momentum",),
@@ -126,6 +158,8 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in [
     Family("dinov3", "", (), (), architecture="dinov3",
            arch_options=(("head_dim", 64),), interpolation="pil_bicubic",
            options=("input_size", "feature")),
+    Family("dinov3_convnext", "", (), (), architecture="convnext",
+           interpolation="pil_bicubic"),
     Family("mocov3_vit", "module.base_encoder.",
            ("module.momentum_encoder.*", "module.predictor.*"), ("head.*",),
            architecture="vit", arch_options=(("num_heads", 12),)),

@@ -22,8 +22,12 @@ from ega_tf.teachers.porting import (WeightPorter, port_batchnorm,
 _BLOCK = re.compile(r"^layer(\d)\.(\d+)\.")
 
 
-def infer_arch(state):
-    """Block counts, widths and block type from torchvision keys/shapes."""
+def infer_arch(state, cifar_stem_padding=None):
+    """Block counts, widths and block type from torchvision keys/shapes.
+
+    A 3x3 first convolution is a CIFAR stem (stride 1, no max-pool, as
+    solo-learn replaces torchvision's); its padding is not in the weights,
+    so the family states it (``cifar_stem_padding``)."""
     blocks = [0, 0, 0, 0]
     for key in state:
         m = _BLOCK.match(key)
@@ -38,19 +42,31 @@ def infer_arch(state):
     filters = [int(state[f"layer{s}.0.conv1.weight"].shape[0])
                if bottleneck else int(state[f"layer{s}.0.conv2.weight"].shape[0])
                for s in range(1, 5)]
-    return {"blocks": blocks, "filters": filters, "bottleneck": bottleneck,
+    arch = {"blocks": blocks, "filters": filters, "bottleneck": bottleneck,
             "stem": int(state["conv1.weight"].shape[0])}
+    kernel = int(state["conv1.weight"].shape[-1])
+    if kernel != 7:
+        if kernel != 3 or cifar_stem_padding is None:
+            raise ConversionError(
+                f"A {kernel}x{kernel} first convolution is not torchvision's "
+                "7x7 stem. A 3x3 one is a CIFAR stem, whose padding the file "
+                "does not say: --format=lightning_cifar (solo-learn's: "
+                "stride 1, padding 2, no max-pool).")
+        arch["cifar_stem_padding"] = int(cifar_stem_padding)
+        arch["resolution"] = 32  # the CIFAR images it was trained on
+    return arch
 
 
 def build(arch):
     """The Keras backbone (float NHWC -> pooled feature), named 'backbone'.
 
-    keras-hub's ResNetBackbone requires 64 stem/first-stage filters, so the
-    widened bottleneck networks (SwAV RN50-w2/w4/w5) are built by
-    ``_build_wide`` instead: the same torchvision network, layer names taken
-    from the checkpoint keys."""
-    if arch["filters"][0] != 64 or arch["stem"] != 64:
-        return _build_wide(arch)
+    keras-hub's ResNetBackbone requires 64 stem/first-stage filters and
+    torchvision's stem, so the widened networks (SwAV RN50-w2/w4/w5) and
+    those with a CIFAR stem are built by ``_build_named`` instead: the same
+    torchvision network, layer names taken from the checkpoint keys."""
+    if arch["filters"][0] != 64 or arch["stem"] != 64 or (
+            "cifar_stem_padding" in arch):
+        return _build_named(arch)
     import keras_hub
     body = keras_hub.models.ResNetBackbone(
         input_conv_filters=[arch["stem"]], input_conv_kernel_sizes=[7],
@@ -85,12 +101,27 @@ def bottleneck_stages(x, blocks, filters, conv_bn):
     return x
 
 
-def _build_wide(arch):
-    """torchvision's bottleneck ResNet at any widths; layer ``a_b_c`` holds
-    the checkpoint's ``a.b.c.*``."""
-    if not arch["bottleneck"]:
-        raise ConversionError("Widened ResNets are bottleneck networks; this "
-                              "checkpoint has basic blocks with non-64 widths.")
+def basic_stages(x, blocks, filters, conv_bn):
+    """torchvision's basic-block stages (ResNet-18/34): the stride on the
+    first 3x3 conv; ``conv_bn`` as in ``bottleneck_stages``."""
+    cin = x.shape[-1]
+    for s, (n, planes) in enumerate(zip(blocks, filters)):
+        for b in range(n):
+            stride = 2 if (s > 0 and b == 0) else 1
+            shortcut = x
+            if stride != 1 or cin != planes:
+                shortcut = conv_bn(x, planes, 1, stride, False,
+                                   (s, b, "downsample"))
+            y = conv_bn(x, planes, 3, stride, True, (s, b, 1))
+            y = conv_bn(y, planes, 3, 1, False, (s, b, 2))
+            x = keras.layers.ReLU()(keras.layers.Add()([y, shortcut]))
+            cin = planes
+    return x
+
+
+def _build_named(arch):
+    """torchvision's ResNet at any widths, with its stem or a CIFAR one;
+    layer ``a_b_c`` holds the checkpoint's ``a.b.c.*``."""
     from ega_tf.nn.layers import bn, conv
 
     def conv_bn(x, filters, kernel, stride, relu, where):
@@ -103,17 +134,27 @@ def _build_wide(arch):
         return keras.layers.ReLU()(x) if relu else x
 
     inputs = keras.Input((None, None, 3), name="pixels")
-    x = keras.layers.ReLU()(bn(conv(inputs, arch["stem"], 7, 2, name="conv1"),
-                               "bn1"))
-    # PyTorch's MaxPool2d(3, 2, padding=1): zero padding is exact after ReLU.
-    x = keras.layers.ZeroPadding2D(1)(x)
-    x = keras.layers.MaxPooling2D(3, 2, name="maxpool")(x)
-    x = bottleneck_stages(x, arch["blocks"], arch["filters"], conv_bn)
+    if "cifar_stem_padding" in arch:
+        # solo-learn's Conv2d(3, 64, 3, stride=1, padding=2): a 32-px image
+        # becomes a 34-px map; no max-pool.
+        x = keras.layers.ZeroPadding2D(arch["cifar_stem_padding"])(inputs)
+        x = keras.layers.Conv2D(arch["stem"], 3, use_bias=False,
+                                name="conv1")(x)
+        x = keras.layers.ReLU()(bn(x, "bn1"))
+    else:
+        x = keras.layers.ReLU()(bn(conv(inputs, arch["stem"], 7, 2,
+                                        name="conv1"), "bn1"))
+        # PyTorch's MaxPool2d(3, 2, padding=1): zero padding is exact after
+        # ReLU.
+        x = keras.layers.ZeroPadding2D(1)(x)
+        x = keras.layers.MaxPooling2D(3, 2, name="maxpool")(x)
+    stages = bottleneck_stages if arch["bottleneck"] else basic_stages
+    x = stages(x, arch["blocks"], arch["filters"], conv_bn)
     pooled = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     return keras.Model(inputs, pooled, name="backbone")
 
 
-def _port_wide(backbone, porter):
+def _port_named(backbone, porter):
     for layer in backbone.layers:
         key = layer.name.replace("_", ".")
         if isinstance(layer, keras.layers.Conv2D):
@@ -131,7 +172,7 @@ def port(backbone, state, ignore=()):
     """
     porter = WeightPorter(state, ignore=(*ignore, "*num_batches_tracked"))
     if not any(layer.name == "resnet" for layer in backbone.layers):
-        return _port_wide(backbone, porter)
+        return _port_named(backbone, porter)
     body = backbone.get_layer("resnet")
     get = body.get_layer
     porter.port(get("conv1_conv").kernel, "conv1.weight", torch_conv_kernel)

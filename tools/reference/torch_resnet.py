@@ -59,12 +59,17 @@ class Basic(nn.Module):
 
 class ResNet(nn.Module):
     def __init__(self, blocks=(3, 4, 6, 3), bottleneck=True, width=64,
-                 num_classes=1000):
+                 num_classes=1000, cifar_stem_padding=None):
         super().__init__()
         block = Bottleneck if bottleneck else Basic
         self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
+        if cifar_stem_padding is not None:
+            # solo-learn's CIFAR stem: a 3x3 stride-1 conv, no max-pool.
+            self.conv1 = nn.Conv2d(3, width, 3, 1, cifar_stem_padding,
+                                   bias=False)
+            self.maxpool = nn.Identity()
         cin = width
         for i, (n, stride) in enumerate(zip(blocks, (1, 2, 2, 2))):
             planes = width * 2**i
