@@ -36,8 +36,9 @@ setup(
         # Running exported TFLite files (LiteRT) and writing/running ONNX
         # files; the lower bounds are the versions tested.
         "deploy": DEPLOY,
+        # transformers: the independent reference for Hugging Face folders.
         "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0",
-                 "safetensors", "pillow", *DEPLOY],
+                 "safetensors", "pillow", "transformers>=5.0,<6", *DEPLOY],
         "plot": ["matplotlib"],
     },
 )

@@ -58,6 +58,14 @@ def define_flags(flag_values):
     d("list", "mean", ["0", "0", "0"], "--model: per-channel mean of [0, 1] "
       "pixels.")
     d("list", "std", ["1", "1", "1"], "--model: per-channel std.")
+    d("string", "pool", None, "--model returning tokens [N, T, D] (e.g. a "
+      "keras-hub ViT backbone saved as .keras): cls (the first token), mean"
+      " (the mean of the tokens after --prefix_tokens) or cls_mean (both, "
+      "concatenated).")
+    d("integer", "prefix_tokens", None, "--pool: the tokens before the "
+      "patches (class token, registers), left out of the mean; default: "
+      "what a keras-hub DINOv2/DINOv3 backbone says (1 + registers), else "
+      "1.")
     d("string", "output", None, "--model: the output holding the embedding,"
       " when the model returns several.")
     d("string", "out", None, "Output .keras file.")
@@ -79,13 +87,23 @@ def main(argv, flag_values):
                         "--checkpoint=FILE (or --model=FILE.keras|DIR with "
                         "its preprocessing) --out=teacher.keras")
     teacher_file.check_output_path(f.out)
+    for flag, belongs in (("pool", f.model), ("prefix_tokens", f.model),
+                          ("feature", f.checkpoint)):
+        if getattr(f, flag) is not None and not belongs:
+            raise UserError(
+                f"--{flag} applies to --{'model' if flag != 'feature' else 'checkpoint'}"
+                + (" (a published ViT's feature is chosen with --feature)"
+                   if flag == "pool" else
+                   " (a model's token output is pooled with --pool)"
+                   if flag == "feature" else "") + ".")
     if f.model:
         from ega_tf.teachers.user_model import wrap
         teacher = wrap(f.model, input_size=f.input_size,
                        crop_pct=f.crop_pct, crop_mode=f.crop_mode,
                        interpolation=f.interpolation,
                        mean=_floats("mean", f.mean),
-                       std=_floats("std", f.std), output=f.output)
+                       std=_floats("std", f.std), output=f.output,
+                       pool=f.pool, prefix=f.prefix_tokens)
     else:
         from ega_tf.teachers.convert import convert
         teacher = convert(f.checkpoint, f.format, f.allow_pickle,

@@ -25,12 +25,13 @@ from tools.reference.pil_pipeline import torchvision_eval
 WIDTH = 128  # two heads of 64, the families' rule
 
 
-def write_dinov2(directory, registers=0, swiglu=False, seed=0):
+def write_dinov2(directory, registers=0, swiglu=False, seed=0, **size):
     """A DINOv2 hub file (``dinov2_vits14_pretrain.pth`` layout: the bare
     state dict, positions stored for 518 px) and its reference network."""
     torch.manual_seed(seed)
     model = torch_dinov2.randomized(torch_dinov2.DinoV2(
-        image=518, dim=WIDTH, depth=2, heads=2, registers=registers,
+        image=518, **{"dim": WIDTH, "depth": 2, "heads": 2, **size},
+        registers=registers,
         swiglu=swiglu, interpolate_offset=0.0 if registers else 0.1,
         interpolate_antialias=bool(registers)), seed + 1)
     name = "dinov2_vitg14" if swiglu else "dinov2_vits14"
@@ -40,10 +41,10 @@ def write_dinov2(directory, registers=0, swiglu=False, seed=0):
     return path, model
 
 
-def write_dinov3(directory, swiglu=False, seed=0):
+def write_dinov3(directory, swiglu=False, seed=0, **size):
     torch.manual_seed(seed)
     model = torch_dinov3.randomized(torch_dinov3.DinoV3ViT(
-        dim=WIDTH, depth=2, heads=2, swiglu=swiglu,
+        **{"dim": WIDTH, "depth": 2, "heads": 2, **size}, swiglu=swiglu,
         ratio=6.0 if swiglu else 4.0), seed + 1)
     path = pathlib.Path(directory) / (
         "dinov3_vits16plus_pretrain_lvd1689m.pth" if swiglu
@@ -249,6 +250,75 @@ class HuggingFaceFolderTest(TestCase):
             convert.convert(str(path))
 
 
+def keras_hub_dinov2(path, size=56):
+    """A keras-hub DINOv2 backbone (random, 2 registers) saved as .keras:
+    a model whose output is the token sequence."""
+    import keras_hub
+    net = keras_hub.models.DINOV2Backbone(
+        patch_size=14, num_layers=2, hidden_dim=32, num_heads=2,
+        intermediate_dim=64, num_register_tokens=2,
+        image_shape=(size, size, 3), position_embedding_shape=(size, size, 3))
+    net.save(path)
+    return net
+
+
+class UserTokenModelTest(TestCase):
+
+    def test_a_token_sequence_model_is_pooled_as_asked(self):
+        tmp = self.tmp_path()
+        net = keras_hub_dinov2(tmp / "dinov2_backbone.keras")
+        args = ["convert_teacher", f"--model={tmp / 'dinov2_backbone.keras'}",
+                "--input_size=56", f"--out={tmp / 'teacher.keras'}"]
+        result = self.run_cli(*args)
+        self.assertOneLineError(result, "--pool=cls")
+        self.assertSucceeded(self.run_cli(*args, "--pool=cls_mean"))
+        teacher = teachers.load(str(tmp / "teacher.keras"))
+        meta = teachers.metadata(teacher)
+        self.assertEqual((meta["pool"], meta["prefix_tokens"],
+                          meta["embedding_dim"]), ("cls_mean", 3, 64))
+        x = np.random.default_rng(0).normal(size=(2, 56, 56, 3)).astype(
+            np.float32)
+        tokens = np.asarray(net({"images": x}))
+        want = np.concatenate([tokens[:, 0], tokens[:, 3:].mean(1)], -1)
+        self.assertAllClose(teacher.get_layer("backbone")(x), want,
+                            atol=1e-5)
+        self.assertOneLineError(self.run_cli(
+            "convert_teacher", f"--checkpoint={tmp / 'x.pth'}", "--pool=cls",
+            f"--out={tmp / 'b.keras'}"), "--pool applies to --model")
+
+
+@pytest.mark.slow  # the published sizes (22 to 29 M parameters)
+class PublishedSizeTest(TestCase):
+    """ViT-S/14 (DINOv2, with and without registers), ViT-S/16 and
+    ViT-S+/16 (DINOv3) and ConvNeXt-T at their real sizes, at 224 px; the
+    DINOv2 file stored at 518 px, as published."""
+
+    def check(self, path, fn, label, sizes=(224,)):
+        for size in sizes:
+            teacher = convert.convert(str(path), input_size=None if size == 224
+                                      else size, log=lambda s: None)
+            x = checkpoints.random_pixels(8, n=2, size=size)
+            self.assertParity(np.asarray(teacher.get_layer("backbone")(x)),
+                              torch_forward(fn, x), 1e-4, f"{label} at {size}")
+
+    def test_published_sizes(self):
+        tmp = self.tmp_path()
+        vits14 = dict(dim=384, depth=12, heads=6)
+        for registers in (0, 4):
+            path, model = write_dinov2(tmp, registers=registers, **vits14)
+            self.check(path, model, f"DINOv2 ViT-S/14 reg{registers}",
+                       sizes=(224, 518))
+        for swiglu in (False, True):
+            path, model = write_dinov3(tmp, swiglu=swiglu, dim=384,
+                                       depth=12, heads=6)
+            self.check(path, model, f"DINOv3 ViT-S{'+' if swiglu else ''}/16")
+        torch.manual_seed(0)
+        model = torch_dinov3.randomized(torch_dinov3.DinoV3ConvNeXt(), 1)
+        path = tmp / "dinov3_convnext_tiny_pretrain_lvd1689m.pth"
+        torch.save(model.state_dict(), path)
+        self.check(path, model, "DINOv3 ConvNeXt-T")
+
+
 @pytest.mark.slow  # a program of its own per teacher
 class FreshProcessTest(TestCase):
 
@@ -261,6 +331,15 @@ class FreshProcessTest(TestCase):
         sources = {"dinov2": write_dinov2(tmp)[0], "convnext": convnext,
                    "dinov3": write_dinov3(tmp, swiglu=True)[0],
                    "hf": write_hf(tmp, "dinov2_with_registers")[0]}
+        keras_hub_dinov2(tmp / "user_backbone.keras")
+        self.assertSucceeded(self.run_subprocess([
+            "-m", "ega_tf.convert_teacher",
+            f"--model={tmp / 'user_backbone.keras'}", "--input_size=56",
+            "--pool=cls", f"--out={tmp / 'user.keras'}"]))
+        self.assertSucceeded(self.run_subprocess([
+            "-m", "ega_tf.train", "--dataset=digits",
+            f"--teacher={tmp / 'user.keras'}", f"--workdir={tmp / 'user'}",
+            "--config.epochs=1", "--config.data.image_size=16"]))
         for name, source in sources.items():
             out = tmp / f"{name}.keras"
             self.assertSucceeded(self.run_subprocess([

@@ -62,14 +62,43 @@ def _check_runs(teacher, size):
             "(the embedding) and wrap that model instead.")
 
 
+def prefix_tokens(inner, given=None):
+    """How many tokens precede the patches in ``inner``'s output: ``given``,
+    else keras-hub's DINOv2/DINOv3 backbones say (class token and
+    registers), else 1 (a class token)."""
+    if given is not None:
+        return int(given)
+    registers = getattr(inner, "num_register_tokens", None)
+    return 1 + int(registers) if registers is not None else 1
+
+
+def _pool_tokens(inner, out, pool, prefix):
+    """``out`` [N, T, D] -> the pooled feature, or a UserError saying how."""
+    from ega_tf.core.registry import check_choice
+    from ega_tf.teachers.vit import POOLS, TokenPool
+    if pool is None:
+        raise UserError(
+            f"The model returns a token sequence {tuple(out.shape)}; say "
+            "which feature the teacher gives: --pool=cls (the class token, "
+            "first), mean (the mean of the tokens after --prefix_tokens) or "
+            "cls_mean (both, concatenated).")
+    check_choice("pool", pool, list(POOLS))
+    k = prefix_tokens(inner, prefix)
+    return TokenPool(pool, prefix=k, name="pool")(out), k
+
+
 def wrap(path, *, input_size=None, crop_pct=1.0, crop_mode="center",
          interpolation="bilinear", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
-         output=None, endpoint="serving_default"):
+         output=None, endpoint="serving_default", pool=None,
+         prefix=None):
     """The teacher ``keras.Model`` around the model at ``path``.
 
     ``input_size`` is the side of the square the model takes; ``crop_pct``
     and ``crop_mode`` say how an image gets there (``preprocess``);
-    ``output`` names the embedding when the model returns a dict.
+    ``output`` names the embedding when the model returns a dict; ``pool``
+    (``cls``, ``mean``, ``cls_mean``) turns a ``[N, T, D]`` token output
+    into the feature, ``prefix`` tokens (default: what a keras-hub DINO
+    backbone says, else 1) left out of the mean.
     """
     import keras
 
@@ -92,8 +121,11 @@ def wrap(path, *, input_size=None, crop_pct=1.0, crop_mode="center",
     path = os.fspath(path)
     inner = _load_inner(path, endpoint)
     inputs = keras.Input((input_size, input_size, 3), name="pixels")
+    key = (next(iter(inner.input)) if isinstance(
+        getattr(inner, "input", None), dict) and len(inner.input) == 1
+        else None)  # keras-hub backbones take {"images": ...}
     try:
-        out = inner(inputs)
+        out = inner({key: inputs} if key else inputs)
     except Exception as e:
         raise UserError(
             f"The model cannot take {input_size}x{input_size}x3 images: "
@@ -105,6 +137,12 @@ def wrap(path, *, input_size=None, crop_pct=1.0, crop_mode="center",
             raise UserError(f"The model returns {sorted(out)}; pass "
                             "--output with the embedding's name.")
         out = out[output]
+    pooled = None
+    if len(out.shape) == 3:
+        out, pooled = _pool_tokens(inner, out, pool, prefix)
+    elif pool is not None:
+        raise UserError(f"--pool applies to a model returning tokens [N, T, "
+                        f"D]; this one returns {tuple(out.shape)}.")
     if len(out.shape) != 2:
         raise UserError(
             f"The model returns shape {tuple(out.shape)}; a teacher needs "
@@ -120,7 +158,8 @@ def wrap(path, *, input_size=None, crop_pct=1.0, crop_mode="center",
             "source_sha256": (checkpoint_io.sha256(path)
                               if os.path.isfile(path) else None),
             "embedding_dim": int(out.shape[-1]),
-            "input_resolution": input_size})
+            "input_resolution": input_size,
+            **({"pool": pool, "prefix_tokens": pooled} if pooled else {})})
     teacher = assemble(backbone, preprocess, name="user_teacher")
     _check_runs(teacher, input_size)
     return teacher
