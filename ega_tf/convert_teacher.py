@@ -87,15 +87,13 @@ def main(argv, flag_values):
                         "--checkpoint=FILE (or --model=FILE.keras|DIR with "
                         "its preprocessing) --out=teacher.keras")
     teacher_file.check_output_path(f.out)
-    for flag, belongs in (("pool", f.model), ("prefix_tokens", f.model),
-                          ("feature", f.checkpoint)):
-        if getattr(f, flag) is not None and not belongs:
-            raise UserError(
-                f"--{flag} applies to --{'model' if flag != 'feature' else 'checkpoint'}"
-                + (" (a published ViT's feature is chosen with --feature)"
-                   if flag == "pool" else
-                   " (a model's token output is pooled with --pool)"
-                   if flag == "feature" else "") + ".")
+    for flag, source, hint in (
+            ("pool", "model", " (a published ViT's feature is chosen with "
+             "--feature)"), ("prefix_tokens", "model", ""),
+            ("feature", "checkpoint", " (a model's token output is pooled "
+             "with --pool)")):
+        if getattr(f, flag) is not None and not getattr(f, source):
+            raise UserError(f"--{flag} applies to --{source}{hint}.")
     if f.model:
         from ega_tf.teachers.user_model import wrap
         teacher = wrap(f.model, input_size=f.input_size,

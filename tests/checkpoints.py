@@ -200,6 +200,9 @@ def resnet_layout(family, model):
     raise KeyError(family)
 
 
+# Written by tests/checkpoints_ssl.py.
+SSL_FAMILIES = ("dinov2", "dinov3", "dinov3_convnext", "lightning",
+                "lightning_cifar", "mmselfsup", "mmselfsup_backbone")
 RESNET_FAMILIES = ("torchvision", "barlow_twins", "vicreg", "moco",
                    "mocov3", "swav", "dino")
 
@@ -382,6 +385,9 @@ def write(family, directory, small=False):
     directory = pathlib.Path(directory)
     if family in RESNET_FAMILIES:
         return write_resnet(family, directory)
+    if family in SSL_FAMILIES:
+        from tests import checkpoints_ssl
+        return checkpoints_ssl.write(family, directory)
     if small and family == "clip":
         return write_clip_resnet(directory, clip_resnet(
             layers=(1, 1, 1, 1), resolution=64, width=16, out_dim=64))

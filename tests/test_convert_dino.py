@@ -5,8 +5,6 @@ names) and Hugging Face folders (written by ``transformers``'
 the reference network at the teacher's input size and at the file's own."""
 
 import json
-import pathlib
-
 import numpy as np
 import pytest
 import torch
@@ -18,65 +16,10 @@ from ega_tf.core.constants import IMAGENET_MEAN, IMAGENET_STD
 from ega_tf.core.errors import ConversionError, UserError
 from ega_tf.teachers import convert, dinov2, position_tables
 from tests import checkpoints
+from tests.checkpoints_ssl import (WIDTH, write_convnext, write_dinov2,
+                                   write_dinov3, write_hf)
 from tests.test_case import TestCase
-from tools.reference import torch_dinov2, torch_dinov3
 from tools.reference.pil_pipeline import torchvision_eval
-
-WIDTH = 128  # two heads of 64, the families' rule
-
-
-def write_dinov2(directory, registers=0, swiglu=False, seed=0, **size):
-    """A DINOv2 hub file (``dinov2_vits14_pretrain.pth`` layout: the bare
-    state dict, positions stored for 518 px) and its reference network."""
-    torch.manual_seed(seed)
-    model = torch_dinov2.randomized(torch_dinov2.DinoV2(
-        image=518, **{"dim": WIDTH, "depth": 2, "heads": 2, **size},
-        registers=registers,
-        swiglu=swiglu, interpolate_offset=0.0 if registers else 0.1,
-        interpolate_antialias=bool(registers)), seed + 1)
-    name = "dinov2_vitg14" if swiglu else "dinov2_vits14"
-    path = pathlib.Path(directory) / (
-        f"{name}{'_reg4' if registers else ''}_pretrain.pth")
-    torch.save(model.state_dict(), path)
-    return path, model
-
-
-def write_dinov3(directory, swiglu=False, seed=0, **size):
-    torch.manual_seed(seed)
-    model = torch_dinov3.randomized(torch_dinov3.DinoV3ViT(
-        **{"dim": WIDTH, "depth": 2, "heads": 2, **size}, swiglu=swiglu,
-        ratio=6.0 if swiglu else 4.0), seed + 1)
-    path = pathlib.Path(directory) / (
-        "dinov3_vits16plus_pretrain_lvd1689m.pth" if swiglu
-        else "dinov3_vits16_pretrain_lvd1689m.pth")
-    torch.save(model.state_dict(), path)
-    return path, model
-
-
-def write_hf(directory, model_type, seed=0):
-    """A Hugging Face folder of a tiny random model, by save_pretrained."""
-    import transformers as tr
-    torch.manual_seed(seed)
-    common = dict(hidden_size=64, num_hidden_layers=2,
-                  num_attention_heads=2)
-    if model_type == "dinov3_vit":
-        model = tr.DINOv3ViTModel(tr.DINOv3ViTConfig(
-            intermediate_size=128, patch_size=16, image_size=224,
-            num_register_tokens=4, **common))
-    else:
-        cls, config = ((tr.Dinov2Model, tr.Dinov2Config)
-                       if model_type == "dinov2" else
-                       (tr.Dinov2WithRegistersModel,
-                        tr.Dinov2WithRegistersConfig))
-        model = cls(config(image_size=518, patch_size=14,
-                           layerscale_value=0.5, **common))
-    with torch.no_grad():  # away from the initial values (ones, zeros)
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    path = pathlib.Path(directory) / model_type
-    model.eval().save_pretrained(path)
-    return path, model
-
 
 def torch_forward(fn, x):
     with torch.no_grad():
@@ -199,11 +142,7 @@ class Dinov3Test(TestCase):
 class ConvNeXtTest(TestCase):
 
     def test_hub_file_matches_the_publisher(self):
-        torch.manual_seed(0)
-        model = torch_dinov3.randomized(torch_dinov3.DinoV3ConvNeXt(
-            depths=(1, 1, 2, 1), dims=(16, 32, 64, 128)), 1)
-        path = self.tmp_path() / "dinov3_convnext_tiny_pretrain_lvd1689m.pth"
-        torch.save(model.state_dict(), path)
+        path, model = write_convnext(self.tmp_path())
         self.assertIn("norms.3.weight", model.state_dict())
         teacher = convert.convert(str(path), log=lambda s: None)
         meta = teachers.metadata(teacher)
@@ -312,10 +251,8 @@ class PublishedSizeTest(TestCase):
             path, model = write_dinov3(tmp, swiglu=swiglu, dim=384,
                                        depth=12, heads=6)
             self.check(path, model, f"DINOv3 ViT-S{'+' if swiglu else ''}/16")
-        torch.manual_seed(0)
-        model = torch_dinov3.randomized(torch_dinov3.DinoV3ConvNeXt(), 1)
-        path = tmp / "dinov3_convnext_tiny_pretrain_lvd1689m.pth"
-        torch.save(model.state_dict(), path)
+        path, model = write_convnext(tmp, depths=(3, 3, 9, 3),
+                                     dims=(96, 192, 384, 768))
         self.check(path, model, "DINOv3 ConvNeXt-T")
 
 
@@ -324,10 +261,8 @@ class FreshProcessTest(TestCase):
 
     def test_converted_teachers_train_a_student_in_a_fresh_process(self):
         tmp = self.tmp_path()
-        torch.manual_seed(0)
-        convnext = tmp / "dinov3_convnext_tiny_pretrain_lvd1689m.pth"
-        torch.save(torch_dinov3.DinoV3ConvNeXt(depths=(1, 1, 1, 1), dims=(
-            8, 16, 32, 64)).state_dict(), convnext)
+        convnext = write_convnext(tmp, depths=(1, 1, 1, 1),
+                                  dims=(8, 16, 32, 64))[0]
         sources = {"dinov2": write_dinov2(tmp)[0], "convnext": convnext,
                    "dinov3": write_dinov3(tmp, swiglu=True)[0],
                    "hf": write_hf(tmp, "dinov2_with_registers")[0]}

@@ -16,115 +16,10 @@ from ega_tf.core.constants import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, \
     IMAGENET_STD
 from ega_tf.teachers import convert, resnet
 from tests import checkpoints
+from tests.checkpoints_ssl import (cifar_resnet18, lightly_byol,
+                                   mmselfsup_byol, solo_learn_byol)
 from tests.test_case import TestCase
 from tools.reference.pil_pipeline import torchvision_eval
-
-
-def _bn1d(prefix, n):
-    return {f"{prefix}.weight": torch.ones(n), f"{prefix}.bias": torch.zeros(n),
-            f"{prefix}.running_mean": torch.zeros(n),
-            f"{prefix}.running_var": torch.ones(n),
-            f"{prefix}.num_batches_tracked": torch.tensor(7)}
-
-
-def _linear(prefix, a, b, bias=True):
-    out = {f"{prefix}.weight": torch.randn(b, a)}
-    if bias:
-        out[f"{prefix}.bias"] = torch.randn(b)
-    return out
-
-
-def _lightning(state, version, **extra):
-    """What Lightning's ``trainer.save_checkpoint`` writes around a
-    module's state dict."""
-    return {"epoch": 999, "global_step": 97000,
-            "pytorch-lightning_version": version, "state_dict": state,
-            "loops": {"fit_loop": {"state_dict": {}, "epoch_progress": {
-                "total": {"ready": 1000, "completed": 999}}}},
-            "callbacks": {}, "optimizer_states": [
-                {"state": {}, "param_groups": [{"lr": 0.3, "params": [0]}]}],
-            "lr_schedulers": [{"last_epoch": 999, "base_lrs": [0.3]}],
-            **extra}
-
-
-def solo_learn_byol(model, legacy=False):
-    """solo-learn's BYOL on CIFAR (solo/methods/byol.py): backbone,
-    projector, momentum copies, predictor, online classifier; files before
-    its December 2021 rename say ``encoder``."""
-    sd = {k: v for k, v in model.state_dict().items()
-          if not k.startswith("fc.")}
-    width = model.fc.in_features
-    proj = {**_linear("projector.0", width, 64), **_bn1d("projector.1", 64),
-            **_linear("projector.3", 64, 16)}
-    name, momentum = (("encoder", "momentum_encoder") if legacy
-                      else ("backbone", "momentum_backbone"))
-    state = {**{f"{name}.{k}": v for k, v in sd.items()}, **proj,
-             **{f"{momentum}.{k}": v.clone() for k, v in sd.items()},
-             **{f"momentum_{k}": v.clone() for k, v in proj.items()},
-             **_linear("predictor.0", 16, 64), **_bn1d("predictor.1", 64),
-             **_linear("predictor.3", 64, 16),
-             **_linear("classifier", width, 100)}
-    return _lightning(state, "1.5.3" if legacy else "2.0.9")
-
-
-def lightly_byol(model):
-    """LightlySSL's ImageNet ResNet-50 BYOL benchmark
-    (benchmarks/imagenet/resnet50/byol.py): online backbone and heads, the
-    EMA teacher, the online classifier, Lightning's callbacks and
-    hyper-parameters, the 16-bit scaler."""
-    sd = {k: v for k, v in model.state_dict().items()
-          if not k.startswith("fc.")}
-    width = model.fc.in_features
-    head = {**_linear("layers.0", width, 64, bias=False),
-            **_bn1d("layers.1", 64), **_linear("layers.3", 64, 16)}
-    state = {**{f"backbone.{k}": v for k, v in sd.items()},
-             **{f"projection_head.{k}": v for k, v in head.items()},
-             **{f"prediction_head.{k}": v.clone() for k, v in head.items()},
-             **{f"teacher_backbone.{k}": v.clone() for k, v in sd.items()},
-             **{f"teacher_projection_head.{k}": v.clone()
-                for k, v in head.items()},
-             **_linear("online_classifier.classification_head", width, 1000)}
-    return _lightning(
-        state, "2.1.2", hparams_name="kwargs",
-        hyper_parameters={"batch_size_per_device": 128, "num_classes": 1000},
-        MixedPrecision={"scale": 65536.0, "growth_factor": 2.0,
-                        "backoff_factor": 0.5, "growth_interval": 2000,
-                        "_growth_tracker": 10})
-
-
-def mmselfsup_byol(model, version):
-    """mmselfsup's BYOL: ``1.x`` (mmpretrain: backbone, neck, head,
-    target_net.module.*), ``0.x`` (online_net.0/1 repeating backbone and
-    neck, target_net.0/1), or ``backbone`` (its extraction tool's
-    output)."""
-    sd = {k: v for k, v in model.state_dict().items()
-          if not k.startswith("fc.")}
-    if version == "backbone":
-        return {"state_dict": sd, "author": "MMSelfSup"}
-    width = model.fc.in_features
-    neck = {**_linear("fc0", width, 64), **_bn1d("bn0", 64),
-            **_linear("fc1", 64, 16)}
-    head = {f"predictor.{k}": v for k, v in {
-        **_linear("fc0", 16, 64), **_bn1d("bn0", 64),
-        **_linear("fc1", 64, 16)}.items()}
-    state = {**{f"backbone.{k}": v for k, v in sd.items()},
-             **{f"neck.{k}": v for k, v in neck.items()},
-             **{f"head.{k}": v for k, v in head.items()}}
-    if version == "1.x":
-        state.update({f"target_net.module.0.{k}": v.clone()
-                      for k, v in sd.items()})
-        state.update({f"target_net.module.1.{k}": v.clone()
-                      for k, v in neck.items()})
-        state["target_net.steps"] = torch.tensor([50000])
-    else:
-        for i, part in enumerate((sd, neck)):
-            state.update({f"online_net.{i}.{k}": v for k, v in part.items()})
-            state.update({f"target_net.{i}.{k}": v.clone()
-                          for k, v in part.items()})
-    return {"meta": {"epoch": 200, "iter": 1000000, "seed": 0,
-                     "mmengine_version": "0.1.0", "time": "20220825_1400",
-                     "dataset_meta": {"classes": ["tench", "goldfish"]}},
-            "state_dict": state}
 
 
 def uint8_images(seed, size):
@@ -212,15 +107,6 @@ class LightningTest(TestCase):
         torch.save(ckpt, path)
         with self.assertRaisesRegex(Exception, "mystery_head.weight"):
             convert.convert(str(path), log=lambda s: None)
-
-
-def cifar_resnet18(seed=0):
-    """solo-learn's CIFAR ResNet-18 (3x3 stem, padding 2, no max-pool)."""
-    from tools.reference.torch_resnet import ResNet, randomized
-    torch.manual_seed(seed)
-    model = randomized(ResNet(blocks=(2, 2, 2, 2), bottleneck=False,
-                              cifar_stem_padding=2, num_classes=100), seed)
-    return checkpoints.trained_like(model, 32, forward=model.features)
 
 
 @pytest.mark.slow  # the full ResNet-50 and a training run in its own process
