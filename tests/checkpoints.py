@@ -202,7 +202,8 @@ def resnet_layout(family, model):
 
 # Written by tests/checkpoints_ssl.py.
 SSL_FAMILIES = ("dinov2", "dinov3", "dinov3_convnext", "lightning",
-                "lightning_cifar", "mmselfsup", "mmselfsup_backbone")
+                "lightning_cifar", "mmselfsup", "mmselfsup_backbone",
+                "byol_deepmind")
 RESNET_FAMILIES = ("torchvision", "barlow_twins", "vicreg", "moco",
                    "mocov3", "swav", "dino")
 

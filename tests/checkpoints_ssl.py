@@ -196,9 +196,105 @@ def cifar_resnet18(seed=0):
 
 
 
+class _FakeModules:
+    """Modules named as in BYOL's release, present only while its pickle is
+    written, so the file names them as the real one does and nothing in
+    this process can import them when it is read."""
+
+    def __enter__(self):
+        import sys
+        import types
+        import typing
+
+        class FlatMapping(dict):  # haiku's, as pickled before mid-2021
+            def __reduce__(self):
+                return FlatMapping, (dict(self),)
+
+        state = typing.NamedTuple("_ByolExperimentState", [
+            (f, object) for f in ("online_params", "target_params",
+                                  "online_state", "target_state",
+                                  "opt_state")])
+        lars = typing.NamedTuple("ScaleByLarsState", [("mu", object)])
+        self.names = {"haiku._src.data_structures": {"FlatMapping":
+                                                     FlatMapping},
+                      "byol.byol_experiment": {"_ByolExperimentState": state},
+                      "byol.utils.optimizers": {"ScaleByLarsState": lars}}
+        self.added = []
+        for module, classes in self.names.items():
+            parts = module.split(".")
+            for i in range(1, len(parts) + 1):  # parents too, as import needs
+                name = ".".join(parts[:i])
+                if name not in sys.modules:
+                    sys.modules[name] = types.ModuleType(name)
+                    self.added.append(name)
+            m = sys.modules[module]
+            for name, cls in classes.items():
+                cls.__module__, cls.__qualname__ = module, name
+                setattr(m, name, cls)
+        return {n: c for classes in self.names.values()
+                for n, c in classes.items()}
+
+    def __exit__(self, *exc):
+        import sys
+        for module in self.added:
+            sys.modules.pop(module, None)
+
+
+def write_byol_deepmind(directory, blocks=(1, 1, 1, 1), seed=0):
+    """DeepMind's ``pretrain_res50x1.pkl`` layout (a shallower network):
+    the checkpointer's dict, the experiment state named tuple, Haiku
+    mappings of numpy arrays, the heads, the target network, a LARS
+    optimizer state; the BatchNorm averages measured on images."""
+    import pickle
+
+    import numpy as np
+
+    from tools.reference import tf_byol
+    params, state = tf_byol.random_network(blocks, seed=seed)
+    tf_byol.forward(params, state, checkpoints.random_pixels(100, n=8,
+                                                             size=64),
+                    blocks, calibrate=True)
+    rng = np.random.default_rng(seed + 1)
+    heads, head_state = {}, {}
+    for head, dims in (("projector", (2048, 64, 16)),
+                       ("predictor", (16, 64, 16))):
+        heads[f"{head}/linear"] = {"w": rng.normal(size=dims[:2]).astype(
+            np.float32), "b": np.zeros(dims[1], np.float32)}
+        heads[f"{head}/batch_norm"] = {
+            "scale": np.ones((1, dims[1]), np.float32),
+            "offset": np.zeros((1, dims[1]), np.float32)}
+        for ema in ("mean_ema", "var_ema"):
+            head_state[f"{head}/batch_norm/~/{ema}"] = {
+                "counter": np.int32(3), "hidden": np.ones((1, dims[1])),
+                "average": np.ones((1, dims[1]), np.float32)}
+        heads[f"{head}/linear_1"] = {"w": rng.normal(size=dims[1:]).astype(
+            np.float32)}
+    heads["classifier"] = {"w": np.zeros((2048, 1000), np.float32),
+                           "b": np.zeros(1000, np.float32)}
+    path = pathlib.Path(directory) / "pretrain_res50x1.pkl"
+    with _FakeModules() as fake:
+        flat = fake["FlatMapping"]
+
+        def mapping(tree):
+            return flat({k: flat(v) for k, v in tree.items()})
+        experiment = fake["_ByolExperimentState"](
+            mapping({**params, **heads}), mapping(params),
+            mapping({**state, **head_state}), mapping(state),
+            (fake["ScaleByLarsState"](mapping(params)), ()))
+        with open(path, "wb") as f:
+            pickle.dump({"experiment_state": experiment, "step": 300000,
+                         "rng": np.array([0, 42], np.uint32)}, f, protocol=2)
+    return checkpoints.Published(
+        "byol_deepmind", path,
+        lambda x: tf_byol.forward(params, state, x, blocks), 224,
+        allow_pickle=True)
+
+
 def write(family, directory):
     """``checkpoints.Published`` of a small file of ``family``."""
     directory = pathlib.Path(directory)
+    if family == "byol_deepmind":
+        return write_byol_deepmind(directory)
     features = None
     if family in ("dinov2", "dinov3", "dinov3_convnext"):
         path, model = {"dinov2": write_dinov2, "dinov3": write_dinov3,

@@ -1,6 +1,6 @@
 """ResNets inside training checkpoints: PyTorch Lightning ``.ckpt`` files as
-solo-learn and LightlySSL write them, and mmselfsup / mmpretrain BYOL files
-(the full model and the extracted backbone). Each is written in its
+solo-learn and LightlySSL write them, mmselfsup / mmpretrain BYOL files
+(the full model and the extracted backbone), and DeepMind's BYOL pickle. Each is written in its
 publisher's layout around a reference ResNet with random weights
 (tools/reference/torch_resnet.py), converted, and compared end to end,
 preprocessing included."""
@@ -17,7 +17,8 @@ from ega_tf.core.constants import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, \
 from ega_tf.teachers import convert, resnet
 from tests import checkpoints
 from tests.checkpoints_ssl import (cifar_resnet18, lightly_byol,
-                                   mmselfsup_byol, solo_learn_byol)
+                                   mmselfsup_byol, solo_learn_byol,
+                                   write_byol_deepmind)
 from tests.test_case import TestCase
 from tools.reference.pil_pipeline import torchvision_eval
 
@@ -109,6 +110,59 @@ class LightningTest(TestCase):
             convert.convert(str(path), log=lambda s: None)
 
 
+class ByolDeepMindTest(TestCase):
+
+    def test_release_pickle_matches_haikus_network(self):
+        import sys
+        published = write_byol_deepmind(self.tmp_path())
+        with self.assertRaisesRegex(Exception, "add --allow_pickle"):
+            convert.convert(str(published.path), log=lambda s: None)
+        teacher = convert.convert(str(published.path), allow_pickle=True,
+                                  log=lambda s: None)
+        self.assertFalse({"byol", "haiku", "optax", "jax"} & set(
+            sys.modules))  # named by the file, never imported
+        meta = teachers.metadata(teacher)
+        self.assertEqual((meta["family"], meta["embedding_dim"],
+                          meta["input_resolution"]),
+                         ("byol_deepmind", 2048, 224))
+        for size in (224, 64):  # TF's "SAME" padding at even and odd maps
+            x = checkpoints.random_pixels(9, n=2, size=size)
+            self.assertParity(teacher.get_layer("backbone")(x).numpy(),
+                              published.reference(x), 1e-4,
+                              f"BYOL (Haiku) at {size}")
+
+    def test_evaluation_crop_truncates(self):
+        """BYOL crops int(0.875 * shorter side) pixels (SimCLR rounds):
+        at 33 px that is 28, not 29."""
+        import tensorflow as tf
+        published = write_byol_deepmind(self.tmp_path())
+        teacher = convert.convert(str(published.path), allow_pickle=True,
+                                  log=lambda s: None)
+        images = uint8_images(2, 33)[:, :, :]
+        side, top = 28, (33 - 28 + 1) // 2
+        crop = tf.cast(images[:, top:top + side, top:top + side], tf.float32)
+        want = tf.clip_by_value(tf.image.resize(crop, (224, 224), "bicubic")
+                                / 255.0, 0.0, 1.0)
+        want = (want - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+        self.assertAllClose(teacher.get_layer("preprocess")(images), want,
+                            atol=1e-5)
+
+    def test_a_pickle_cannot_run_code(self):
+        import os
+        import pickle
+
+        marker = self.tmp_path() / "ran"
+
+        class Payload:
+            def __reduce__(self):
+                return os.system, (f"touch {marker}",)
+        path = self.tmp_path() / "evil.pkl"
+        path.write_bytes(pickle.dumps({"experiment_state": Payload()}))
+        with self.assertRaisesRegex(Exception, "not DeepMind BYOL"):
+            convert.convert(str(path), allow_pickle=True)
+        self.assertFalse(marker.exists())
+
+
 @pytest.mark.slow  # the full ResNet-50 and a training run in its own process
 class FullSizeTest(TestCase):
 
@@ -124,6 +178,12 @@ class FullSizeTest(TestCase):
         teacher = teachers.load(str(out))
         LightningTest.check_imagenet_teacher(self, teacher, model,
                                              "LightlySSL ResNet-50")
+        byol = write_byol_deepmind(tmp, blocks=(3, 4, 6, 3))
+        x = checkpoints.random_pixels(10, n=2, size=224)
+        self.assertParity(convert.convert(
+            str(byol.path), allow_pickle=True, log=lambda s: None)
+            .get_layer("backbone")(x).numpy(), byol.reference(x), 1e-4,
+            "BYOL (Haiku) ResNet-50")
         solo = tmp / "solo.ckpt"
         torch.save(solo_learn_byol(cifar_resnet18()), solo)
         for name, source in (("lightly", path), ("solo", solo)):

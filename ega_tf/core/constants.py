@@ -39,4 +39,4 @@ CIFAR10_STD = (0.247, 0.243, 0.261)
 # (ega_tf/teachers/preprocess.py): center (resize the shorter side, crop
 # the centre), squash (resize to the square, ignoring the aspect ratio),
 # crop_first (SimCLR's: crop, then resize).
-CROP_MODES = ("center", "squash", "crop_first")
+CROP_MODES = ("center", "squash", "crop_first", "crop_first_floor")

@@ -63,6 +63,14 @@ def read_checkpoint(path, allow_pickle=False):
         raise UserError(f"Checkpoint {path!r} does not exist.")
     if path.endswith(".safetensors"):
         return _read_safetensors(path)
+    if path.endswith(".pkl"):
+        if not allow_pickle:
+            raise ConversionError(
+                f"{path!r} is a Python pickle (DeepMind's BYOL release). "
+                "ega_tf reads it without importing or running what it names,"
+                " but only when asked: add --allow_pickle.")
+        from ega_tf.teachers import byol
+        return byol.read_pickle(path)
     if not _looks_like_torch_file(path):
         raise ConversionError(
             f"{path!r} is not a checkpoint: it is neither a PyTorch file "

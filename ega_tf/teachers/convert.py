@@ -56,6 +56,8 @@ def detect_family(state, hint=None) -> Family:
         return FAMILIES["simclr"]
     if any(k.startswith("module.base_encoder.patch_embed") for k in keys):
         return FAMILIES["mocov3_vit"]
+    if any("/~/initial_conv/w" in k for k in keys):
+        return FAMILIES["byol_deepmind"]
     if "downsample_layers.0.0.weight" in keys:
         return FAMILIES["dinov3_convnext"]
     if "storage_tokens" in keys:

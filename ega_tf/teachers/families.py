@@ -36,6 +36,7 @@ ARCHITECTURES: Dict[str, str] = {
     "dinov2": "dinov2",            # DINOv2 ViTs (keras-hub DINOV2Backbone)
     "dinov3": "dinov3",            # DINOv3 ViTs (keras-hub DINOV3Backbone)
     "convnext": "convnext",        # DINOv3 ConvNeXts (keras.applications)
+    "haiku_resnet": "byol",        # DeepMind BYOL's Haiku ResNets
     "clip_vit": "clip_vit",        # CLIP / open_clip ViTs (keras-hub)
     "simclr": "simclr",            # SimCLR v1/v2 TF1 ResNets
     "repdistiller": "repdistiller",  # RepDistiller's CIFAR networks (zoo)
@@ -140,6 +141,14 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in [
     # Evaluated resized to 256 (Pillow bilinear), cropped to 224.
     Family("mmselfsup", "backbone.", MM_HEADS, ()),
     Family("mmselfsup_backbone", "", (), ()),
+    # DeepMind's BYOL release (a pickle, read by ega_tf/teachers/byol.py):
+    # evaluated on a centre crop of int(0.875 * shorter side), resized
+    # bicubically by tf.image.resize to 224, clipped to [0, 1], then
+    # normalised with ImageNet's statistics.
+    Family("byol_deepmind", "", (), ("projector/*", "predictor/*",
+                                     "classifier/*"),
+           architecture="haiku_resnet", crop_mode="crop_first_floor",
+           interpolation="bicubic", antialias=False, clip=True),
     Family("simclr", "base_model/",
            ("head_supervised/*", "head_contrastive/*", "global_step",
             "ema_model/*", "*/Momentum"), ("*/Momentum",),

@@ -14,7 +14,8 @@ settings use timm's ``PretrainedCfg`` vocabulary:
     to ``input_size`` x ``input_size`` ignoring the aspect ratio.
     ``"crop_first"`` (SimCLR's evaluation): crop the centre square of
     ``rint(crop_pct * shorter side)`` pixels at ``(side - crop + 1) // 2``,
-    then resize it to ``input_size``.
+    then resize it to ``input_size``. ``"crop_first_floor"`` (BYOL's): the
+    same with ``int(crop_pct * shorter side)`` pixels, truncated.
 ``interpolation``
     a ``tf.image.resize`` method (``antialias`` widens its kernel when
     shrinking), or ``pil_bilinear`` / ``pil_bicubic``: Pillow's resampling,
@@ -92,8 +93,10 @@ class TeacherPreprocess(layers.Layer):
     def _crop_fraction(self, x):
         import tensorflow as tf
         h, w = tf.shape(x)[1], tf.shape(x)[2]
-        side = tf.cast(tf.math.rint(self.crop_pct * tf.cast(
-            tf.minimum(h, w), tf.float32)), tf.int32)
+        side = self.crop_pct * tf.cast(tf.minimum(h, w), tf.float32)
+        if self.crop_mode == "crop_first":
+            side = tf.math.rint(side)
+        side = tf.cast(side, tf.int32)
         top, left = (h - side + 1) // 2, (w - side + 1) // 2
         return x[:, top:top + side, left:left + side, :]
 
