@@ -175,6 +175,37 @@ class HuggingFaceFolderTest(TestCase):
         self.assertEqual(teachers.metadata(teacher)["family"],
                          f"hf_{model_type}")
 
+    @parameterized.parameters("dinov2", "dinov3_vit")
+    def test_folder_with_its_image_processor_end_to_end(self, model_type):
+        """The folder's preprocessor_config.json (as the hub's folders
+        carry it) decides the preprocessing: the teacher's pixels against
+        the image processor's (transformers' Pillow backend; within one
+        grey level, Pillow's fixed-point rounding), and the network on the
+        processor's pixels against the model."""
+        import transformers as tr
+        path, model = write_hf(self.tmp_path(), model_type)
+        imagenet = dict(image_mean=list(IMAGENET_MEAN),
+                        image_std=list(IMAGENET_STD))
+        processor = (tr.BitImageProcessorPil(
+            size={"shortest_edge": 256}, resample=3,
+            crop_size={"height": 224, "width": 224}, **imagenet)
+            if model_type == "dinov2" else tr.ViTImageProcessorPil(
+                size={"height": 224, "width": 224}, resample=2, **imagenet))
+        processor.save_pretrained(path)
+        teacher = convert.convert(str(path), log=lambda s: None)
+        self.assertEqual(teachers.metadata(teacher)["preprocessing"],
+                         "preprocessor_config.json")
+        images = np.clip(checkpoints.random_pixels(4, n=2, size=40) * 60
+                         + 128, 0, 255).astype(np.uint8)[:, :, 3:]
+        pixels = processor(list(images), return_tensors="np")[
+            "pixel_values"].transpose(0, 2, 3, 1)
+        self.assertPixelsMatch(teacher.get_layer("preprocess")(images),
+                               pixels, IMAGENET_STD, model_type)
+        self.assertParity(teacher.get_layer("backbone")(pixels).numpy(),
+                          torch_forward(lambda t: model(
+                              pixel_values=t).pooler_output, pixels), 1e-4,
+                          f"{model_type} on its processor's pixels")
+
     def test_other_model_types_are_listed(self):
         path = self.tmp_path() / "bert"
         path.mkdir()

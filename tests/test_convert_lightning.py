@@ -186,8 +186,16 @@ class FullSizeTest(TestCase):
             "BYOL (Haiku) ResNet-50")
         solo = tmp / "solo.ckpt"
         torch.save(solo_learn_byol(cifar_resnet18()), solo)
-        for name, source in (("lightly", path), ("solo", solo)):
+        mm = tmp / "byol_mm.pth"
+        torch.save(mmselfsup_byol(checkpoints.small_resnet(seed=4), "1.x"),
+                   mm)
+        (tmp / "small").mkdir()
+        small_byol = write_byol_deepmind(tmp / "small")
+        for name, source, *flags in (
+                ("lightly", path), ("solo", solo), ("mmselfsup", mm),
+                ("byol", small_byol.path, "--allow_pickle")):
             self.assertSucceeded(self.run_subprocess([
                 "-m", "ega_tf.train", "--dataset=digits",
                 f"--teacher={source}", f"--workdir={tmp / name}",
-                "--config.epochs=1", "--config.data.image_size=16"]))
+                "--config.epochs=1", "--config.data.image_size=16",
+                *flags]))

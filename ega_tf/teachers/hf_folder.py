@@ -18,7 +18,9 @@ it would get wrong for a teacher and wraps the result:
 
 The embedding is the class token after the final norm (``pooler_output``);
 ``feature=cls_patchmean`` adds the mean patch token. The preprocessing is
-the DINO family's evaluation transform (docs/checkpoints.md).
+the folder's ``preprocessor_config.json`` (its resize, crop, statistics; the
+resize with Pillow's kernels, as ``transformers``' Pillow backend), or,
+without one, the DINO family's evaluation transform (docs/checkpoints.md).
 """
 
 from __future__ import annotations
@@ -62,6 +64,52 @@ def read_config(path):
     return config
 
 
+# transformers' (Pillow's) resampling codes.
+_RESAMPLE = {2: "pil_bilinear", 3: "pil_bicubic"}
+
+
+def preprocessing(path, family, input_size=None):
+    """(``TeacherPreprocess`` keyword arguments, where they came from) for
+    the folder: its ``preprocessor_config.json``, else the family's."""
+    name = os.path.join(path, "preprocessor_config.json")
+    if not os.path.isfile(name):
+        from ega_tf.teachers.dinov2 import DEFAULT_INPUT_SIZE
+        return (family.preprocessing(int(input_size or DEFAULT_INPUT_SIZE)),
+                f"the {family.name} family's evaluation transform")
+    with open(name, encoding="utf-8") as f:
+        c = json.load(f)
+
+    def refuse(what):
+        raise ConversionError(
+            f"{name}: {what}, which a teacher's preprocessing does not do; "
+            "convert the model with convert_teacher --model and declare "
+            "the preprocessing (BUILD.md).")
+    resample = c.get("resample", 2)
+    if resample not in _RESAMPLE:
+        refuse(f"resample={resample} (only 2, bilinear, and 3, bicubic)")
+    if c.get("do_rescale", True) and abs(
+            c.get("rescale_factor", 1 / 255) * 255 - 1) > 1e-6:
+        refuse(f"rescale_factor={c['rescale_factor']}")
+    size, crop = c.get("size") or {}, c.get("crop_size") or {}
+    crop = crop.get("height") if c.get("do_center_crop") else None
+    if "shortest_edge" in size and crop:
+        side, crop_pct, mode = int(crop), crop / size["shortest_edge"], \
+            "center"
+    elif size.get("height") and size["height"] == size.get("width") \
+            and not crop:
+        side, crop_pct, mode = int(size["height"]), 1.0, "squash"
+    else:
+        refuse(f"size={size}, crop_size={c.get('crop_size')}, "
+               f"do_center_crop={c.get('do_center_crop')}")
+    normalize = c.get("do_normalize", True)
+    return dict(input_size=int(input_size or side), crop_pct=crop_pct,
+                crop_mode=mode, interpolation=_RESAMPLE[resample],
+                mean=tuple(c["image_mean"]) if normalize else (0.0,) * 3,
+                std=tuple(c["image_std"]) if normalize else (1.0,) * 3,
+                antialias=True, clip=False), \
+        "preprocessor_config.json"
+
+
 def _dinov2_at(loaded, size, rule):
     """``loaded`` (a DINOV2Backbone at the folder's size) rebuilt for
     ``size`` px, its position table resized by ``rule``."""
@@ -84,7 +132,7 @@ def convert(path, input_size=None, feature=None, log=print):
     import keras_hub
 
     from ega_tf.teachers import checkpoint_io, families
-    from ega_tf.teachers.dinov2 import DEFAULT_INPUT_SIZE, check_input_size
+    from ega_tf.teachers.dinov2 import check_input_size
     from ega_tf.teachers.preprocess import TeacherPreprocess
     from ega_tf.teachers.teacher_file import assemble
     from ega_tf.teachers.vit import check_feature, wrap_tokens
@@ -93,7 +141,8 @@ def convert(path, input_size=None, feature=None, log=print):
     config = read_config(path)
     family_name, rule = SUPPORTED[config["model_type"]]
     family = families.FAMILIES[family_name]
-    size = int(input_size or DEFAULT_INPUT_SIZE)
+    prep, prep_source = preprocessing(path, family, input_size)
+    size = prep["input_size"]
     check_input_size(size, int(config["patch_size"]))
     feature = check_feature(feature or "cls")
     try:
@@ -115,7 +164,8 @@ def convert(path, input_size=None, feature=None, log=print):
             "resolution": size, "feature": feature,
             **({"positions": rule, "positions_offset": 0.0} if rule else {})}
     preprocess = TeacherPreprocess(
-        name="preprocess", **family.preprocessing(size), metadata={
+        name="preprocess", **prep, metadata={
+            "preprocessing": prep_source,
             "family": f"hf_{config['model_type']}",
             "source_file": os.path.basename(path),
             "source_sha256": checkpoint_io.sha256(path),
