@@ -60,7 +60,16 @@ def write_hf(directory, model_type, seed=0):
     torch.manual_seed(seed)
     common = dict(hidden_size=64, num_hidden_layers=2,
                   num_attention_heads=2)
-    if model_type == "dinov3_vit":
+    fixed = dict(intermediate_size=128, image_size=32, patch_size=8,
+                 **common)
+    if model_type == "vit":  # an encoder folder, pooler included
+        model = tr.ViTModel(tr.ViTConfig(**fixed))
+    elif model_type == "vit_classifier":  # ViTForImageClassification's
+        model = tr.ViTForImageClassification(tr.ViTConfig(num_labels=10,
+                                                          **fixed))
+    elif model_type == "deit":
+        model = tr.DeiTModel(tr.DeiTConfig(**fixed), add_pooling_layer=False)
+    elif model_type == "dinov3_vit":
         model = tr.DINOv3ViTModel(tr.DINOv3ViTConfig(
             intermediate_size=128, patch_size=16, image_size=224,
             num_register_tokens=4, **common))

@@ -206,13 +206,26 @@ class HuggingFaceFolderTest(TestCase):
                               pixel_values=t).pooler_output, pixels), 1e-4,
                           f"{model_type} on its processor's pixels")
 
+    @parameterized.parameters("vit", "vit_classifier", "deit")
+    def test_fixed_size_vit_folders_match_transformers(self, kind):
+        path, model = write_hf(self.tmp_path(), kind)
+        teacher = convert.convert(str(path), log=lambda s: None)
+        encoder = getattr(model, "vit", model)
+        x = checkpoints.random_pixels(7, n=2, size=32)
+        self.assertParity(np.asarray(teacher.get_layer("backbone")(x)),
+                          torch_forward(lambda t: encoder(pixel_values=t)
+                                        .last_hidden_state[:, 0], x), 1e-4,
+                          f"{kind} folder")
+        with self.assertRaisesRegex(UserError, "takes 32-px images"):
+            convert.convert(str(path), input_size=64)
+
     def test_other_model_types_are_listed(self):
         path = self.tmp_path() / "bert"
         path.mkdir()
         (path / "config.json").write_text(json.dumps({"model_type": "bert"}))
         with self.assertRaisesRegex(ConversionError,
-                                    "dinov2, dinov2_with_registers, "
-                                    "dinov3_vit"):
+                                    "deit, dinov2, dinov2_with_registers, "
+                                    "dinov3_vit, vit"):
             convert.convert(str(path))
         (path / "config.json").write_text(json.dumps(
             {"model_type": "dinov2"}))

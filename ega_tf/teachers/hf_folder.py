@@ -33,7 +33,13 @@ from ega_tf.core.errors import ConversionError, UserError, first_line
 # model_type -> (family, how transformers resizes the position table).
 SUPPORTED = {"dinov2": ("dinov2", "size"),
              "dinov2_with_registers": ("dinov2", "antialias"),
-             "dinov3_vit": ("dinov3", None)}
+             "dinov3_vit": ("dinov3", None),
+             # Fixed-size ViTs (ViTModel, e.g. facebook/dino-vits16, or
+             # ViTForImageClassification; DeiT), read by keras-hub's
+             # converters through _TensorLoader.
+             "vit": ("dino_vit", None), "deit": ("dino_vit", None)}
+# The tensors a classification folder carries beside the encoder.
+_HEADS = ("pooler.", "classifier.", "distillation_classifier.", "cls_classifier.")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
 
@@ -68,13 +74,12 @@ def read_config(path):
 _RESAMPLE = {2: "pil_bilinear", 3: "pil_bicubic"}
 
 
-def preprocessing(path, family, input_size=None):
+def preprocessing(path, family, input_size=None, default_size=224):
     """(``TeacherPreprocess`` keyword arguments, where they came from) for
     the folder: its ``preprocessor_config.json``, else the family's."""
     name = os.path.join(path, "preprocessor_config.json")
     if not os.path.isfile(name):
-        from ega_tf.teachers.dinov2 import DEFAULT_INPUT_SIZE
-        return (family.preprocessing(int(input_size or DEFAULT_INPUT_SIZE)),
+        return (family.preprocessing(int(input_size or default_size)),
                 f"the {family.name} family's evaluation transform")
     with open(name, encoding="utf-8") as f:
         c = json.load(f)
@@ -110,6 +115,63 @@ def preprocessing(path, family, input_size=None):
         "preprocessor_config.json"
 
 
+class _TensorLoader:
+    """keras-hub's converters' loader over the folder's tensors. They ask
+    for ``vit.``/``deit.``-prefixed keys (a classification model's); a bare
+    encoder's folder stores them without the prefix. Every tensor but the
+    heads must be used (``finish``)."""
+
+    def __init__(self, path):
+        from ega_tf.teachers.checkpoint_io import read_checkpoint
+        self.tensors = {}
+        for name in sorted(os.listdir(path)):
+            if name.endswith(".safetensors"):
+                self.tensors.update(read_checkpoint(os.path.join(path, name)))
+        self.used = set()
+
+    def port_weight(self, keras_variable, hf_weight_key, hook_fn=None):
+        key = hf_weight_key
+        if key not in self.tensors and "." in key:
+            key = key.split(".", 1)[1]
+        if key not in self.tensors:
+            raise ConversionError(f"The folder has no tensor {hf_weight_key}"
+                                  " (nor without its model prefix).")
+        value = self.tensors[key]
+        if hook_fn is not None:
+            value = hook_fn(value, list(keras_variable.shape))
+        keras_variable.assign(value)
+        self.used.add(key)
+
+    def finish(self):
+        left = sorted(k for k in self.tensors if k not in self.used and not
+                      k.split(".", 1)[-1].startswith(_HEADS)
+                      and not k.startswith(_HEADS))
+        if left:
+            raise ConversionError(f"{len(left)} tensor(s) of the folder used "
+                                  "by nothing: " + ", ".join(left[:10]))
+
+
+def _fixed_size_vit(path, config, size):
+    """A ``vit`` or ``deit`` folder in keras-hub's backbone, with the
+    folder's LayerNorm epsilon (keras-hub's converter keeps its default)."""
+    import importlib
+    converter = importlib.import_module(
+        f"keras_hub.src.utils.transformers.convert_{config['model_type']}")
+    if size != int(config["image_size"]):
+        raise UserError(
+            f"A {config['model_type']} folder's network takes "
+            f"{config['image_size']}-px images (transformers does not "
+            "resize its position table by default); drop --input_size or "
+            f"set it to {config['image_size']}.")
+    kwargs = converter.convert_backbone_config(config)
+    kwargs["layer_norm_epsilon"] = float(config.get("layer_norm_eps", 1e-12))
+    net = converter.backbone_cls(**kwargs, name=config["model_type"])
+    loader = _TensorLoader(path)
+    converter.convert_weights(net, loader, config)
+    loader.finish()
+    return net
+
+
 def _dinov2_at(loaded, size, rule):
     """``loaded`` (a DINOV2Backbone at the folder's size) rebuilt for
     ``size`` px, its position table resized by ``rule``."""
@@ -132,7 +194,7 @@ def convert(path, input_size=None, feature=None, log=print):
     import keras_hub
 
     from ega_tf.teachers import checkpoint_io, families
-    from ega_tf.teachers.dinov2 import check_input_size
+    from ega_tf.teachers.dinov2 import DEFAULT_INPUT_SIZE, check_input_size
     from ega_tf.teachers.preprocess import TeacherPreprocess
     from ega_tf.teachers.teacher_file import assemble
     from ega_tf.teachers.vit import check_feature, wrap_tokens
@@ -141,18 +203,27 @@ def convert(path, input_size=None, feature=None, log=print):
     config = read_config(path)
     family_name, rule = SUPPORTED[config["model_type"]]
     family = families.FAMILIES[family_name]
-    prep, prep_source = preprocessing(path, family, input_size)
+    fixed = family_name == "dino_vit"  # no resizable positions
+    prep, prep_source = preprocessing(
+        path, family, input_size,
+        int(config["image_size"]) if fixed else DEFAULT_INPUT_SIZE)
     size = prep["input_size"]
     check_input_size(size, int(config["patch_size"]))
     feature = check_feature(feature or "cls")
     try:
-        loaded = keras_hub.models.Backbone.from_preset(
-            path, **({} if rule else {"image_shape": (size, size, 3)}))
+        if fixed:
+            net = _fixed_size_vit(path, config, size)
+        else:
+            loaded = keras_hub.models.Backbone.from_preset(
+                path, **({} if rule else {"image_shape": (size, size, 3)}))
+            net = _dinov2_at(loaded, size, rule) if rule else loaded
+    except (ConversionError, UserError):
+        raise
     except Exception as e:
         raise ConversionError(f"keras-hub could not read {path} "
                               f"({first_line(e)}).") from None
-    net = _dinov2_at(loaded, size, rule) if rule else loaded
-    registers = int(config.get("num_register_tokens", 0))
+    registers = int(config.get("num_register_tokens", 0)) + (
+        config["model_type"] == "deit")  # DeiT's distillation token
     backbone = wrap_tokens(net, size, feature, 1 + registers)
     log(f"{config['model_type']}: {len(net.weights)} variables read by "
         f"keras-hub from {path}")
