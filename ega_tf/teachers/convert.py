@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import fnmatch
 import os
+from typing import Callable, Optional
 
 import numpy as np
-from typing import Callable, Optional
 
 from ega_tf.core.errors import ConversionError, UserError
 from ega_tf.teachers import checkpoint_io, families
@@ -121,8 +121,9 @@ def check_options(family: Family, options):
                  set(f.options)]
         raise UserError(
             f"--{extra[0]} does not apply to a {family.name} checkpoint "
-            "(its network's input size and output are fixed by the file); "
-            f"it applies to: {', '.join(takes) or 'none'}.")
+            "(its input size is its publisher's evaluation size, its output "
+            f"the family's); it applies to: {', '.join(takes) or 'none'} and"
+            " Hugging Face folders.")
     return {k: v for k, v in options.items() if v is not None}
 
 

@@ -55,17 +55,22 @@ def check_input_size(size, patch):
                         f"patch size {patch}; e.g. {near}.")
 
 
+def vit_shape(state, what, needed):
+    """(width, patch, depth) of a DINO ViT state dict holding ``needed``
+    keys and ``blocks.N.*``; a ConversionError naming ``what`` if not."""
+    needed = ("patch_embed.proj.weight", "cls_token", "norm.weight",
+              *needed)
+    blocks = [int(_BLOCK.match(k).group(1)) for k in state if _BLOCK.match(k)]
+    if any(k not in state for k in needed) or not blocks:
+        raise ConversionError(f"Not a {what}: expected " + ", ".join(needed)
+                              + " and blocks.N.* keys.")
+    width, _, patch, _ = state["patch_embed.proj.weight"].shape
+    return int(width), int(patch), 1 + max(blocks)
+
+
 def infer_arch(state, head_dim=64, input_size=None, feature="cls"):
     """Sizes from the publisher's keys; heads width / ``head_dim``."""
-    needed = ("patch_embed.proj.weight", "pos_embed", "cls_token",
-              "norm.weight")
-    if any(k not in state for k in needed):
-        raise ConversionError("Not a DINOv2 ViT: expected "
-                              + ", ".join(needed) + " and blocks.N.* keys.")
-    width, _, patch, _ = (int(s) for s in state["patch_embed.proj.weight"]
-                          .shape)
-    depth = 1 + max(int(_BLOCK.match(k).group(1)) for k in state
-                    if _BLOCK.match(k))
+    width, patch, depth = vit_shape(state, "DINOv2 ViT", ("pos_embed",))
     swiglu = "blocks.0.mlp.w12.weight" in state
     if swiglu:
         hidden = int(state["blocks.0.mlp.w12.weight"].shape[0]) // 2

@@ -23,18 +23,15 @@ token after the final norm, as the publisher's ``model(x)`` returns;
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
 from ega_tf.core.errors import ConversionError
-from ega_tf.teachers.dinov2 import check_input_size
+from ega_tf.teachers.dinov2 import check_input_size, vit_shape
 from ega_tf.teachers.porting import (WeightPorter, torch_conv_kernel,
                                      torch_dense_kernel)
 from ega_tf.teachers.vit import (check_feature, network_name,
                                  port_layer_norm, wrap_tokens)
 
-_BLOCK = re.compile(r"^blocks\.(\d+)\.")
 ROPE_BASE = 100.0
 DEFAULT_INPUT_SIZE = 224
 
@@ -53,15 +50,7 @@ def rope_periods(head_dim, base=ROPE_BASE):
 
 
 def infer_arch(state, head_dim=64, input_size=None, feature="cls"):
-    needed = ("patch_embed.proj.weight", "cls_token", "storage_tokens",
-              "norm.weight")
-    if any(k not in state for k in needed):
-        raise ConversionError("Not a DINOv3 ViT: expected "
-                              + ", ".join(needed) + " and blocks.N.* keys.")
-    width, _, patch, _ = (int(s) for s in state["patch_embed.proj.weight"]
-                          .shape)
-    depth = 1 + max(int(_BLOCK.match(k).group(1)) for k in state
-                    if _BLOCK.match(k))
+    width, patch, depth = vit_shape(state, "DINOv3 ViT", ("storage_tokens",))
     gated = "blocks.0.mlp.w1.weight" in state
     mlp_dim = int(state["blocks.0.mlp." + ("w1" if gated else "fc1")
                         + ".weight"].shape[0])

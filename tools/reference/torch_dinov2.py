@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tools.reference.torch_vit import PatchEmbed, TimmAttention
+from tools.reference.torch_vit import TimmMlp as Mlp
 
 
 class LayerScale(nn.Module):
@@ -35,16 +36,6 @@ class LayerScale(nn.Module):
 
     def forward(self, x):
         return x * self.gamma
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim, hidden):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x)))
 
 
 def swiglu_width(dim, mlp_ratio):
