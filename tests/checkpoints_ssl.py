@@ -67,6 +67,20 @@ def write_hf(directory, model_type, seed=0):
     elif model_type == "vit_classifier":  # ViTForImageClassification's
         model = tr.ViTForImageClassification(tr.ViTConfig(num_labels=10,
                                                           **fixed))
+    elif model_type == "swin":
+        model = tr.SwinModel(tr.SwinConfig(
+            image_size=32, patch_size=4, embed_dim=16, depths=[1, 1],
+            num_heads=[2, 2], window_size=4))
+    elif model_type == "metaclip_2":  # both towers, as the hub's folders
+        model = tr.MetaClip2Model(tr.MetaClip2Config(
+            text_config=dict(hidden_size=32, intermediate_size=64,
+                             num_hidden_layers=1, num_attention_heads=2,
+                             vocab_size=100, max_position_embeddings=16,
+                             bos_token_id=0, eos_token_id=1),
+            vision_config=dict(hidden_size=32, intermediate_size=64,
+                               num_hidden_layers=2, num_attention_heads=2,
+                               image_size=32, patch_size=8),
+            projection_dim=24))
     elif model_type == "deit":
         model = tr.DeiTModel(tr.DeiTConfig(**fixed), add_pooling_layer=False)
     elif model_type == "dinov3_vit":

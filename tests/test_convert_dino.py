@@ -219,13 +219,38 @@ class HuggingFaceFolderTest(TestCase):
         with self.assertRaisesRegex(UserError, "takes 32-px images"):
             convert.convert(str(path), input_size=64)
 
+    @parameterized.parameters("swin", "metaclip_2")
+    def test_pooled_and_projected_folders_match_transformers(self, kind):
+        """Swin: the mean of the final tokens (``pooler_output``); MetaCLIP
+        2: the projected image embedding (``get_image_features``), the text
+        tower left out of the file."""
+        path, model = write_hf(self.tmp_path(), kind)
+        teacher = convert.convert(str(path), log=lambda s: None)
+        if kind == "swin":
+            fn = lambda t: model(pixel_values=t).pooler_output  # noqa: E731
+        else:
+            def fn(t):
+                out = model.get_image_features(pixel_values=t)
+                return getattr(out, "pooler_output", out)
+        x = checkpoints.random_pixels(8, n=2, size=32)
+        self.assertParity(np.asarray(teacher.get_layer("backbone")(x)),
+                          torch_forward(fn, x), 1e-4, f"{kind} folder")
+        images = np.random.default_rng(0).integers(0, 256, (2, 40, 40, 3),
+                                                   dtype=np.uint8)
+        self.run_model_saving_test(teacher, images, teachers.save,
+                                   teachers.load,
+                                   str(self.tmp_path() / f"{kind}.keras"),
+                                   atol=1e-5)
+        with self.assertRaisesRegex(UserError, "feature is fixed"):
+            convert.convert(str(path), feature="cls")
+
     def test_other_model_types_are_listed(self):
         path = self.tmp_path() / "bert"
         path.mkdir()
         (path / "config.json").write_text(json.dumps({"model_type": "bert"}))
         with self.assertRaisesRegex(ConversionError,
                                     "deit, dinov2, dinov2_with_registers, "
-                                    "dinov3_vit, vit"):
+                                    "dinov3_vit, metaclip_2, swin, vit"):
             convert.convert(str(path))
         (path / "config.json").write_text(json.dumps(
             {"model_type": "dinov2"}))

@@ -15,9 +15,14 @@ it would get wrong for a teacher and wraps the result:
   ``Dinov2Model(...).pooler_output`` computes at that size.
 - DINOv3 has no table (rotary positions), so keras-hub's backbone is used
   at the input size as loaded.
+- ``vit`` and ``deit`` folders are read by keras-hub's converters through
+  ``_TensorLoader`` (a bare encoder's keys lack the prefix they expect),
+  with the folder's LayerNorm epsilon; ``swin`` and ``metaclip_2`` as
+  keras-hub loads them. These four run at the folder's own image size.
 
-The embedding is the class token after the final norm (``pooler_output``);
-``feature=cls_patchmean`` adds the mean patch token. The preprocessing is
+The embedding is the class token after the final norm (DINO's
+``pooler_output``; ``feature=cls_patchmean`` adds the mean patch token),
+Swin's mean final token, MetaCLIP 2's projected image embedding. The preprocessing is
 the folder's ``preprocessor_config.json`` (its resize, crop, statistics; the
 resize with Pillow's kernels, as ``transformers``' Pillow backend), or,
 without one, the DINO family's evaluation transform (docs/checkpoints.md).
@@ -37,7 +42,13 @@ SUPPORTED = {"dinov2": ("dinov2", "size"),
              # Fixed-size ViTs (ViTModel, e.g. facebook/dino-vits16, or
              # ViTForImageClassification; DeiT), read by keras-hub's
              # converters through _TensorLoader.
-             "vit": ("dino_vit", None), "deit": ("dino_vit", None)}
+             "vit": ("dino_vit", None), "deit": ("dino_vit", None),
+             # The mean of the final tokens (SwinModel's pooler_output).
+             "swin": ("dino_vit", None),
+             # The projected image embedding (get_image_features).
+             "metaclip_2": ("clip_vit", None)}
+# Networks built for one image size (transformers resizes nothing).
+FIXED_SIZE = ("vit", "deit", "swin", "metaclip_2")
 # The tensors a classification folder carries beside the encoder.
 _HEADS = ("pooler.", "classifier.", "distillation_classifier.", "cls_classifier.")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
@@ -157,12 +168,7 @@ def _fixed_size_vit(path, config, size):
     import importlib
     converter = importlib.import_module(
         f"keras_hub.src.utils.transformers.convert_{config['model_type']}")
-    if size != int(config["image_size"]):
-        raise UserError(
-            f"A {config['model_type']} folder's network takes "
-            f"{config['image_size']}-px images (transformers does not "
-            "resize its position table by default); drop --input_size or "
-            f"set it to {config['image_size']}.")
+    del size  # checked by convert
     kwargs = converter.convert_backbone_config(config)
     kwargs["layer_norm_epsilon"] = float(config.get("layer_norm_eps", 1e-12))
     net = converter.backbone_cls(**kwargs, name=config["model_type"])
@@ -189,10 +195,33 @@ def _dinov2_at(loaded, size, rule):
     return net
 
 
+def _network(path, config, size, feature):
+    """(token or feature network, pooling mode or None, prefix tokens)."""
+    import keras_hub
+    model_type = config["model_type"]
+    family_rule = SUPPORTED[model_type][1]
+    if model_type in ("vit", "deit"):
+        return (_fixed_size_vit(path, config, size), None,
+                1 + (model_type == "deit"))  # DeiT's distillation token
+    if model_type in ("swin", "metaclip_2"):
+        if feature is not None:
+            raise UserError(f"--feature applies to the DINO and ViT folders;"
+                            f" a {model_type} folder's feature is fixed.")
+        loaded = keras_hub.models.Backbone.from_preset(path)
+        if model_type == "swin":
+            return loaded, "mean", 0
+        import keras
+        inputs = keras.Input((size, size, 3), name="pixels")
+        return keras.Model(inputs, loaded.get_vision_embeddings(inputs),
+                           name="backbone"), None, 0
+    loaded = keras_hub.models.Backbone.from_preset(
+        path, **({} if family_rule else {"image_shape": (size, size, 3)}))
+    net = _dinov2_at(loaded, size, family_rule) if family_rule else loaded
+    return net, None, 1 + int(config.get("num_register_tokens", 0))
+
+
 def convert(path, input_size=None, feature=None, log=print):
     """The teacher ``keras.Model`` of Hugging Face folder ``path``."""
-    import keras_hub
-
     from ega_tf.teachers import checkpoint_io, families
     from ega_tf.teachers.dinov2 import DEFAULT_INPUT_SIZE, check_input_size
     from ega_tf.teachers.preprocess import TeacherPreprocess
@@ -201,47 +230,49 @@ def convert(path, input_size=None, feature=None, log=print):
 
     path = os.path.normpath(os.fspath(path))
     config = read_config(path)
-    family_name, rule = SUPPORTED[config["model_type"]]
+    model_type = config["model_type"]
+    vision = config.get("vision_config", config)
+    family_name, rule = SUPPORTED[model_type]
     family = families.FAMILIES[family_name]
-    fixed = family_name == "dino_vit"  # no resizable positions
+    fixed = model_type in FIXED_SIZE
     prep, prep_source = preprocessing(
         path, family, input_size,
-        int(config["image_size"]) if fixed else DEFAULT_INPUT_SIZE)
+        int(vision["image_size"]) if fixed else DEFAULT_INPUT_SIZE)
     size = prep["input_size"]
-    check_input_size(size, int(config["patch_size"]))
-    feature = check_feature(feature or "cls")
+    if fixed and size != int(vision["image_size"]):
+        raise UserError(
+            f"A {model_type} folder's network takes {vision['image_size']}-px"
+            " images (transformers does not resize its positions by "
+            "default); drop --input_size or set it to "
+            f"{vision['image_size']}.")
+    check_input_size(size, int(vision["patch_size"]))
     try:
-        if fixed:
-            net = _fixed_size_vit(path, config, size)
-        else:
-            loaded = keras_hub.models.Backbone.from_preset(
-                path, **({} if rule else {"image_shape": (size, size, 3)}))
-            net = _dinov2_at(loaded, size, rule) if rule else loaded
+        net, mode, prefix = _network(path, config, size, feature)
     except (ConversionError, UserError):
         raise
     except Exception as e:
         raise ConversionError(f"keras-hub could not read {path} "
                               f"({first_line(e)}).") from None
-    registers = int(config.get("num_register_tokens", 0)) + (
-        config["model_type"] == "deit")  # DeiT's distillation token
-    backbone = wrap_tokens(net, size, feature, 1 + registers)
-    log(f"{config['model_type']}: {len(net.weights)} variables read by "
-        f"keras-hub from {path}")
-    arch = {"width": int(config["hidden_size"]),
-            "depth": int(config["num_hidden_layers"]),
-            "heads": int(config["num_attention_heads"]),
-            "patch": int(config["patch_size"]), "registers": registers,
-            "stored_resolution": int(config.get("image_size", size)),
-            "resolution": size, "feature": feature,
-            **({"positions": rule, "positions_offset": 0.0} if rule else {})}
+    if model_type == "metaclip_2":
+        backbone, feature = net, "projection"
+    else:
+        feature = "mean" if mode else check_feature(feature or "cls")
+        backbone = wrap_tokens(net, size, feature, prefix, mode=mode)
+    log(f"{model_type}: {len(backbone.weights)} variables read by keras-hub "
+        f"from {path}")
+    arch = {k: vision[k] for k in (
+        "hidden_size", "embed_dim", "num_hidden_layers", "depths",
+        "num_attention_heads", "num_heads", "patch_size") if k in vision}
+    arch.update(prefix_tokens=prefix, resolution=size, feature=feature,
+                stored_resolution=int(vision.get("image_size", size)),
+                **({"positions": rule, "positions_offset": 0.0} if rule
+                   else {}))
     preprocess = TeacherPreprocess(
         name="preprocess", **prep, metadata={
-            "preprocessing": prep_source,
-            "family": f"hf_{config['model_type']}",
+            "preprocessing": prep_source, "family": f"hf_{model_type}",
             "source_file": os.path.basename(path),
             "source_sha256": checkpoint_io.sha256(path),
-            "architecture": family.architecture, **arch,
+            "architecture": model_type, **arch,
             "embedding_dim": int(backbone.output_shape[-1]),
             "input_resolution": size})
-    return assemble(backbone, preprocess,
-                    name=f"hf_{config['model_type']}")
+    return assemble(backbone, preprocess, name=f"hf_{model_type}")

@@ -96,14 +96,16 @@ def check_feature(feature):
     return feature
 
 
-def wrap_tokens(net, size, feature, prefix):
+def wrap_tokens(net, size, feature, prefix, mode=None):
     """A keras-hub backbone ``net`` returning tokens -> the ``feature``
-    (``FEATURES``) of ``size`` x ``size`` images; the model named
-    'backbone'. ``prefix``: the class token and registers."""
+    (``FEATURES``; or the ``TokenPool`` ``mode``) of ``size`` x ``size``
+    images; the model named 'backbone'. ``prefix``: the class token and
+    registers."""
     inputs = keras.Input((size, size, 3), name="pixels")
     key = next(iter(net.input)) if isinstance(net.input, dict) else None
     tokens = net({key: inputs} if key else inputs)
-    pooled = TokenPool(FEATURES[feature], prefix=prefix, name="pool")(tokens)
+    pooled = TokenPool(mode or FEATURES[feature], prefix=prefix,
+                       name="pool")(tokens)
     return keras.Model(inputs, pooled, name="backbone")
 
 
