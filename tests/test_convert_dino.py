@@ -110,6 +110,20 @@ class Dinov2Test(TestCase):
         self.assertPixelsMatch(teacher.get_layer("preprocess")(images), want,
                                IMAGENET_STD, "dinov2 vs PIL")
 
+    def test_parity_tool_on_a_dino_file_and_an_image(self):
+        """tools/parity.py loads the file strictly into the PyTorch
+        reference and compares on a photo-sized image."""
+        from tests.test_convert_vit import run_parity_tool_here
+        for writer, name in ((write_dinov2, "dinov2"),
+                             (write_dinov3, "dinov3"),
+                             (write_convnext, "dinov3_convnext")):
+            tmp = self.tmp_path()
+            path, _ = writer(tmp)
+            out, net, pre = run_parity_tool_here(path, tmp, (60, 80, 3))
+            self.assertIn(f"family {name}", out)
+            self.assertLessEqual(net, 1e-4)
+            self.assertLessEqual(pre, 1 / 255 / min(IMAGENET_STD) * 1.001)
+
     def test_bad_options_are_refused(self):
         path, _ = write_dinov2(self.tmp_path())
         with self.assertRaisesRegex(UserError, "multiple of the patch size"):

@@ -58,6 +58,16 @@ class LightningTest(TestCase):
                              ("lightning_cifar", 2, 512))
             self.check_cifar_teacher(teacher, self.resnet18)
 
+    def test_parity_tool_on_a_solo_learn_file(self):
+        from tests.test_convert_vit import run_parity_tool_here
+        path = self.tmp_path() / "solo.ckpt"
+        torch.save(solo_learn_byol(self.resnet18), path)
+        out, net, pre = run_parity_tool_here(path, self.tmp_path(),
+                                             (32, 32, 3))
+        self.assertIn("family lightning_cifar, embedding 512", out)
+        self.assertLessEqual(net, 1e-4)
+        self.assertLessEqual(pre, 1e-5)
+
     def test_the_cifar_stem_padding_is_the_familys(self):
         """Padding 1 (another reading of a 3x3 stem) is another function."""
         path = self.tmp_path() / "solo.ckpt"

@@ -4,6 +4,7 @@
     python tools/parity.py --checkpoint=moco_v2_800ep_pretrain.pth.tar --image=cat.jpg
     python tools/parity.py --checkpoint=ViT-B-32.pt --image=cat.jpg
     python tools/parity.py --checkpoint=r50_1x_sk0/model.ckpt-250228 --image=cat.jpg
+    python tools/parity.py --checkpoint=dinov2_vits14_pretrain.pth --image=cat.jpg
 
 It converts the checkpoint as ``python -m ega_tf.convert_teacher`` does,
 loads the same tensors strictly into the reference implementation of the
@@ -41,16 +42,34 @@ def torch_reference(family, arch, state):
 
     import torch
 
-    from tools.reference import (torch_clip, torch_repdistiller, torch_resnet,
-                                 torch_vit)
+    from tools.reference import (torch_clip, torch_dinov2, torch_dinov3,
+                                 torch_repdistiller, torch_resnet, torch_vit)
     tensors = {k: torch.tensor(np.asarray(v)) for k, v in state.items()
                if not any(fnmatch.fnmatchcase(k, p)
-                          for p in family.drop_heads)}
+                          for p in (*family.drop_heads, "local_cls_norm.*"))}
+    linear = arch.get("feature") == "cls_patchmean"
     if family.architecture == "resnet":
-        model = torch_resnet.ResNet(tuple(arch["blocks"]),
-                                    arch["bottleneck"], arch["filters"][0])
+        model = torch_resnet.ResNet(
+            tuple(arch["blocks"]), arch["bottleneck"], arch["filters"][0],
+            cifar_stem_padding=arch.get("cifar_stem_padding"))
         model.fc = torch.nn.Identity()
         forward = model.features
+    elif family.architecture == "dinov2":
+        model = torch_dinov2.DinoV2(
+            arch["stored_resolution"], arch["patch"], arch["width"],
+            arch["depth"], arch["heads"], arch["mlp_dim"] / arch["width"],
+            arch["swiglu"], arch["registers"], arch["positions_offset"],
+            arch["positions"] == "antialias")
+        forward = model.linear_feature if linear else model
+    elif family.architecture == "dinov3":
+        model = torch_dinov3.DinoV3ViT(
+            arch["patch"], arch["width"], arch["depth"], arch["heads"],
+            swiglu=arch["gated"], storage=arch["registers"],
+            qkv_bias=arch["qkv_bias"], hidden=arch["mlp_dim"])
+        forward = model.linear_feature if linear else model
+    elif family.architecture == "convnext":
+        model = torch_dinov3.DinoV3ConvNeXt(arch["depths"], arch["dims"])
+        forward = model
     elif family.architecture == "clip_resnet":
         model = torch_clip.ModifiedResNet(
             tuple(arch["blocks"]), arch["output_dim"], arch["width"],
@@ -118,9 +137,9 @@ def main():
     image = tf.io.decode_image(tf.io.read_file(args.image), channels=3,
                                expand_animations=False).numpy()
 
-    if family.architecture == "repdistiller":
-        # CIFAR images: normalised as they are; another size squashed to
-        # 32 by PIL bilinear first.
+    if family.crop_mode == "squash":
+        # CIFAR networks (RepDistiller's, solo-learn's): images normalised
+        # as they are; another size squashed to 32 by PIL bilinear first.
         from PIL import Image
         res = meta["input_resolution"]
         pixels = np.asarray(Image.fromarray(image).resize(

@@ -103,14 +103,15 @@ def swiglu_width(dim, ratio, align=8):
 
 
 class Block(nn.Module):
-    def __init__(self, dim, heads, ratio, swiglu, qkv_bias):
+    def __init__(self, dim, heads, ratio, swiglu, qkv_bias, hidden=None):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-5)
         self.attn = Attention(dim, heads, qkv_bias)
         self.ls1 = LayerScale(dim)
         self.norm2 = nn.LayerNorm(dim, eps=1e-5)
-        self.mlp = (SwiGLU(dim, swiglu_width(dim, ratio)) if swiglu
-                    else Mlp(dim, int(dim * ratio)))
+        hidden = hidden or (swiglu_width(dim, ratio) if swiglu
+                            else int(dim * ratio))
+        self.mlp = SwiGLU(dim, hidden) if swiglu else Mlp(dim, hidden)
         self.ls2 = LayerScale(dim)
 
     def forward(self, x, rope):
@@ -120,7 +121,7 @@ class Block(nn.Module):
 
 class DinoV3ViT(nn.Module):
     def __init__(self, patch=16, dim=384, depth=12, heads=6, ratio=4.0,
-                 swiglu=False, storage=4, qkv_bias=True):
+                 swiglu=False, storage=4, qkv_bias=True, hidden=None):
         super().__init__()
         self.patch_embed = PatchEmbed(patch, dim)
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
@@ -128,7 +129,8 @@ class DinoV3ViT(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, dim))
         self.rope_embed = Rope(dim // heads)
         self.blocks = nn.ModuleList([Block(dim, heads, ratio, swiglu,
-                                           qkv_bias) for _ in range(depth)])
+                                           qkv_bias, hidden)
+                                     for _ in range(depth)])
         self.norm = nn.LayerNorm(dim, eps=1e-5)
 
     def tokens(self, x):
