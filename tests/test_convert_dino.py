@@ -86,6 +86,18 @@ class Dinov2Test(TestCase):
         self.assertGreater(self.rel_err(other(x), torch_forward(model, x)),
                            1e-3)
 
+    def test_the_head_count_is_the_familys(self):
+        """Heads are not in the weights: DINOv2's width / 64 (2 here);
+        64 / 2 = 4 heads of 32 reads the same file as another function."""
+        path, model = write_dinov2(self.tmp_path())
+        family, arch, kept = convert.load_backbone(str(path))
+        arch["heads"] = 4
+        other = dinov2.build(arch)
+        dinov2.port(other, kept)
+        x = checkpoints.random_pixels(2, n=2, size=224)
+        self.assertGreater(self.rel_err(other(x), torch_forward(model, x)),
+                           1e-3)
+
     def test_registers_swiglu_and_the_linear_evaluation_feature(self):
         path, model = write_dinov2(self.tmp_path(), registers=4,
                                    swiglu=True)
@@ -348,7 +360,8 @@ class FreshProcessTest(TestCase):
                                   dims=(8, 16, 32, 64))[0]
         sources = {"dinov2": write_dinov2(tmp)[0], "convnext": convnext,
                    "dinov3": write_dinov3(tmp, swiglu=True)[0],
-                   "hf": write_hf(tmp, "dinov2_with_registers")[0]}
+                   "hf": write_hf(tmp, "dinov2_with_registers")[0],
+                   "hf3": write_hf(tmp, "dinov3_vit")[0]}
         keras_hub_dinov2(tmp / "user_backbone.keras")
         self.assertSucceeded(self.run_subprocess([
             "-m", "ega_tf.convert_teacher",
