@@ -122,6 +122,8 @@ class Dinov2Test(TestCase):
         self.assertPixelsMatch(teacher.get_layer("preprocess")(images), want,
                                IMAGENET_STD, "dinov2 vs PIL")
 
+    @pytest.mark.slow  # three programs' worth; the tool's logic is tested
+    # fast on a CLIP file (tests/test_convert_vit.py)
     def test_parity_tool_on_a_dino_file_and_an_image(self):
         """tools/parity.py loads the file strictly into the PyTorch
         reference and compares on a photo-sized image."""
@@ -232,8 +234,15 @@ class HuggingFaceFolderTest(TestCase):
                               pixel_values=t).pooler_output, pixels), 1e-4,
                           f"{model_type} on its processor's pixels")
 
-    @parameterized.parameters("vit", "vit_classifier", "deit")
-    def test_fixed_size_vit_folders_match_transformers(self, kind):
+    def test_vit_encoder_folder_matches_transformers(self):
+        self.check_fixed_size_vit("vit")
+
+    @pytest.mark.slow  # the same converter: a prefix, one more token
+    def test_vit_classifier_and_deit_folders_match_transformers(self):
+        for kind in ("vit_classifier", "deit"):
+            self.check_fixed_size_vit(kind)
+
+    def check_fixed_size_vit(self, kind):
         path, model = write_hf(self.tmp_path(), kind)
         teacher = convert.convert(str(path), log=lambda s: None)
         encoder = getattr(model, "vit", model)
@@ -245,6 +254,7 @@ class HuggingFaceFolderTest(TestCase):
         with self.assertRaisesRegex(UserError, "takes 32-px images"):
             convert.convert(str(path), input_size=64)
 
+    @pytest.mark.slow  # keras-hub's own loader, as for the DINO folders
     @parameterized.parameters("swin", "metaclip_2")
     def test_pooled_and_projected_folders_match_transformers(self, kind):
         """Swin: the mean of the final tokens (``pooler_output``); MetaCLIP
