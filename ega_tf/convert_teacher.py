@@ -3,9 +3,13 @@ r"""Converts a published self-supervised checkpoint into a ``.keras`` teacher.
     python -m ega_tf.convert_teacher --checkpoint=moco_v2_800ep_pretrain.pth.tar \
         --out=moco_v2.keras
     python -m ega_tf.convert_teacher --checkpoint=RN50.pt --out=clip_rn50.keras
+    python -m ega_tf.convert_teacher --checkpoint=dinov2_vits14_pretrain.pth \
+        --out=dinov2_s14.keras
+    python -m ega_tf.convert_teacher --checkpoint=dinov2-small/ --out=dinov2.keras
 
-The family is detected from the checkpoint's keys; --format overrides it
-(BUILD.md lists the families and their files).
+The family is detected from the checkpoint's keys (a Hugging Face folder's
+from its config.json); --format overrides it (BUILD.md lists the families
+and their files).
 
 A model you already have (a .keras file or a SavedModel directory that maps
 preprocessed float RGB images to an [N, F] embedding) becomes a teacher with
@@ -29,7 +33,7 @@ def define_flags(flag_values):
     from ega_tf.teachers.families import FAMILIES
     d = lambda *a: cli.define(*a, flag_values)  # noqa: E731
     d("string", "checkpoint", None, "Checkpoint file (or TF checkpoint "
-      "prefix/directory) to convert.")
+      "prefix/directory, or Hugging Face model folder) to convert.")
     d("string", "format", None, "Family, when detection is not enough: "
       + ", ".join(FAMILIES) + ".")
     d("bool", "allow_pickle", False, "Unpickle a checkpoint that stores "

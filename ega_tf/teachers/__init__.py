@@ -7,8 +7,10 @@
   checkpoints -> teachers; ``checkpoint_cache``: checkpoints passed to
   ``train``, converted once; ``feature_cache``: the frozen teacher's
   features of the clean views, computed once per run.
-- ``resnet``, ``clip_resnet``, ``vit``, ``clip_vit``, ``simclr``: the
-  architectures; ``user_model``: a model you already have.
+- ``resnet``, ``clip_resnet``, ``vit``, ``clip_vit``, ``simclr``,
+  ``repdistiller``, ``dinov2`` (with ``position_tables``), ``dinov3``,
+  ``convnext``, ``byol``: the architectures; ``hf_folder``: Hugging Face
+  folders through keras-hub; ``user_model``: a model you already have.
 """
 
 import importlib
