@@ -130,10 +130,11 @@ def port(model, state, ignore=()):
     porter.port(emb.mask_token, "mask_token")
     if net.num_register_tokens:
         porter.port(emb.register_tokens, "register_tokens")
-    if "pos_embed" in state:
-        set_positions(net, state["pos_embed"],
-                      *PUBLISHER_POSITIONS[bool(net.num_register_tokens)])
-        porter.used.add("pos_embed")
+    # Two tables to set, resized: not a one-to-one port (infer_arch
+    # required the key).
+    set_positions(net, state["pos_embed"],
+                  *PUBLISHER_POSITIONS[bool(net.num_register_tokens)])
+    porter.used.add("pos_embed")
     porter.port(emb.patch_embeddings.projection.kernel,
                 "patch_embed.proj.weight", torch_conv_kernel)
     porter.port(emb.patch_embeddings.projection.bias, "patch_embed.proj.bias")

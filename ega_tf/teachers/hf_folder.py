@@ -22,10 +22,11 @@ it would get wrong for a teacher and wraps the result:
 
 The embedding is the class token after the final norm (DINO's
 ``pooler_output``; ``feature=cls_patchmean`` adds the mean patch token),
-Swin's mean final token, MetaCLIP 2's projected image embedding. The preprocessing is
-the folder's ``preprocessor_config.json`` (its resize, crop, statistics; the
-resize with Pillow's kernels, as ``transformers``' Pillow backend), or,
-without one, the DINO family's evaluation transform (docs/checkpoints.md).
+Swin's mean final token, MetaCLIP 2's projected image embedding. The
+preprocessing is the folder's ``preprocessor_config.json`` (its resize,
+crop, statistics; the resize with Pillow's kernels, as ``transformers``'
+Pillow backend), or, without one, the family's evaluation transform
+(docs/checkpoints.md).
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ SUPPORTED = {"dinov2": ("dinov2", "size"),
 # Networks built for one image size (transformers resizes nothing).
 FIXED_SIZE = ("vit", "deit", "swin", "metaclip_2")
 # The tensors a classification folder carries beside the encoder.
-_HEADS = ("pooler.", "classifier.", "distillation_classifier.", "cls_classifier.")
+_HEADS = ("pooler.", "classifier.", "distillation_classifier.",
+          "cls_classifier.")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
 
@@ -162,13 +164,12 @@ class _TensorLoader:
                                   "by nothing: " + ", ".join(left[:10]))
 
 
-def _fixed_size_vit(path, config, size):
+def _fixed_size_vit(path, config):
     """A ``vit`` or ``deit`` folder in keras-hub's backbone, with the
     folder's LayerNorm epsilon (keras-hub's converter keeps its default)."""
     import importlib
     converter = importlib.import_module(
         f"keras_hub.src.utils.transformers.convert_{config['model_type']}")
-    del size  # checked by convert
     kwargs = converter.convert_backbone_config(config)
     kwargs["layer_norm_epsilon"] = float(config.get("layer_norm_eps", 1e-12))
     net = converter.backbone_cls(**kwargs, name=config["model_type"])
@@ -201,7 +202,7 @@ def _network(path, config, size, feature):
     model_type = config["model_type"]
     family_rule = SUPPORTED[model_type][1]
     if model_type in ("vit", "deit"):
-        return (_fixed_size_vit(path, config, size), None,
+        return (_fixed_size_vit(path, config), None,
                 1 + (model_type == "deit"))  # DeiT's distillation token
     if model_type in ("swin", "metaclip_2"):
         if feature is not None:
