@@ -79,6 +79,14 @@ def default_config(arg=None):
     # auto: with teacher_view=clean, compute the teacher's features once
     # and train from them (the same numbers, no teacher in the step); none.
     c.teacher_cache = "auto"
+    # Stored teacher views: 0 (the teacher sees a fresh view every step, as
+    # published) | M: its features of M views of each training image,
+    # computed once into a store shared by every run with the same teacher,
+    # images and views, each step reading one of them | all: every view
+    # (ega_tf/training/teacher_store.py).
+    c.teacher_views = "0"
+    c.teacher_store_dir = ""        # "": ~/.cache/ega_tf/teacher_store
+    c.teacher_store_dtype = "float32"  # float32 | float16 (half the bytes)
     c.embed_dim = 256           # D, the shared node-embedding width
 
     # The loss weights: None takes the --distill method's published
@@ -202,7 +210,7 @@ def _problems(config):
     from ega_tf.core.runtime import check_precision
     from ega_tf.data import augment, folder, pipeline
     from ega_tf.teachers import feature_cache, teacher_file
-    from ega_tf.training import balance, distribute
+    from ega_tf.training import balance, distribute, teacher_store
 
     problems = []
 
@@ -276,6 +284,16 @@ def _problems(config):
     check(check_choice, "teacher_logits", config.teacher_logits,
           teacher_file.TEACHER_LOGITS)
     check(feature_cache.check_policy, config.teacher_cache)
+    try:
+        stored = teacher_store.parse_views(config.teacher_views)
+    except UserError as e:
+        problems.append(str(e))
+        stored = 0
+    check(check_choice, "teacher_store_dtype", config.teacher_store_dtype,
+          teacher_store.DTYPES)
+    need(config.teacher_view != "clean" or not stored,
+         "teacher_views stores augmented views; with teacher_view=clean "
+         "the teacher's features are cached without it (teacher_cache).")
     check(check_choice, "teacher_precision", config.teacher_precision,
           teacher_file.PRECISIONS)
     check(pipeline.check_cache_policy, config.input.cache)

@@ -244,6 +244,7 @@ def run(base, cells, workdir, verbose=0, log=print, after_cell=None,
         with quiet(verbose == 0):
             outcomes = _train_group(group, cell_configs, workdir, verbose)
         seconds = time.time() - begin
+        _log_store(outcomes, log)
         spent, done = spent + seconds, done + len(group)
         left = len(todo) - done
         eta = (f"; about {duration(spent / done * left)} left for {left}"
@@ -263,6 +264,18 @@ def run(base, cells, workdir, verbose=0, log=print, after_cell=None,
             for cell in group:
                 after_cell(cell)
     return status
+
+
+def _log_store(outcomes, log):
+    """One line on the group's teacher store (``teacher_views``): computed
+    by this group, or read."""
+    store = next((o["teacher_store"] for o in outcomes
+                  if isinstance(o, dict) and "teacher_store" in o), None)
+    if store is not None:
+        log(f"Teacher store ({store['views']} views per image): "
+            + (f"computed in {duration(store['build_seconds'])}"
+               if store["built_by_this_run"] else "read (computed earlier)")
+            + f", {store['path']}")
 
 
 def _numbering(cells):

@@ -78,3 +78,68 @@ def resize_center_crop(image, size):
     out = out[top:top + size, left:left + size]
     out = tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
     return tf.ensure_shape(out, (size, size, 3))
+
+
+# ------------------------------------------------------------ stored views
+# A stored teacher view (``--config.teacher_views``) is one pad-crop-flip
+# given by its parameters (row offset, column offset, flip) into the padded
+# image, so that the teacher's store can keep them beside the features and
+# the student can be shown the very view the teacher saw.
+ALL_VIEWS = "all"
+
+
+def view_table(padding):
+    """Every view of the pad-crop-flip with ``padding``, as int16 rows
+    (dy, dx, flip) in a fixed order: (2p + 1)^2 offsets x 2 flips (162 at
+    the published 4 px)."""
+    import numpy as np
+    span = np.arange(2 * padding + 1, dtype=np.int16)
+    dy, dx, flip = np.meshgrid(span, span, np.arange(2, dtype=np.int16),
+                               indexing="ij")
+    return np.stack([dy.ravel(), dx.ravel(), flip.ravel()], -1)
+
+
+def _mix64(x):
+    """SplitMix64's finaliser, elementwise on uint64 (wrapping)."""
+    import numpy as np
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def drawn_views(first, count, views, padding, seed=0):
+    """The stored views of images ``first .. first + count - 1``: int16
+    [count, M, 3] rows of ``view_table``. ``views == "all"`` gives every
+    view in table order; a number M draws M different views per image, as
+    a pure function of (seed, image, view) (a SplitMix64 hash ranks the
+    table per image; numpy's generators do not promise the same stream
+    across versions, and a store must not depend on the numpy installed)."""
+    import numpy as np
+    table = view_table(padding)
+    if views == ALL_VIEWS:
+        return np.broadcast_to(table, (count, *table.shape)).copy()
+    views = int(views)
+    if not 1 <= views <= len(table):
+        raise ValueError(f"{views} views of {len(table)}.")
+    image = np.arange(first, first + count, dtype=np.uint64)[:, None]
+    view = np.arange(len(table), dtype=np.uint64)[None, :]
+    with np.errstate(over="ignore"):
+        key = _mix64(_mix64(np.uint64(seed) + np.uint64(0x9E3779B97F4A7C15))
+                     ^ _mix64(image * np.uint64(0x100000001B3) + view))
+    order = np.argsort(key, axis=1, kind="stable")[:, :views]
+    return table[order]
+
+
+def apply_view(image, params, padding):
+    """The view of one [H, W, C] image given by ``params`` (dy, dx, flip):
+    zero-padded by ``padding``, cropped at (dy, dx) to the image's size,
+    flipped left-right when ``flip`` is 1. A view drawn by
+    ``pad_crop_flip`` is one of these."""
+    shape = tf.shape(image)
+    params = tf.cast(params, tf.int32)
+    if padding:
+        image = tf.pad(image, [[padding, padding], [padding, padding], [0, 0]])
+    image = tf.slice(image, [params[0], params[1], 0], shape)
+    return tf.cond(params[2] > 0, lambda: tf.reverse(image, [1]),
+                   lambda: image)

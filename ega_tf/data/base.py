@@ -148,6 +148,11 @@ class Dataset:
     # Held out of the training split (``hold_out``), labels kept; None when
     # the run has no validation split.
     val: Optional[Split] = None
+    # With ``val`` held out: the training split before it was, and the
+    # positions there of ``train``'s examples (what is computed once for
+    # all training images, e.g. a teacher store, serves every hold-out).
+    full_train: Optional[Split] = None
+    train_positions: Optional[np.ndarray] = None
 
     @property
     def image_size(self):

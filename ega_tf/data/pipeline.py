@@ -19,6 +19,7 @@ in a less predictable order within a batch).
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from ega_tf.core.errors import UserError
@@ -51,15 +52,33 @@ def _rows(batch, lo, hi):
 
 
 def _examples(split, features):
-    """(image, label) examples, or (image, label, teacher features)."""
+    """(image, label) examples, or (image, label, per-image rows): the
+    clean view's teacher features, or a teacher store's view parameters
+    and image."""
     ds = split.dataset()
     if features is None:
         return ds
-    if len(features) != len(split):
-        raise ValueError(f"{len(features)} feature rows for {len(split)} "
-                         "images.")
+    count = len(tf.nest.flatten(features)[0])
+    if count != len(split):
+        raise ValueError(f"{count} feature rows for {len(split)} images.")
     return tf.data.Dataset.zip((ds, tf.data.Dataset.from_tensor_slices(
         features))).map(lambda e, f: (*e, f))
+
+
+def _read_store(store):
+    """A batch map: the store rows the examples chose (``store_row``) ->
+    their stored teacher features (``teacher_features``), read from the
+    memory-mapped array."""
+    width = store.width
+
+    def read(x, label):
+        x = dict(x)
+        rows = x.pop("store_row")
+        features = tf.numpy_function(store.rows, [rows], tf.float32,
+                                     stateful=False)
+        x["teacher_features"] = tf.ensure_shape(features, [None, width])
+        return x, label
+    return read
 
 
 class TrainStream:
@@ -79,12 +98,20 @@ class TrainStream:
             instead of the teacher's image.
         index: also carry each example's position in ``split`` as
             ``index`` (CRD's memory banks have one row per example).
+        store: a teacher store (``training.teacher_store.Store``): each
+            example reads one of its image's M stored teacher views, drawn
+            from (seed, epoch, position), as ``teacher_features``; with
+            ``teacher_view=same`` the student is shown that very view.
+        store_images: the store's image of each example of ``split``
+            (default: the same position; a split held out of the one the
+            store was computed on passes the positions it kept).
     """
 
     def __init__(self, split, global_batch, *, seed=0, padding=None,
                  teacher_view="independent", deterministic=True,
                  cache="auto", cache_limit_gb=8.0, shuffle_buffer=None,
-                 features=None, index=False):
+                 features=None, index=False, store=None,
+                 store_images=None):
         augment.check_teacher_view(teacher_view)
         if len(split) < global_batch:
             raise UserError(f"batch_size {global_batch} exceeds the "
@@ -100,6 +127,19 @@ class TrainStream:
             raise ValueError("Cached teacher features need teacher_view="
                              "clean: an augmented view has no fixed "
                              "features.")
+        if store is not None:
+            if features is not None or teacher_view == "clean":
+                raise ValueError("A teacher store holds augmented views; "
+                                 "teacher_view=clean has its own cache.")
+            if store_images is None:
+                store_images = np.arange(len(split))
+            store_images = np.asarray(store_images, np.int64)
+            if len(store_images) != len(split) or (
+                    len(store_images) and store_images.max() >= len(store)):
+                raise ValueError(f"A teacher store of {len(store)} images "
+                                 f"for {len(split)}.")
+            features = (store.views[store_images], store_images)
+        self.store = store
         self.base, whole = _cached(split, _examples(split, features), cache,
                                    cache_limit_gb)
         self.index = bool(index)
@@ -114,7 +154,7 @@ class TrainStream:
         rows = self.global_batch // num_shards
         per_replica = rows // replicas_per_shard
         seed, padding, view = self.seed, self.padding, self.teacher_view
-        with_index = self.index
+        with_index, store = self.index, self.store
 
         def views(position, example):
             if with_index:
@@ -123,9 +163,24 @@ class TrainStream:
                 image, label, *features = example
             pair = tf.stack([tf.constant(seed, tf.int64),
                              epoch * (1 << 32) + position])
-            x = augment.make_views(image, pair, padding, view)
-            if features:  # the clean view's features, read, not computed
-                x = {"student": x["student"], "teacher_features": features[0]}
+            if store is not None:
+                # One of the image's stored views, drawn from a seed of its
+                # own (the student's view draws from ``pair`` as without a
+                # store).
+                params, stored_image = features[0]
+                chosen = tf.random.stateless_uniform(
+                    [], tf.random.experimental.stateless_fold_in(pair, 1),
+                    0, store.num_views, tf.int64)
+                student = (augment.apply_view(image, params[chosen], padding)
+                           if view == "same" else augment.make_views(
+                               image, pair, padding)["student"])
+                x = {"student": student,
+                     "store_row": stored_image * store.num_views + chosen}
+            else:
+                x = augment.make_views(image, pair, padding, view)
+                if features:  # the clean view's features, read
+                    x = {"student": x["student"],
+                         "teacher_features": features[0]}
             if with_index:
                 x["index"] = index
             return x, label
@@ -142,7 +197,10 @@ class TrainStream:
                                            (shard + 1) * rows))
         ds = ds.unbatch().map(views, num_parallel_calls=AUTOTUNE,
                               deterministic=self.deterministic)
-        return ds.batch(per_replica, drop_remainder=True).prefetch(AUTOTUNE)
+        ds = ds.batch(per_replica, drop_remainder=True)
+        if store is not None:
+            ds = ds.map(_read_store(store))
+        return ds.prefetch(AUTOTUNE)
 
     def distributed(self, strategy, epoch, skip=0):
         """Epoch ``epoch`` from global step ``skip``, as a distributed

@@ -94,6 +94,8 @@ def load_dataset(config):
     if val_fraction:
         train, val = data.hold_out(dataset.train.labels, val_fraction,
                                    config.seed)
+        dataset.full_train = dataset.train
+        dataset.train_positions = train
         dataset.val = dataset.train.subset(val)
         dataset.train = dataset.train.subset(train)
     dataset.train = dataset.train.with_labels(data.mask_labels(
@@ -124,21 +126,31 @@ def load_teacher(config, image_size=None):
     return teacher
 
 
+def _teacher_sha(config):
+    """The teacher file's SHA-256 with what changes its features here."""
+    from ega_tf.teachers import checkpoint_io
+    return (checkpoint_io.sha256(config.teacher) + config.teacher_precision
+            + ("+folded" if config.teacher_fold_bn else ""))
+
+
 def teacher_features(config, teacher, dataset, workdirs, chief, verbose):
     """{"train" | "val" | "test": the clean view's teacher features of that
     split}, computed once (``teacher_cache``) into the first of
     ``workdirs`` and linked into the others (the runs of a lockstep group
-    read one copy); empty when the teacher runs each step."""
-    if (teacher is None or config.teacher_view != "clean"
-            or config.teacher_cache == "none"):
+    read one copy); empty when the teacher runs each step. With stored
+    teacher views (``teacher_views``) the training split's come from the
+    store and only the evaluated splits' clean views are here."""
+    from ega_tf.training import teacher_store
+    stored = bool(teacher_store.parse_views(config.teacher_views))
+    if (teacher is None or config.teacher_cache == "none"
+            or not (config.teacher_view == "clean" or stored)):
         return {}
-    from ega_tf.teachers import checkpoint_io, feature_cache
-    sha = (checkpoint_io.sha256(config.teacher) + config.teacher_precision
-           + ("+folded" if config.teacher_fold_bn else ""))
+    from ega_tf.teachers import feature_cache
+    sha = _teacher_sha(config)
     out = {}
     for name, split in (("train", dataset.train), ("val", dataset.val),
                         ("test", dataset.test)):
-        if split is None:
+        if split is None or (stored and name == "train"):
             continue
         paths = ([os.path.join(w, wd.features_file(name)) for w in workdirs]
                  if chief else [None])
@@ -147,6 +159,24 @@ def teacher_features(config, teacher, dataset, workdirs, chief, verbose):
         for path in paths[1:]:
             wd.link_or_copy(paths[0], path)
     return out
+
+
+def open_teacher_store(config, teacher, dataset, padding, verbose):
+    """The teacher store of ``config``'s training images (all of them,
+    before a validation split is held out, so that the runs of every seed
+    share it), built first if no run built it before; or None when the
+    teacher sees fresh views."""
+    from ega_tf.training import teacher_store
+    views = teacher_store.parse_views(config.teacher_views, padding)
+    if teacher is None or not views:
+        return None
+    split = (dataset.train if dataset.full_train is None
+             else dataset.full_train)
+    meta = teacher_store.describe(
+        _teacher_sha(config), teacher_store.images_sha256(split),
+        dataset.image_size, padding, views, config.teacher_store_dtype)
+    return teacher_store.open_or_build(config.teacher_store_dir, meta,
+                                       teacher, split, verbose)
 
 
 def uses_teacher(config):

@@ -117,6 +117,8 @@ class Cell:
         # (MultiWorkerMirroredStrategy needs every worker to save).
         self.scratch = (None if chief else
                         tempfile.mkdtemp(prefix="ega_tf_worker_"))
+        # What the group adds to the run's results (the teacher store).
+        self.extra_results = {}
 
     def build(self, dataset, teacher, strategy):
         """The model, its step functions, the newest checkpoint restored
@@ -155,6 +157,7 @@ class Cell:
         from ega_tf.deploy import serving
         from ega_tf.training import probe
         results = results_of(self.config, self.model, self.history, dataset)
+        results.update(self.extra_results)
         if pruned:
             results["status"] = "pruned"
         if not self.chief or pruned:

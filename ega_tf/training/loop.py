@@ -29,7 +29,8 @@ from ega_tf.core import runtime
 from ega_tf.training import distribute
 from ega_tf.training import workdir as wd
 from ega_tf.training.build import (load_dataset, load_teacher,
-                                   teacher_features, uses_teacher)
+                                   open_teacher_store, teacher_features,
+                                   uses_teacher)
 from ega_tf.training.cell import Cell, Progress, fetch_function
 from ega_tf.training.divergence import (DivergedError, cause_of,
                                         first_non_finite)
@@ -175,7 +176,7 @@ class Group:
 
     def build(self):
         """Data, teacher, every run's model, the input streams."""
-        from ega_tf.data import pipeline
+        from ega_tf.data import augment, pipeline
         config, strategy, cells = self.config, self.strategy, self.cells
         runtime.set_seed(config.seed)
         runtime.set_precision(config.precision)
@@ -190,11 +191,19 @@ class Group:
         features = teacher_features(
             config, teacher, dataset, [c.workdir for c in cells],
             self.chief, self.verbose)
+        padding = (augment.default_padding(dataset.image_size)
+                   if config.padding is None else config.padding)
+        store = open_teacher_store(config, teacher, dataset, padding,
+                                   self.verbose)
+        if store is not None:
+            for cell in cells:
+                cell.extra_results["teacher_store"] = store.record()
         self.train = pipeline.TrainStream(
             dataset.train, config.batch_size, seed=config.seed,
-            padding=config.padding, teacher_view=config.teacher_view,
+            padding=padding, teacher_view=config.teacher_view,
             deterministic=config.deterministic,
-            features=features.get("train"),
+            features=features.get("train"), store=store,
+            store_images=dataset.train_positions,
             index=any(c.model.method.uses_index for c in cells),
             **config.input)
         # Evaluated every epoch, in this order: history's val_* and test_*.

@@ -51,7 +51,8 @@ RUN_FILES = (CONFIG, HISTORY, RESULTS, CHECKPOINTS, LOGS, SAVED_MODEL,
 OPERATIONAL = ("data_dir", "download", "trust_saved_model", "allow_pickle",
                "resume", "export", "checkpoint_every", "checkpoint_every_steps",
                "jit_compile", "distribute.strategy", "distribute.cpu_replicas",
-               "input.cache", "input.cache_limit_gb", "teacher_cache")
+               "input.cache", "input.cache_limit_gb", "teacher_cache",
+               "teacher_store_dir", "terms_jit_compile")
 
 
 def _flatten(tree, prefix=""):
