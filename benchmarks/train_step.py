@@ -4,6 +4,7 @@
 
     python benchmarks/train_step.py                          # resnet32x4 -> resnet8x4, 32 px
     python benchmarks/train_step.py --compare=torch          # both, alternating, with the ratio
+    python benchmarks/train_step.py --compare=terms_jit      # the method's terms XLA-compiled or not
     python benchmarks/train_step.py --teacher=clip_rn50 --compare=torch
     python benchmarks/train_step.py --profile                # where the time goes
     python benchmarks/train_step.py --json                   # one JSON line
@@ -28,7 +29,10 @@ backpropagated and its SGD steps. Its input pipeline prepares the teacher's
 view at the teacher's resolution on the CPU before the step; ega_tf's
 teacher resizes its 32-px view inside the step, so the clip_rn50 case
 charges ega_tf for the resize and not PyTorch. With --compare=torch each
-framework runs in its own child process, alternately, ``--rounds`` times.
+framework runs in its own child process, alternately, ``--rounds`` times;
+with --compare=terms_jit so does ega_tf's step with the method's terms
+uncompiled and compiled with XLA (``--terms_jit``, the run's
+``terms_jit_compile``).
 """
 
 from __future__ import annotations
@@ -58,6 +62,10 @@ def flags():
     ap.add_argument("--distill", default="ega", choices=("ega", "none"))
     ap.add_argument("--jit", default="auto", choices=("auto", "true",
                                                       "false"))
+    ap.add_argument("--terms_jit", default="auto",
+                    choices=("auto", "true", "false"),
+                    help="the method's terms as their own XLA function "
+                    "(config.terms_jit_compile)")
     ap.add_argument("--precision", default="float32")
     ap.add_argument("--teacher_precision", default="float32")
     ap.add_argument("--teacher_view", default="independent",
@@ -68,7 +76,8 @@ def flags():
                     choices=("true", "false"),
                     help="fold the frozen teacher's BatchNorm into its "
                     "convolutions, as training does by default")
-    ap.add_argument("--compare", default=None, choices=("torch",))
+    ap.add_argument("--compare", default=None,
+                    choices=("torch", "terms_jit"))
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--framework", default="tf", choices=("tf", "torch"),
                     help=argparse.SUPPRESS)
@@ -148,9 +157,11 @@ def tf_model(args, images):
                       method="ega" if teacher is not None else "none")
     jit, why = build.choose_jit(args.jit, teacher,
                                 (args.image_size, args.image_size))
+    model.terms_jit_compile, terms_why = build.choose_terms_jit(
+        args.terms_jit, jit)
     model.compile(TorchSGD(0.05), teacher_head_optimizer=(
         TorchSGD(0.01) if teacher is not None else None), jit_compile=jit)
-    return model, jit, why
+    return model, jit, f"{why}; {terms_why}"
 
 
 def run_tf(args):
@@ -180,7 +191,7 @@ def run_tf(args):
         times.append(time.perf_counter() - start)
     profile = tf_profile(args, model, images, labels) if args.profile else {}
     return summary(args, "ega_tf", statistics.median(times), compile_s,
-                   jit, first, last, profile, why)
+                   jit, first, last, profile, why, model.terms_jit_compile)
 
 
 def tf_profile(args, model, images, labels):
@@ -234,10 +245,11 @@ def tf_profile(args, model, images, labels):
 
 
 def summary(args, name, median, compile_s, jit, first, last, profile=None,
-            why=""):
+            why="", terms_jit=False):
     finite = all(v == v and abs(v) != float("inf") for v in last.values())
     return {"framework": name, "img_per_s": args.batch_size / median,
             "median_step_s": median, "compile_s": compile_s, "jit": bool(jit),
+            "terms_jit": bool(terms_jit),
             "precision": args.precision, "device": "CPU",
             "teacher_precision": args.teacher_precision,
             "teacher_view": args.teacher_view,
@@ -354,13 +366,13 @@ def timed(fn, steps):
 
 
 # ------------------------------------------------------------------ report
-def child(args, framework):
+def child(args, framework, **overrides):
     cmd = [sys.executable, os.path.abspath(__file__), "--json",
            f"--framework={framework}"]
     for name in ("student", "teacher", "batch_size", "image_size", "steps",
-                 "distill", "jit", "precision", "teacher_precision",
-                 "teacher_view"):
-        cmd.append(f"--{name}={getattr(args, name)}")
+                 "distill", "jit", "terms_jit", "precision",
+                 "teacher_precision", "teacher_view"):
+        cmd.append(f"--{name}={overrides.get(name, getattr(args, name))}")
     cmd.append(f"--teacher_fold_bn={args.teacher_fold_bn}")
     if args.profile:
         cmd.append("--profile")
@@ -380,7 +392,8 @@ def table(rows, args):
           "compile (s) | loss first -> last | finite |")
     print("| --- | --- | --- | --- | ---: | ---: | ---: | --- | --- |")
     for rnd, r in rows:
-        print(f"| {rnd} | {r['framework']} | {'on' if r['jit'] else 'off'} "
+        print(f"| {rnd} | {r['framework']} | {'on' if r['jit'] else 'off'}"
+              f"{', terms on' if r.get('terms_jit') else ''} "
               f"| {r['precision']}"
               f"{'' if r['teacher_precision'] == 'float32' else ' (teacher ' + r['teacher_precision'] + ')'}"
               f"{' (teacher cached)' if r.get('teacher_view') == 'clean' else ''}"
@@ -405,8 +418,28 @@ def side_by_side(rows):
               f"{1000 * theirs['median_step_s']:.0f} |")
 
 
+def compare_terms_jit(args):
+    """ega_tf's step with the method's terms uncompiled, then compiled
+    with XLA, alternately in child processes, ``--rounds`` times: both
+    medians and their ratio."""
+    rows = []
+    for rnd in range(1, args.rounds + 1):
+        for setting in ("false", "true"):
+            rows.append((rnd, child(args, "tf", terms_jit=setting)))
+    table(rows, args)
+    off, on = (statistics.median(r["median_step_s"] for _, r in rows
+                                 if r["terms_jit"] == flag)
+               for flag in (False, True))
+    print(f"terms uncompiled: {1000 * off:.1f} ms/step; compiled with XLA: "
+          f"{1000 * on:.1f} ms/step (median over {args.rounds} round(s)); "
+          f"uncompiled / compiled step time: {off / on:.2f}x")
+
+
 def main():
     args = flags()
+    if args.compare == "terms_jit":
+        compare_terms_jit(args)
+        return
     if args.compare:
         rows, ratios = [], []
         for rnd in range(1, args.rounds + 1):

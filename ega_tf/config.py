@@ -151,6 +151,9 @@ def default_config(arg=None):
     c.precision = "float32"     # float32 | mixed_float16 | mixed_bfloat16
     # auto: XLA on GPUs without op determinism, off on CPUs | true | false
     c.jit_compile = "auto"
+    # auto: the method's terms as their own XLA-compiled function on GPUs
+    # (under op determinism too), off on CPUs | true | false
+    c.terms_jit_compile = "auto"
     c.checkpoint_every = 1      # epochs between checkpoints
     # Also checkpoint every N steps within long epochs (None: at epoch ends).
     c.checkpoint_every_steps = config_dict.placeholder(int)
@@ -305,6 +308,8 @@ def _problems(config):
     check(check_precision, config.precision)
     check(check_choice, "jit_compile", str(config.jit_compile).lower(),
           ("auto", "true", "false"))
+    check(check_choice, "terms_jit_compile",
+          str(config.terms_jit_compile).lower(), ("auto", "true", "false"))
     need(config.checkpoint_every >= 1,
          f"checkpoint_every must be at least 1; got "
          f"{config.checkpoint_every}.")

@@ -166,6 +166,11 @@ class Method:
             method's ``logit_standardization`` is on (its publisher's
             weights and temperature for standardized logits); a value the
             user sets wins.
+        xla_deterministic: False when ``compute`` uses an op that XLA on
+            GPU cannot run deterministically (select-and-scatter, a max
+            pool's gradient, fails to compile there under op
+            determinism): ``terms_jit_compile=auto`` then leaves its terms
+            uncompiled under op determinism.
 
     An instance is made by ``ega_tf.methods.create`` with the resolved
     weights (``self.w``) and the run's context, then its state is built in
@@ -186,6 +191,7 @@ class Method:
     tuned: Optional[Tuple[str, ...]] = None
     balanced_defaults: Mapping[str, float] = {}
     standardized_defaults: Mapping[str, float] = {}
+    xla_deterministic: bool = True
     # What --distill names it by (set when it is registered): its name, or
     # for a class in a user's file, "path.py:Class".
     spec: str = ""

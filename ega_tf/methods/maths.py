@@ -75,10 +75,13 @@ def frobenius_norm(m):
 
 
 def unit_rows(x, eps=1e-12):
-    """Each row divided by its L2 norm (at least ``eps``)."""
+    """Each row divided by its L2 norm (at least ``eps``). The floor is
+    taken before the square root: a zero row (RKD's angles have one per
+    anchor) then has a finite gradient under XLA too, whose square root's
+    gradient at 0 is NaN (TensorFlow's own kernel returns 0 there)."""
     x = f32(x)
-    norm = ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True))
-    return x / ops.maximum(norm, eps)
+    return x / ops.sqrt(ops.maximum(
+        ops.sum(ops.square(x), axis=-1, keepdims=True), eps * eps))
 
 
 def kd_per_example(teacher_logits, student_logits, temperature=4.0):

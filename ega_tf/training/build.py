@@ -81,6 +81,41 @@ def choose_jit(setting, teacher=None, image_size=(32, 32), replicas=1,
     return True, "jit_compile=auto: on (GPU)"
 
 
+def choose_terms_jit(setting, step_jit=False, replicas=1, deterministic=False,
+                     method=None):
+    """(terms_jit_compile, why) for ``setting`` = auto | true | false: run
+    the method's terms (``Method.compute`` and the KD term) as their own
+    XLA-compiled function inside the step (``Distiller``).
+
+    ``auto`` compiles them on GPUs when the whole step is not compiled
+    (``step_jit``), under op determinism too: TensorFlow then compiles
+    with ``xla_gpu_deterministic_ops``, whose GPU kernels are
+    deterministic (or fail to compile), unless ``method`` declares
+    ``xla_deterministic = False``; not on CPUs, where XLA was not measured
+    faster. ``true`` is obeyed on any device, but not on CPU with several
+    replicas: XLA on CPU cannot compile the cross-replica all-gather
+    inside the terms."""
+    import tensorflow as tf
+    setting = str(setting).lower()
+    on_gpu = bool(tf.config.list_physical_devices("GPU"))
+    if setting == "true" and replicas > 1 and not on_gpu:
+        raise UserError("terms_jit_compile=true: XLA cannot compile the "
+                        "terms' cross-replica all-gather on CPU; use "
+                        "--config.terms_jit_compile=auto or false.")
+    if setting != "auto":
+        return setting == "true", f"terms_jit_compile={setting} (config)"
+    if not on_gpu:
+        return False, "terms_jit_compile=auto: off on CPU"
+    if step_jit:
+        return False, ("terms_jit_compile=auto: off, the whole step is "
+                       "compiled with XLA")
+    if deterministic and not getattr(method, "xla_deterministic", True):
+        return False, (f"terms_jit_compile=auto: off under op determinism "
+                       f"({method.name} declares xla_deterministic=False)")
+    return True, ("terms_jit_compile=auto: on (GPU" + (
+        ", XLA's deterministic GPU ops)" if deterministic else ")"))
+
+
 def load_dataset(config):
     """The dataset of ``config``: its validation split held out of the
     training split (``data.val_fraction``), then the rest's labels
@@ -248,6 +283,9 @@ def build_model(config, dataset, teacher=None, replicas=1):
     # this; Keras's own jit_compile is refused (with a warning) under op
     # determinism.
     model.step_jit_compile = jit
+    model.terms_jit_compile, why = choose_terms_jit(
+        config.terms_jit_compile, jit, replicas, config.deterministic, method)
+    logging.info("%s", why)
     return model
 
 

@@ -23,6 +23,8 @@ over the global batch goes through ``ega_tf.nn.replicas``.
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import tensorflow as tf
 from keras import ops
@@ -90,6 +92,10 @@ class Distiller(GradientBalancing, keras.Model):
             raise ValueError(f"Distillation method {method.name!r} "
                              "needs a teacher.")
         self.method = method
+        # True: the method's terms run as their own XLA-compiled function
+        # inside the step (build.choose_terms_jit sets it for a run).
+        self.terms_jit_compile = False
+        self._compiled_terms = None
         # The method's variables (queues, banks, CRD's embeddings), tracked.
         self.method_state = method.layer
         w = method.w
@@ -287,8 +293,8 @@ class Distiller(GradientBalancing, keras.Model):
                 raw_labels=ops.where(valid > 0, ops.reshape(
                     ops.cast(y, "int32"), (-1,)), -1),
                 index=x.get("index"), training=training)
+            result, kd = self._method_terms(batch)
             if self.beta:
-                result = self.method.compute(batch)
                 terms.update(result.terms)
                 values["method"], share["method"] = result.value, result.share
                 share["terms"] = result.shares
@@ -296,15 +302,48 @@ class Distiller(GradientBalancing, keras.Model):
                     share["terms"] = {next(iter(result.terms)): result.share}
                 state = result.state
             if self.alpha:
-                t_kd, s_kd = maths.maybe_standardize(
-                    batch.t_logits, s_logits,
-                    self.method.w.get(STANDARDIZE, False))
-                values["kd"], share["kd"] = replicas.mean(
-                    maths.kd_per_example(t_kd, s_kd, self.kd_temperature),
-                    valid)
+                values["kd"], share["kd"] = kd
                 terms["kd"] = values["kd"]
         share["values"] = values
         return terms, share, out, t_logits, batch, state
+
+    def _terms(self, batch):
+        """(the method's Result when beta, else None; (KD value, share)
+        when alpha, else None)."""
+        result = self.method.compute(batch) if self.beta else None
+        kd = None
+        if self.alpha:
+            t_kd, s_kd = maths.maybe_standardize(
+                batch.t_logits, batch.s_logits,
+                self.method.w.get(STANDARDIZE, False))
+            kd = replicas.mean(
+                maths.kd_per_example(t_kd, s_kd, self.kd_temperature),
+                batch.valid)
+        return result, kd
+
+    def _method_terms(self, batch):
+        """``_terms``; with ``terms_jit_compile``, one XLA-compiled
+        function (made once), the Batch and Result passed through it as
+        dicts of their fields. The tape differentiates through it; the
+        method's ``update`` (queues, banks) stays outside."""
+        if not self.terms_jit_compile:
+            return self._terms(batch)
+        from ega_tf.methods.base import Result
+        if self._compiled_terms is None:
+            self._compiled_terms = tf.function(
+                self._flat_terms, jit_compile=True, autograph=False)
+        fields = {f.name: getattr(batch, f.name)
+                  for f in dataclasses.fields(batch) if f.name != "training"}
+        result, kd = self._compiled_terms(fields, batch.training)
+        return (None if result is None else Result(**result)), kd
+
+    def _flat_terms(self, fields, training):
+        """``_terms`` of the Batch of ``fields``, its Result as a dict."""
+        from ega_tf.methods import Batch
+        result, kd = self._terms(Batch(**fields, training=training))
+        return (None if result is None else {
+            f.name: getattr(result, f.name)
+            for f in dataclasses.fields(result)}), kd
 
     def _combine(self, terms, share, beta, alpha):
         """The logged total (in ``terms["loss"]``) and this replica's
