@@ -367,6 +367,33 @@ class SummaryTest(TestCase):
         self.assertIn("+0.33 [", line)
         self.assertNotIn("*", line)
 
+    def test_paired_grids_tool(self):
+        """tools/paired_grids.py pairs two grids' runs by seed."""
+        tmp = self.tmp_path()
+        for name, lasts in (("ref", {"ega": [80.0, 81.0, 85.0],
+                                     "kd": [70.0, 70.0, 70.0]}),
+                            ("other", {"ega": [81.0, 83.0, 86.0],
+                                       "kd": [69.0, 71.0, 70.0]})):
+            os.makedirs(tmp / name)
+            with open(tmp / name / tables.RESULTS_CSV, "w", newline="") as f:
+                out = csv.writer(f)
+                out.writerow(["method", "student", "labeled_fraction",
+                              "seed", "status", "test_top1_last"])
+                out.writerows([m, "s", "0.1000", seed, "finished", v]
+                              for m, values in lasts.items()
+                              for seed, v in enumerate(values))
+        r = self.run_subprocess(["tools/paired_grids.py", str(tmp / "ref"),
+                                 str(tmp / "other")])
+        self.assertSucceeded(r)
+        # ega: differences 1, 2, 1 (mean 4/3, sd 0.577; t(0.975, 2) =
+        # 4.3027): [-0.10, +2.77]; kd: -1, +1, 0.
+        half = 4.302652729911275 * np.std([1, 2, 1], ddof=1) / np.sqrt(3)
+        self.assertIn(f"| ega | 82.00 ± 2.65 | 83.33 ± 2.52 | +1.33 "
+                      f"[{4 / 3 - half:+.2f}, {4 / 3 + half:+.2f}] |",
+                      r.stdout)
+        self.assertIn("| kd | 70.00 ± 0.00 | 70.00 ± 1.00 | +0.00 [-2.48, "
+                      "+2.48] |", r.stdout)
+
     def test_silhouette_against_its_definition(self):
         rng = np.random.default_rng(0)
         labels = np.repeat([0, 1, 2], 7)
