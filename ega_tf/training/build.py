@@ -211,7 +211,8 @@ def open_teacher_store(config, teacher, dataset, padding, verbose):
         _teacher_sha(config), teacher_store.images_sha256(split),
         dataset.image_size, padding, views, config.teacher_store_dtype)
     return teacher_store.open_or_build(config.teacher_store_dir, meta,
-                                       teacher, split, verbose)
+                                       teacher, split, verbose,
+                                       batch_size=config.eval_batch_size)
 
 
 def uses_teacher(config):

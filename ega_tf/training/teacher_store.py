@@ -188,8 +188,10 @@ def _chunks(split, start, size):
 def build(path, meta, teacher, split, *, batch_size=256, chunk_images=None,
           verbose=1, stop_after=None):
     """Computes the store ``meta`` describes into ``path`` (resuming a
-    partial build there). ``stop_after``: stop once that many images are
-    done (tests: a build killed midway)."""
+    partial build there), ``batch_size`` views per teacher forward (a run
+    passes its ``eval_batch_size``). Returns its seconds; with
+    ``stop_after``, stops once at least that many images are done and
+    returns None (the partial build is resumed by the next call)."""
     import keras
     import tensorflow as tf
     from ega_tf.data import augment
