@@ -46,6 +46,21 @@ def _xla_works(fn, example):
         return False
 
 
+def _asked(field, setting, replicas, what):
+    """(whether there is a GPU, (on, why) when ``setting`` of ``field`` is
+    true or false, None for auto); true with several replicas on CPU is
+    refused: XLA cannot compile ``what``."""
+    import tensorflow as tf
+    setting = str(setting).lower()
+    on_gpu = bool(tf.config.list_physical_devices("GPU"))
+    if setting == "true" and replicas > 1 and not on_gpu:
+        raise UserError(f"{field}=true: XLA cannot compile {what}; use "
+                        f"--config.{field}=auto or false.")
+    if setting == "auto":
+        return on_gpu, None
+    return on_gpu, (setting == "true", f"{field}={setting} (config)")
+
+
 def choose_jit(setting, teacher=None, image_size=(32, 32), replicas=1,
                deterministic=False):
     """(jit_compile, why) for ``setting`` = auto | true | false.
@@ -58,15 +73,11 @@ def choose_jit(setting, teacher=None, image_size=(32, 32), replicas=1,
     can XLA compile a CPU step holding cross-replica collectives. ``true``
     is obeyed as asked."""
     import numpy as np
-    import tensorflow as tf
-    setting = str(setting).lower()
-    on_gpu = bool(tf.config.list_physical_devices("GPU"))
-    if setting == "true" and replicas > 1 and not on_gpu:
-        raise UserError("jit_compile=true: XLA cannot compile a multi-"
-                        "replica step on CPU (its cross-replica collectives)"
-                        "; use --config.jit_compile=auto or false.")
-    if setting != "auto":
-        return setting == "true", f"jit_compile={setting} (config)"
+    on_gpu, chosen = _asked("jit_compile", setting, replicas,
+                            "a multi-replica step on CPU (its cross-replica "
+                            "collectives)")
+    if chosen is not None:
+        return chosen
     if not on_gpu:
         return False, ("jit_compile=auto: off on CPU (XLA measured slower "
                        "there)")
@@ -95,15 +106,10 @@ def choose_terms_jit(setting, step_jit=False, replicas=1, deterministic=False,
     faster. ``true`` is obeyed on any device, but not on CPU with several
     replicas: XLA on CPU cannot compile the cross-replica all-gather
     inside the terms."""
-    import tensorflow as tf
-    setting = str(setting).lower()
-    on_gpu = bool(tf.config.list_physical_devices("GPU"))
-    if setting == "true" and replicas > 1 and not on_gpu:
-        raise UserError("terms_jit_compile=true: XLA cannot compile the "
-                        "terms' cross-replica all-gather on CPU; use "
-                        "--config.terms_jit_compile=auto or false.")
-    if setting != "auto":
-        return setting == "true", f"terms_jit_compile={setting} (config)"
+    on_gpu, chosen = _asked("terms_jit_compile", setting, replicas,
+                            "the terms' cross-replica all-gather on CPU")
+    if chosen is not None:
+        return chosen
     if not on_gpu:
         return False, "terms_jit_compile=auto: off on CPU"
     if step_jit:
