@@ -112,7 +112,7 @@ class StoreTest(TestCase):
         self.assertFalse(os.path.exists(path))
         with open(path + ".partial/progress.json") as f:
             self.assertEqual(json.load(f)["done"], 2)
-        with self.assertLogs(level="INFO") as logs:
+        with self.assertLogs("absl", level="INFO") as logs:
             resumed = teacher_store.open_or_build(root, meta, self.teacher,
                                                   self.split, verbose=0)
         text = "\n".join(logs.output)
@@ -122,7 +122,7 @@ class StoreTest(TestCase):
             self.tmp_path(), meta, self.teacher, self.split, verbose=0)
         np.testing.assert_array_equal(resumed.features, whole.features)
         np.testing.assert_array_equal(resumed.views, whole.views)
-        with self.assertLogs(level="INFO") as logs:
+        with self.assertLogs("absl", level="INFO") as logs:
             again = teacher_store.open_or_build(root, meta, self.teacher,
                                                 self.split, verbose=0)
         self.assertIn("read from", "\n".join(logs.output))
