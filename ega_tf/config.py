@@ -83,8 +83,8 @@ def default_config(arg=None):
     # published) | M: its features of M views of each training image,
     # computed once into a store shared by every run with the same teacher,
     # images and views, each step reading one of them | all: every view
-    # (ega_tf/training/teacher_store.py).
-    c.teacher_views = "0"
+    # (ega_tf/training/teacher_store.py). A number or a word, hence object.
+    c.teacher_views = config_dict.FieldReference(0, field_type=object)
     c.teacher_store_dir = ""        # "": ~/.cache/ega_tf/teacher_store
     c.teacher_store_dtype = "float32"  # float32 | float16 (half the bytes)
     c.embed_dim = 256           # D, the shared node-embedding width
