@@ -29,6 +29,11 @@ def numpy_view(image, params, padding):
     return out[:, ::-1] if flip else out
 
 
+def numpy_views(image, params, padding=4):
+    """The reference views of one image, one per row of ``params``."""
+    return np.stack([numpy_view(image, p, padding) for p in params])
+
+
 def tiny_split(n=5, size=32, seed=0):
     rng = np.random.default_rng(seed)
     return data.Split(rng.integers(0, 256, (n, size, size, 3), np.uint8),
@@ -77,13 +82,18 @@ class ViewsTest(TestCase):
                             for p in table))
 
 
-class StoreTest(TestCase):
+class WithTeacher(TestCase):
+    """A small frozen teacher and ``IMAGES`` random 32-px images."""
+    IMAGES = 5
 
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
         cls.teacher = conv_teacher(32, batchnorm=False)
-        cls.split = tiny_split(5)
+        cls.split = tiny_split(cls.IMAGES)
+
+
+class StoreTest(WithTeacher):
 
     def test_all_views_equal_the_teachers_forward_on_each_view(self):
         root = self.tmp_path()
@@ -94,8 +104,7 @@ class StoreTest(TestCase):
         self.assertIsInstance(store.features, np.memmap)
         np.testing.assert_array_equal(store.views[2], augment.view_table(4))
         for i in range(5):
-            views = np.stack([numpy_view(self.split.images[i], p, 4)
-                              for p in store.views[i]])
+            views = numpy_views(self.split.images[i], store.views[i])
             want = self.teacher.predict(views, batch_size=162, verbose=0)
             # The same forward on the same views: float32 rounding of the
             # batch's summation order at most (measured: equal here).
@@ -150,14 +159,13 @@ class StoreTest(TestCase):
                                    atol=1e-4)
 
 
-class StreamTest(TestCase):
+class StreamTest(WithTeacher):
     """The training stream's reads from a store."""
+    IMAGES = 16
 
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.teacher = conv_teacher(32, batchnorm=False)
-        cls.split = tiny_split(16)
         cls.store = teacher_store.open_or_build(
             cls.class_tempdir(), meta_for(cls.split, 6), cls.teacher,
             cls.split, verbose=0)
@@ -317,8 +325,7 @@ class SharedStoreTest(TestCase):
         model = teachers.load(teacher)
         images = data.load("digits").train.images
         for i in (0, done - 1, done, 1346):
-            views = np.stack([numpy_view(images[i], p, 4)
-                              for p in store.views[i]])
+            views = numpy_views(images[i], store.views[i])
             np.testing.assert_allclose(
                 store.features[i], model.predict(views, verbose=0),
                 rtol=1e-5, atol=1e-6)

@@ -32,6 +32,11 @@ def default_padding(image_size) -> int:
     return int(round(_PADDING_AT_32 * min(image_size) / 32))
 
 
+def padding_for(image_size, padding=None):
+    """``padding`` as given, or (None) the default for ``image_size``."""
+    return default_padding(image_size) if padding is None else int(padding)
+
+
 def pad_crop_flip(image, padding, seed):
     """Zero-pads by ``padding``, crops back to size at random, flips at random.
 

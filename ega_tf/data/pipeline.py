@@ -119,8 +119,7 @@ class TrainStream:
                             "--batch_size.")
         self.global_batch = int(global_batch)
         self.seed = int(seed)
-        self.padding = (augment.default_padding(split.image_size)
-                        if padding is None else int(padding))
+        self.padding = augment.padding_for(split.image_size, padding)
         self.teacher_view = teacher_view
         self.deterministic = deterministic
         if features is not None and teacher_view != "clean":

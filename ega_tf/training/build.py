@@ -202,12 +202,14 @@ def teacher_features(config, teacher, dataset, workdirs, chief, verbose):
     return out
 
 
-def open_teacher_store(config, teacher, dataset, padding, verbose):
+def open_teacher_store(config, teacher, dataset, verbose):
     """The teacher store of ``config``'s training images (all of them,
     before a validation split is held out, so that the runs of every seed
     share it), built first if no run built it before; or None when the
     teacher sees fresh views."""
+    from ega_tf.data import augment
     from ega_tf.training import teacher_store
+    padding = augment.padding_for(dataset.image_size, config.padding)
     views = teacher_store.parse_views(config.teacher_views, padding)
     if teacher is None or not views:
         return None

@@ -176,7 +176,7 @@ class Group:
 
     def build(self):
         """Data, teacher, every run's model, the input streams."""
-        from ega_tf.data import augment, pipeline
+        from ega_tf.data import pipeline
         config, strategy, cells = self.config, self.strategy, self.cells
         runtime.set_seed(config.seed)
         runtime.set_precision(config.precision)
@@ -191,16 +191,13 @@ class Group:
         features = teacher_features(
             config, teacher, dataset, [c.workdir for c in cells],
             self.chief, self.verbose)
-        padding = (augment.default_padding(dataset.image_size)
-                   if config.padding is None else config.padding)
-        store = open_teacher_store(config, teacher, dataset, padding,
-                                   self.verbose)
+        store = open_teacher_store(config, teacher, dataset, self.verbose)
         if store is not None:
             for cell in cells:
                 cell.extra_results["teacher_store"] = store.record()
         self.train = pipeline.TrainStream(
             dataset.train, config.batch_size, seed=config.seed,
-            padding=padding, teacher_view=config.teacher_view,
+            padding=config.padding, teacher_view=config.teacher_view,
             deterministic=config.deterministic,
             features=features.get("train"), store=store,
             store_images=dataset.train_positions,
